@@ -1,0 +1,105 @@
+"""Name -> builder registry so the search service can pick architectures by string.
+
+Hyperparameters are validated here, once, so every architecture gets the same
+checks and error messages no matter which builder ends up running.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from torch import nn
+
+__all__ = ["create_model", "list_models", "register_model"]
+
+DEFAULT_MEAN = 0.5
+DEFAULT_STD = 0.25
+
+# Builders are called with keyword arguments only: num_classes, in_channels,
+# dropout, drop_path, width (int | None; the builder picks its own default),
+# mean and std (tuples of floats of length in_channels, already validated).
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+_F = TypeVar("_F", bound=Callable[..., nn.Module])
+
+
+def register_model(name: str) -> Callable[[_F], _F]:
+    """Register a model builder under ``name``; duplicates are an error, not an override."""
+
+    def decorator(builder: _F) -> _F:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = builder
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Sorted names of all registered models."""
+    return sorted(_MODELS)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _stats(
+    values: Sequence[float] | None, default: float, name: str, in_channels: int
+) -> tuple[float, ...]:
+    if values is None:
+        return (default,) * in_channels
+    out = tuple(float(v) for v in values)
+    if len(out) != in_channels:
+        raise ValueError(f"len({name}) must equal in_channels={in_channels}, got {name}={values!r}")
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError(f"{name} must be finite, got {name}={values!r}")
+    return out
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    dropout: float = 0.0,
+    drop_path: float = 0.0,
+    width: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> nn.Module:
+    """Build a registered model that maps float images in [0, 1], (N, C, H, W), to logits.
+
+    ``dropout`` is applied right before the classifier, ``drop_path`` is the
+    stochastic-depth rate of the last residual block (earlier blocks get a
+    linearly smaller rate), ``width`` scales the channel counts (``None`` uses
+    the architecture's default), and ``mean``/``std`` are the per-channel input
+    normalization baked into the model (default 0.5 / 0.25).
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if not _is_int(num_classes) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes=}")
+    if not _is_int(in_channels) or in_channels < 1:
+        raise ValueError(f"in_channels must be an int >= 1, got {in_channels=}")
+    if not 0.0 <= dropout < 1.0:  # also rejects NaN
+        raise ValueError(f"dropout must be in [0, 1), got {dropout=}")
+    if not 0.0 <= drop_path < 1.0:
+        raise ValueError(f"drop_path must be in [0, 1), got {drop_path=}")
+    if width is not None and (not _is_int(width) or width < 1):
+        raise ValueError(f"width must be None or an int >= 1, got {width=}")
+    mean_t = _stats(mean, DEFAULT_MEAN, "mean", in_channels)
+    std_t = _stats(std, DEFAULT_STD, "std", in_channels)
+    if not all(s > 0 for s in std_t):
+        raise ValueError(f"std must be > 0 for every channel, got {std=}")
+    return _MODELS[name](
+        num_classes=num_classes,
+        in_channels=in_channels,
+        dropout=float(dropout),
+        drop_path=float(drop_path),
+        width=width,
+        mean=mean_t,
+        std=std_t,
+    )

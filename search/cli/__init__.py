@@ -1,0 +1,59 @@
+"""The `regsearch` command line. Heavy imports (torch, optuna, mlflow) happen inside the
+commands, so `regsearch --help` is instant."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from search.errors import UserError
+from search.urls import redact_url
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="regsearch")
+def cli() -> None:
+    """Hyperparameter search for the regularization of deep image classifiers.
+
+    Optuna samples weight decay, dropout, augmentation strength, MixUp, label smoothing (and
+    CutMix, Cutout, stochastic depth); every trial trains on the GPU when there is one; MLflow
+    records every trial and registers the best model as models:/<study>@champion.
+    """
+
+
+def _register() -> None:
+    from search.cli import _bench, _dashboard, _run, _status, _ui
+
+    for module in (_run, _status, _dashboard, _ui, _bench):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    first = redact_url(message).strip().splitlines()
+    click.echo(f"regsearch: error: {first[0] if first else 'failed'}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors → one line on stderr and exit code 2."""
+    try:
+        code = cli.main(args=argv, prog_name="regsearch", standalone_mode=False)
+    except UserError as exc:
+        _fail(str(exc))
+    except click.exceptions.Abort:
+        click.echo("regsearch: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("regsearch: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

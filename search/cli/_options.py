@@ -1,0 +1,57 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+storage_option = click.option(
+    "--storage",
+    metavar="URL",
+    default=None,
+    help="Optuna storage URL [env REGSEARCH_STORAGE; default sqlite:///studies/regsearch.db].",
+)
+tracking_option = click.option(
+    "--tracking-uri",
+    metavar="URI",
+    default=None,
+    help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlruns/mlflow.db].",
+)
+
+
+def make_console(*, stderr: bool = False) -> Any:
+    """A rich console; off a terminal (CI logs, pipes) 200 columns rather than rich's 80."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def host_port_options(default_port: int) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        fn = click.option("--port", default=default_port, show_default=True, type=int)(fn)
+        fn = click.option(
+            "--host",
+            default="127.0.0.1",
+            show_default=True,
+            help="Interface to bind; anything beyond loopback exposes the service to the network.",
+        )(fn)
+        return fn
+
+    return decorate
+
+
+def warn_if_public(host: str) -> None:
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.secho(
+            f"warning: binding {host} exposes this service to the network without authentication",
+            fg="yellow",
+            err=True,
+        )

@@ -1,0 +1,195 @@
+"""`regsearch run` and `regsearch worker`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from search.cli._options import make_console, storage_option, tracking_option
+from search.errors import UserError
+
+
+def _console() -> Any:
+    return make_console(stderr=True)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _finish(study: Any, config: Any, console: Any) -> None:
+    from search.summary import best_summary, trials_table
+
+    console.print(trials_table(study, limit=10, title=f"study {study.study_name} — top 10"))
+    best = best_summary(study)
+    if best is None:
+        console.print("no trial completed yet")
+        return
+    console.print(
+        f"best: trial {best['trial']} {config.objective.metric}={best['value']:.4f}"
+        + (f"  model: {best['model_uri']}" if best["model_uri"] else "")
+    )
+
+
+@click.command("run")
+@click.argument("config_file", metavar="[CONFIG]", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--study", "study_name", default=None, help="Study name (also the MLflow experiment)."
+)
+@storage_option
+@tracking_option
+@click.option("--n-trials", type=int, default=None, help="Total finished trials for the study.")
+@click.option("--timeout", type=float, default=None, help="Stop starting trials after SECONDS.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--threads", type=int, default=None, help="CPU threads per worker.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def run_command(
+    config_file: Path | None,
+    study_name: str | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    n_trials: int | None,
+    timeout: float | None,
+    workers: int,
+    device: str | None,
+    threads: int | None,
+    overrides: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Create or resume a study and run its trials (no CONFIG: the built-in digits study)."""
+    from search.config import load_config
+
+    flags = {
+        "study": study_name,
+        "search.n_trials": n_trials,
+        "search.timeout": timeout,
+        "train.device": device,
+    }
+    config = load_config(config_file, overrides=overrides, flags=flags)
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    from search.storage import resolve_storage_url
+
+    url = resolve_storage_url(storage, config.storage)
+    console = _console()
+    if workers == 1:
+        _run_in_process(config, url, tracking_uri, device, threads, quiet, console)
+        return
+    _run_workers(config, url, tracking_uri, device, threads, workers, quiet, console)
+
+
+def _run_in_process(
+    config: Any,
+    url: str,
+    tracking_uri: str | None,
+    device: str | None,
+    threads: int | None,
+    quiet: bool,
+    console: Any,
+    worker_index: int = 0,
+) -> None:
+    from search.runner import RunOptions, run_study
+
+    _set_threads(threads)
+    options = RunOptions(url, tracking_uri, device, worker_index=worker_index, quiet=quiet)
+    study = run_study(config, options, console=console)
+    if worker_index == 0:
+        _finish(study, config, console)
+
+
+def _run_workers(
+    config: Any,
+    url: str,
+    tracking_uri: str | None,
+    device: str | None,
+    threads: int | None,
+    workers: int,
+    quiet: bool,
+    console: Any,
+) -> None:
+    """Create the study here, then start `workers` `regsearch worker` processes on it, each with
+    its share of the CPU threads; Ctrl+C / SIGTERM is passed on to them."""
+    from search.storage import open_storage
+    from search.study import create_or_resume, load_existing
+
+    create_or_resume(config, open_storage(url, config.search))
+    per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, "REGSEARCH_STORAGE": url}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    procs = []
+    for index in range(workers):
+        cmd = [sys.executable, "-m", "search", "worker", config.study, "--threads", str(per_worker)]
+        cmd += ["--worker-index", str(index)]
+        if device:
+            cmd += ["--device", device]
+        if quiet:
+            cmd.append("--quiet")
+        procs.append(subprocess.Popen(cmd, env=env))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        forward(signal.SIGINT, None)
+        codes = [p.wait() for p in procs]
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    study, _ = load_existing(config.study, open_storage(url, create=False))
+    _finish(study, config, console)
+    bad = [c for c in codes if c != 0]
+    if bad:
+        raise SystemExit(bad[0])
+
+
+@click.command("worker")
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+@tracking_option
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--threads", type=int, default=None, help="CPU threads for this worker.")
+@click.option("--worker-index", type=int, default=None, help="Offsets the sampler seed.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def worker_command(
+    study_name: str,
+    storage: str | None,
+    tracking_uri: str | None,
+    device: str | None,
+    threads: int | None,
+    worker_index: int | None,
+    quiet: bool,
+) -> None:
+    """Join an existing study (its config is stored in the study), e.g. from another machine."""
+    from search.storage import open_storage, resolve_storage_url
+    from search.study import load_existing
+
+    url = resolve_storage_url(storage)
+    _, config = load_existing(study_name, open_storage(url, create=False))
+    if config is None:
+        raise UserError(f"study {study_name!r} was not created by regsearch (no stored config)")
+    index = worker_index if worker_index is not None else os.getpid()
+    _run_in_process(
+        config, url, tracking_uri, device, threads, quiet, _console(), worker_index=index
+    )
+
+
+COMMANDS = [run_command, worker_command]

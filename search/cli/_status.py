@@ -1,0 +1,76 @@
+"""`regsearch status` and `regsearch best`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from search.cli._options import json_option, make_console, storage_option
+from search.errors import UserError
+
+
+def _storage(storage: str | None):  # type: ignore[no-untyped-def]
+    from search.storage import open_storage, resolve_storage_url
+
+    return open_storage(resolve_storage_url(storage), create=False)
+
+
+@click.command("status")
+@click.argument("study_name", metavar="[STUDY]", required=False)
+@storage_option
+@json_option
+def status_command(study_name: str | None, storage: str | None, as_json: bool) -> None:
+    """List studies, or one study's trials (state, value, regularizers, epochs, stop reason)."""
+    from search.summary import sorted_trials, study_rows, trial_row, trials_table
+
+    store = _storage(storage)
+    if study_name is None:
+        rows = study_rows(store)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        from rich.table import Table
+
+        table = Table(header_style="bold")
+        for col in ("study", "direction", "trials", "best value", "best trial"):
+            table.add_column(col)
+        for r in rows:
+            best = "–" if r["best_value"] is None else f"{r['best_value']:.4f}"
+            table.add_row(
+                r["study"], str(r["direction"]), str(r["trials"]), best, str(r["best_trial"])
+            )
+        make_console().print(table)
+        return
+    from search.study import load_existing
+
+    study, _ = load_existing(study_name, store)
+    if as_json:
+        click.echo(json.dumps([trial_row(t) for t in sorted_trials(study)], indent=2))
+        return
+    make_console().print(trials_table(study, title=f"study {study_name}"))
+
+
+@click.command("best")
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+@json_option
+def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
+    """The best trial: value, params and the MLflow model URI."""
+    from search.study import load_existing
+    from search.summary import best_summary
+
+    study, _ = load_existing(study_name, _storage(storage))
+    best = best_summary(study)
+    if best is None:
+        raise UserError(f"study {study_name!r} has no completed trial yet")
+    if as_json:
+        click.echo(json.dumps(best, indent=2))
+        return
+    click.echo(f"study:  {best['study']}\ntrial:  {best['trial']}\nvalue:  {best['value']:.6g}")
+    for key, value in best["params"].items():
+        click.echo(f"  {key} = {value}")
+    click.echo(f"model:  {best['model_uri'] or '(not registered)'}")
+
+
+COMMANDS = [status_command, best_command]

@@ -1,0 +1,396 @@
+"""The study file: typed, validated, with defaults, YAML loading and `--set` overrides.
+
+A study file states only what differs from `DEFAULTS`; nested mappings are merged key by key
+(so `space: {dropout: 0.1}` fixes dropout and keeps the rest of the default space). Every
+mistake becomes a `UserError` whose one line names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from search.errors import UserError
+
+__all__ = [
+    "DEFAULTS",
+    "DatasetConfig",
+    "EarlyStoppingConfig",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "PrunerConfig",
+    "Regularization",
+    "SamplerConfig",
+    "SearchConfig",
+    "StudyConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "TrialConfig",
+    "apply_overrides",
+    "deep_merge",
+    "load_config",
+    "validate_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Section):
+    name: Literal["digits", "synthetic"] = "digits"
+    root: Path | None = None
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    # `synthetic` only: a learnable set of any shape, for tests and benchmarks.
+    num_samples: int = Field(2000, ge=20)
+    num_classes: int = Field(10, ge=2)
+    channels: int = Field(1, ge=1)
+    image_size: int = Field(8, ge=4)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DatasetConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 0.9, got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    name: str = "small-cnn"
+    width: int | None = Field(None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from models import list_models
+
+        if name not in list_models():
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        return name
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False
+    seed: int = 0
+    train_eval_size: int = Field(512, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not _DEVICE.match(device):
+            raise ValueError(f"expected auto, cpu, mps, cuda or cuda:N, got {device!r}")
+        return device
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int | None = Field(6, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class ObjectiveConfig(_Section):
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @model_validator(mode="after")
+    def _direction_matches_metric(self) -> ObjectiveConfig:
+        natural = "minimize" if self.metric.endswith("loss") else "maximize"
+        if self.direction is None:
+            object.__setattr__(self, "direction", natural)
+        elif self.direction != natural:
+            raise ValueError(f"{self.metric} must be {natural}d, got direction={self.direction!r}")
+        return self
+
+
+class _Named(_Section):
+    """`sampler: tpe` or `sampler: {name: tpe, seed: 1, ...}`; extra keys go to the constructor."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw: Any) -> Any:
+        if isinstance(raw, str):
+            return {"name": raw}
+        if isinstance(raw, Mapping) and "name" in raw:
+            rest = {k: v for k, v in raw.items() if k not in ("name", "options")}
+            return {"name": raw["name"], "options": {**raw.get("options", {}), **rest}}
+        return raw
+
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "qmc", "gp")
+PRUNERS = (
+    "median",
+    "percentile",
+    "hyperband",
+    "successive-halving",
+    "wilcoxon",
+    "patient",
+    "threshold",
+    "none",
+)
+
+
+class SamplerConfig(_Named):
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+        return name
+
+
+class PrunerConfig(_Named):
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in PRUNERS:
+            raise ValueError(f"unknown pruner {name!r}; known: {', '.join(PRUNERS)}")
+        return name
+
+
+class SearchConfig(_Section):
+    n_trials: int = Field(24, ge=1)
+    timeout: float | None = Field(None, gt=0.0)
+    sampler: SamplerConfig = SamplerConfig(name="tpe", options={"seed": 0})
+    pruner: PrunerConfig = PrunerConfig(
+        name="median", options={"n_startup_trials": 4, "n_warmup_steps": 4}
+    )
+    heartbeat_interval: int | None = Field(30, ge=1)
+    grace_period: int | None = Field(None, ge=1)
+    max_retry: int = Field(2, ge=0)
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    uri: str | None = None
+    register_model: bool = True
+
+
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+
+
+class StudyConfig(_Section):
+    study: str = "digits"
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    search: SearchConfig = SearchConfig()
+    space: dict[str, Any] = Field(default_factory=dict)
+    storage: str | None = None
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("study")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not _STUDY_NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid study name (letters, digits, '.', '_', '-'; "
+                "it is also the MLflow experiment and registered-model name)"
+            )
+        return name
+
+    def portable_dict(self) -> dict[str, Any]:
+        """The config as stored in the study: JSON-safe, without machine-local secrets."""
+        data = self.model_dump(mode="json")
+        data.pop("storage", None)
+        data["tracking"].pop("uri", None)
+        data["train"].pop("device", None)
+        return data
+
+
+# The built-in default study: the seed's five regularizers searched on digits; CutMix, Cutout
+# and stochastic depth are available but fixed off (turn them on in a study file).
+DEFAULT_SPACE: dict[str, Any] = {
+    "weight_decay": {"type": "float", "low": 1.0e-5, "high": 0.1, "log": True},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.6},
+    "aug_strength": {"type": "float", "low": 0.0, "high": 1.0},
+    "mixup_alpha": {"type": "float", "low": 0.0, "high": 1.0},
+    "label_smoothing": {"type": "float", "low": 0.0, "high": 0.3},
+    "cutmix_alpha": 0.0,
+    "cutout": 0.0,
+    "drop_path": 0.0,
+}
+DEFAULTS: dict[str, Any] = {**StudyConfig().model_dump(mode="python"), "space": DEFAULT_SPACE}
+DEFAULTS["objective"]["direction"] = None  # derived from the metric unless a file says otherwise
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """The regularizer values of one trial, under their contract names."""
+
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    aug_strength: float = 0.0
+    mixup_alpha: float = 0.0
+    label_smoothing: float = 0.0
+    cutmix_alpha: float = 0.0
+    cutout: float = 0.0
+    drop_path: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one training run needs; built by `space.sample`, consumed by `train.train`."""
+
+    model: ModelConfig
+    train: TrainConfig
+    regularization: Regularization
+    early_stopping: EarlyStoppingConfig
+    objective: ObjectiveConfig
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, recursively for mappings. A distribution entry in `space` (a
+    mapping with `type`) replaces rather than merges, so `{type: categorical, ...}` does not
+    inherit `low`/`high` from a default float range."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        old = merged.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping) and "type" not in value:
+            merged[key] = deep_merge(old, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _parse_assignment(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {item!r}: expected KEY.SUB=VALUE")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(
+            f"--set {key}: value {raw!r} is not valid YAML ({_first_line(exc)})"
+        ) from None
+    return key.split("."), value
+
+
+def apply_overrides(data: Mapping[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
+    """Apply `--set a.b=value` items; values are parsed as YAML (numbers, lists, mappings)."""
+    result = copy.deepcopy(dict(data))
+    for item in assignments:
+        path, value = _parse_assignment(item)
+        node: dict[str, Any] = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(
+                    f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a mapping"
+                )
+            node = child
+        if (
+            isinstance(value, Mapping)
+            and "type" not in value
+            and isinstance(node.get(path[-1]), dict)
+        ):
+            node[path[-1]] = deep_merge(node[path[-1]], value)
+        else:
+            node[path[-1]] = value
+    return result
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-"))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] not in ("value_error", "assertion_error") and "input" in first:
+        msg = f"{msg} (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc or 'config'}: {msg}{more}"
+
+
+def validate_config(data: Mapping[str, Any]) -> StudyConfig:
+    """Validate a merged mapping into a `StudyConfig` and check its search space."""
+    try:
+        config = StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(exc)) from None
+    from search.space import SearchSpace
+
+    SearchSpace.from_config(config)  # raises UserError naming the bad space entry
+    return config
+
+
+def read_study_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"study file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read study file {path}: {_first_line(exc)}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        pos = f" line {where.line + 1}" if where is not None else ""
+        raise UserError(
+            f"{path}:{pos} is not valid YAML ({getattr(exc, 'problem', None) or 'syntax error'})"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{path}: a study file must be a mapping of keys, got {type(data).__name__}"
+        )
+    return data
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    flags: Mapping[str, Any] | None = None,
+) -> StudyConfig:
+    """Defaults, then the study file, then `--set` overrides, then dedicated command-line flags
+    (`{"search.n_trials": 5}`; None values are ignored); validated."""
+    data = deep_merge(DEFAULTS, read_study_file(path) if path else {})
+    data = apply_overrides(data, overrides)
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            *parents, last = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+    return validate_config(data)

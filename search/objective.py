@@ -1,0 +1,140 @@
+"""The Optuna objective: sample a `TrialConfig`, train, report every epoch, record the outcome.
+
+Thin on purpose: the space, the loop, the tracker and the progress display are separate pieces
+that meet here.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import optuna
+import torch
+
+from search.config import StudyConfig, TrialConfig
+from search.data import Dataset
+from search.space import SearchSpace
+from search.train import NONFINITE, EpochStats, TrainResult, train
+
+__all__ = ["Objective", "RunListener", "TrialTracker"]
+
+PRUNED, INTERRUPTED = "pruned", "interrupted"
+
+
+class TrialTracker(Protocol):
+    """What the objective needs from experiment tracking (implemented with MLflow)."""
+
+    def start_trial(self, number: int, params: Mapping[str, Any]) -> str: ...
+
+    def log_epoch(self, run_id: str, stats: EpochStats) -> None: ...
+
+    def end_trial(self, run_id: str, *, state: str, summary: Mapping[str, Any]) -> None: ...
+
+    def register_champion(
+        self, run_id: str, *, number: int, value: float, result: TrainResult, data: Dataset
+    ) -> str | None: ...
+
+
+class RunListener(Protocol):
+    """Live progress (implemented with rich)."""
+
+    def trial_started(self, number: int, epochs: int) -> None: ...
+
+    def epoch_done(self, number: int, stats: EpochStats) -> None: ...
+
+
+def _is_new_best(study: optuna.Study, value: float) -> bool:
+    try:
+        best = study.best_value
+    except ValueError:  # no completed trial yet
+        return True
+    return value > best if study.direction == optuna.study.StudyDirection.MAXIMIZE else value < best
+
+
+class Objective:
+    def __init__(
+        self,
+        config: StudyConfig,
+        data: Dataset,
+        *,
+        device: torch.device,
+        tracker: TrialTracker | None = None,
+        listener: RunListener | None = None,
+    ) -> None:
+        self.config = config
+        self.space = SearchSpace.from_config(config)
+        self.data = data.to(device)  # once per worker, not once per trial
+        self.device = device
+        self.tracker = tracker
+        self.listener = listener
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = self.space.sample(trial)
+        params = {**self.space.fixed_values(), **trial.params}
+        run_id = self.tracker.start_trial(trial.number, params) if self.tracker else None
+        if run_id is not None:
+            trial.set_user_attr("mlflow_run_id", run_id)
+        if self.listener:
+            self.listener.trial_started(trial.number, cfg.train.epochs)
+        try:
+            result = self._train(trial, cfg, run_id)
+        except KeyboardInterrupt:
+            self._finish(trial, run_id, "KILLED", {"stop_reason": INTERRUPTED})
+            raise
+        except Exception as exc:
+            if isinstance(exc, torch.OutOfMemoryError):
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            reason = f"error: {type(exc).__name__}: {exc}".splitlines()[0][:500]
+            self._finish(trial, run_id, "FAILED", {"stop_reason": reason})
+            raise
+
+        summary: dict[str, Any] = {
+            "stop_reason": result.stop_reason,
+            "epochs_trained": result.epochs_trained,
+            "best_epoch": result.best_epoch,
+        }
+        if result.best_stats is not None:
+            summary["train_accuracy"] = result.best_stats.train_accuracy
+            summary["val_accuracy"] = result.best_stats.val_accuracy
+        if result.stop_reason in (PRUNED, NONFINITE) or result.best_value is None:
+            self._finish(trial, run_id, "PRUNED", summary)
+            raise optuna.TrialPruned(f"{result.stop_reason} at epoch {result.epochs_trained}")
+
+        value = float(result.best_value)
+        if run_id is not None and self.tracker and _is_new_best(trial.study, value):
+            uri = self.tracker.register_champion(
+                run_id, number=trial.number, value=value, result=result, data=self.data
+            )
+            if uri:
+                summary["model_uri"] = uri
+        summary["value"] = value
+        self._finish(trial, run_id, "COMPLETE", summary)
+        return value
+
+    def _train(self, trial: optuna.Trial, cfg: TrialConfig, run_id: str | None) -> TrainResult:
+        metric = cfg.objective.metric
+
+        def on_epoch(stats: EpochStats) -> str | None:
+            value = getattr(stats, metric)
+            trial.report(value, stats.epoch)
+            if self.tracker and run_id is not None:
+                self.tracker.log_epoch(run_id, stats)
+            if self.listener:
+                self.listener.epoch_done(trial.number, stats)
+            return PRUNED if math.isfinite(value) and trial.should_prune() else None
+
+        return train(cfg, self.data, device=self.device, on_epoch=on_epoch)
+
+    def _finish(
+        self, trial: optuna.Trial, run_id: str | None, state: str, summary: Mapping[str, Any]
+    ) -> None:
+        for key, value in summary.items():
+            if key != "value" and value is not None:
+                trial.set_user_attr(key, value)
+        if self.tracker and run_id is not None:
+            self.tracker.end_trial(run_id, state=state, summary=summary)

@@ -1,0 +1,133 @@
+"""One worker's run of a study: data, device, storage, tracking, then trials until the study's
+shared budget of finished trials is spent (or the timeout passes)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import StudyConfig
+from search.data import load_dataset
+from search.errors import UserError
+from search.objective import Objective
+from search.storage import open_storage
+from search.study import FINISHED, count_trials, create_or_resume
+from search.train import resolve_device
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from search.tracking import Tracker
+
+__all__ = ["RunOptions", "run_study"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    storage_url: str
+    tracking_uri: str | None = None
+    device: str | None = None  # overrides train.device
+    worker_index: int = 0
+    quiet: bool = False
+
+
+class TooManyFailures(RuntimeError):
+    pass
+
+
+def _optimize_until_done(
+    study: optuna.Study,
+    objective: Objective,
+    *,
+    n_trials: int,
+    timeout: float | None,
+    callbacks: list[object],
+    max_consecutive_failures: int,
+) -> None:
+    """Run trials while the study's finished (COMPLETE + PRUNED) and running trials are fewer
+    than `n_trials`: the budget is the study's, shared by every worker."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    failures = 0
+    while True:
+        finished = count_trials(study, FINISHED)
+        running = count_trials(study, (TrialState.RUNNING,))
+        if finished + running >= n_trials:
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            return
+        before = {t.number for t in study.get_trials(deepcopy=False)}
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(Exception,),
+            callbacks=callbacks,  # type: ignore[arg-type]
+            gc_after_trial=False,
+        )
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before]
+        if mine and mine[-1].state == TrialState.FAIL:
+            failures += 1
+            if failures >= max_consecutive_failures:
+                reason = mine[-1].user_attrs.get("stop_reason", "see the trial")
+                raise TooManyFailures(f"{failures} trials in a row failed; last: {reason}")
+        else:
+            failures = 0
+
+
+def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> optuna.Study:
+    """Create or resume the study and run this worker's share of its trials."""
+    from search.progress import RunProgress
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    device_name = options.device or config.train.device
+    try:
+        device = resolve_device(device_name)
+    except RuntimeError as exc:
+        raise UserError(f"train.device: {exc}") from None
+    data = load_dataset(config.dataset)
+    storage = open_storage(options.storage_url, config.search)
+    study, _created = create_or_resume(config, storage, worker_index=options.worker_index)
+    study.set_user_attr("objective_metric", config.objective.metric)
+
+    tracker: Tracker | None = None
+    if config.tracking.enabled:
+        from search.tracking import Tracker
+
+        tracker = Tracker.for_study(study, config, tracking_uri=options.tracking_uri)
+
+    objective = None
+    progress = RunProgress(
+        n_trials=config.search.n_trials,
+        metric=config.objective.metric,
+        console=console,
+        quiet=options.quiet,
+    )
+    objective = Objective(config, data, device=device, tracker=tracker, listener=progress)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        with progress:
+            progress.start(study)
+            _optimize_until_done(
+                study,
+                objective,
+                n_trials=config.search.n_trials,
+                timeout=config.search.timeout,
+                callbacks=[progress],
+                max_consecutive_failures=max(3, config.search.max_retry + 2),
+            )
+    except TooManyFailures as exc:
+        if tracker is not None:
+            tracker.close(study, finished=False)
+        raise UserError(f"study {config.study!r} stopped: {exc}") from None
+    except BaseException:
+        if tracker is not None:
+            tracker.close(study, finished=False)
+        raise
+    if tracker is not None:
+        done = count_trials(study, FINISHED) >= config.search.n_trials
+        tracker.close(study, finished=done, data=data)
+    return study

@@ -1,0 +1,93 @@
+"""Optuna storage: the URL (flag, env, file, default), an `RDBStorage` with heartbeats, and
+SQLite set up for a few concurrent local workers (WAL + busy timeout)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.errors import UserError
+from search.urls import redact_url
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.config import SearchConfig
+
+__all__ = ["DEFAULT_STORAGE", "open_storage", "resolve_storage_url"]
+
+DEFAULT_STORAGE = "sqlite:///studies/regsearch.db"
+STORAGE_ENV = "REGSEARCH_STORAGE"
+_SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def resolve_storage_url(flag: str | None = None, config_value: str | None = None) -> str:
+    """`--storage`, then `$REGSEARCH_STORAGE`, then the study file, then the default."""
+    return flag or os.environ.get(STORAGE_ENV) or config_value or DEFAULT_STORAGE
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """Create the folder and switch the database to WAL once (the mode persists in the file):
+    readers no longer block the writer, which is what several local workers need."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path, timeout=_SQLITE_BUSY_TIMEOUT_S) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+
+
+def open_storage(
+    url: str,
+    search: SearchConfig | None = None,
+    *,
+    create: bool = True,
+) -> optuna.storages.RDBStorage:
+    """An `RDBStorage` (the only Optuna storage with heartbeats); `UserError` if unreachable.
+
+    `create=False` refuses to create a new SQLite file (for read-only commands such as
+    `status`, so that a typo in a path does not leave an empty database behind).
+    """
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    engine_kwargs: dict[str, Any] = {}
+    sqlite_path = _sqlite_path(url)
+    if sqlite_path is not None:
+        if not create and not sqlite_path.exists():
+            raise UserError(f"no study storage at {sqlite_path} (run `regsearch run` first)")
+        try:
+            _prepare_sqlite(sqlite_path)
+        except (OSError, sqlite3.Error) as exc:
+            raise UserError(f"cannot open storage {redact_url(url)}: {exc}") from None
+        engine_kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_S}
+    elif url.startswith(("postgresql", "mysql")):
+        engine_kwargs["pool_pre_ping"] = True
+
+    heartbeat: dict[str, Any] = {}
+    if search is not None and search.heartbeat_interval:
+        heartbeat = {
+            "heartbeat_interval": search.heartbeat_interval,
+            "grace_period": search.grace_period or 4 * search.heartbeat_interval,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                max_retry=search.max_retry
+            ),
+        }
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+    except optuna.exceptions.StorageInternalError as exc:
+        cause = exc.__cause__ or exc
+        raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(cause)}") from None
+    except Exception as exc:  # SQLAlchemy's ArgumentError, NoSuchModuleError, OperationalError…
+        raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = redact_url(str(exc)).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,167 @@
+"""Optuna study lifecycle: samplers and pruners from config, create-or-resume with the config
+stored in the study, and the shared trial budget."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.config import StudyConfig, deep_merge, validate_config
+from search.errors import UserError
+from search.space import SearchSpace
+
+__all__ = [
+    "CONFIG_ATTR",
+    "FINISHED",
+    "count_trials",
+    "create_or_resume",
+    "load_existing",
+    "make_pruner",
+    "make_sampler",
+]
+
+CONFIG_ATTR = "regsearch_config"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Keys that may differ between launches of one study: budget and per-machine settings.
+_MAY_DIFFER = {"search.n_trials", "search.timeout", "train.device", "storage", "tracking.uri"}
+
+
+def make_sampler(config: StudyConfig, *, worker_index: int = 0) -> optuna.samplers.BaseSampler:
+    """Each worker gets its own seed (seed + worker index): workers with one seed would
+    propose the same points."""
+    options = dict(config.search.sampler.options)
+    name = config.search.sampler.name
+    if options.get("seed") is not None:
+        options["seed"] = int(options["seed"]) + worker_index
+    factories: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "qmc": optuna.samplers.QMCSampler,
+        "gp": optuna.samplers.GPSampler,
+        "grid": lambda **kw: optuna.samplers.GridSampler(
+            SearchSpace.from_config(config).grid(), **kw
+        ),
+    }
+    return _construct(f"search.sampler ({name})", factories[name], options)
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    options = dict(config.search.pruner.options)
+    name = config.search.pruner.name
+
+    def patient(
+        *, patience: int = 3, min_delta: float = 0.0, **wrapped: Any
+    ) -> optuna.pruners.BasePruner:
+        # Patient pruning around a median pruner: prune only after `patience` flat epochs.
+        return optuna.pruners.PatientPruner(
+            optuna.pruners.MedianPruner(**wrapped), patience=patience, min_delta=min_delta
+        )
+
+    factories: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+        "wilcoxon": optuna.pruners.WilcoxonPruner,
+        "patient": patient,
+        "threshold": optuna.pruners.ThresholdPruner,
+        "none": optuna.pruners.NopPruner,
+    }
+    return _construct(f"search.pruner ({name})", factories[name], options)
+
+
+def _construct(where: str, factory: Callable[..., Any], options: dict[str, Any]) -> Any:
+    try:
+        return factory(**options)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "space" and not prefix.startswith("space"):
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    a, b = _flatten(stored), _flatten(current)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in _MAY_DIFFER)
+
+
+def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
+def create_or_resume(
+    config: StudyConfig,
+    storage: optuna.storages.BaseStorage,
+    *,
+    worker_index: int = 0,
+) -> tuple[optuna.Study, bool]:
+    """(study, created). A resumed study must have the same config except for the budget and
+    per-machine keys; otherwise the user gets an error naming the differing keys."""
+    sampler, pruner = make_sampler(config, worker_index=worker_index), make_pruner(config)
+    portable = config.portable_dict()
+    if _exists(storage, config.study):
+        study = optuna.load_study(
+            study_name=config.study, storage=storage, sampler=sampler, pruner=pruner
+        )
+        stored = study.user_attrs.get(CONFIG_ATTR)
+        if stored is not None:
+            diff = _differences(stored, portable)
+            if diff:
+                shown = ", ".join(diff[:5]) + (" …" if len(diff) > 5 else "")
+                raise UserError(
+                    f"study {config.study!r} exists with a different config ({shown}); "
+                    "use another --study name or the same file"
+                )
+            if stored != portable:  # only the budget changed: keep the stored copy current
+                study.set_user_attr(CONFIG_ATTR, portable)
+        return study, False
+    study = optuna.create_study(
+        study_name=config.study,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction=config.objective.direction,
+        load_if_exists=True,  # another worker may have created it a moment ago
+    )
+    study.set_user_attr(CONFIG_ATTR, portable)
+    return study, True
+
+
+def load_existing(
+    name: str, storage: optuna.storages.BaseStorage
+) -> tuple[optuna.Study, StudyConfig | None]:
+    """An existing study and its stored config (None for studies regsearch did not create)."""
+    if not _exists(storage, name):
+        known = [
+            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        ]
+        hint = f"; known: {', '.join(known[:10])}" if known else ""
+        raise UserError(f"unknown study {name!r}{hint}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is None:
+        return study, None
+    from search.config import DEFAULTS
+
+    return study, validate_config(deep_merge(DEFAULTS, json.loads(json.dumps(stored))))
+
+
+def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))

@@ -1,0 +1,119 @@
+"""Trial rows for `status`, `best` and the end-of-run summary: as JSON-safe dicts and as rich
+tables, sorted best first."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["CONTRACT_PARAMS", "best_summary", "study_rows", "trial_row", "trials_table"]
+
+CONTRACT_PARAMS = ("weight_decay", "dropout", "aug_strength", "mixup_alpha", "label_smoothing")
+
+
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "value": _json_number(trial.value) if trial.state != TrialState.FAIL else None,
+        "params": dict(trial.params),
+        "epochs": attrs.get("epochs_trained", len(trial.intermediate_values) or None),
+        "best_epoch": attrs.get("best_epoch"),
+        "stop_reason": attrs.get("stop_reason"),
+        "train_accuracy": attrs.get("train_accuracy"),
+        "val_accuracy": attrs.get("val_accuracy"),
+        "mlflow_run_id": attrs.get("mlflow_run_id"),
+        "model_uri": attrs.get("model_uri"),
+    }
+
+
+def sorted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed first (best first), then pruned (best first), then the rest by number."""
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    rank = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}
+
+    def key(t: FrozenTrial) -> tuple[int, float, int]:
+        value = t.value if t.value is not None and math.isfinite(t.value) else math.inf * -sign
+        return rank.get(t.state, 2), sign * value if t.state in rank else 0.0, t.number
+
+    return sorted(study.get_trials(deepcopy=False), key=key)
+
+
+def best_summary(study: optuna.Study) -> dict[str, Any] | None:
+    """`{study, trial, value, params, model_uri}` of the best completed trial, or None."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    model_uri = study.user_attrs.get("champion_uri") or best.user_attrs.get("model_uri")
+    return {
+        "study": study.study_name,
+        "trial": best.number,
+        "value": _json_number(best.value),
+        "params": dict(best.params),
+        "model_uri": model_uri,
+    }
+
+
+def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
+    rows = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        best = s.best_trial
+        rows.append(
+            {
+                "study": s.study_name,
+                "direction": s.direction.name.lower() if s.direction else None,
+                "trials": s.n_trials,
+                "best_value": _json_number(best.value) if best else None,
+                "best_trial": best.number if best else None,
+                "started": s.datetime_start.isoformat() if s.datetime_start else None,
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return (
+            f"{value:.4g}"
+            if abs(value) < 1e-2 and value != 0
+            else f"{value:.4f}".rstrip("0").rstrip(".")
+        )
+    return str(value)
+
+
+def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | None = None) -> Any:
+    from rich.table import Table
+
+    metric = study.user_attrs.get("objective_metric", "value")
+    table = Table(title=title, header_style="bold")
+    for column in ("#", "state", metric, *CONTRACT_PARAMS, "epochs", "stop reason"):
+        table.add_column(
+            column, justify="right" if column not in ("state", "stop reason") else "left"
+        )
+    trials = sorted_trials(study)
+    for trial in trials[:limit] if limit else trials:
+        row = trial_row(trial)
+        style = {"COMPLETE": None, "PRUNED": "dim", "FAIL": "red", "RUNNING": "cyan"}.get(
+            row["state"]
+        )
+        table.add_row(
+            str(row["number"]),
+            row["state"],
+            _fmt(row["value"]),
+            *(_fmt(row["params"].get(p)) for p in CONTRACT_PARAMS),
+            _fmt(row["epochs"]),
+            _fmt(row["stop_reason"]),
+            style=style,
+        )
+    return table

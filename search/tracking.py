@@ -1,0 +1,411 @@
+"""MLflow tracking: one parent run per study, one nested run per trial, the champion model.
+
+Everything goes through `MlflowClient` with explicit run ids (no fluent active-run state), so
+several studies or workers never step on each other. Per-epoch metrics are queued with
+`log_batch(synchronous=False)` and awaited once at the end of the trial, so logging does not
+stall training. The champion is logged in MLflow's torch.export (`pt2`) format with explicit
+pip requirements and signature: loading it needs neither `search` nor `models`, and MLflow's
+requirement inference (seconds per model) never runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+
+from search.config import StudyConfig
+from search.data import Dataset
+from search.errors import UserError
+from search.train import EpochStats, TrainResult, evaluate
+from search.urls import redact_url
+
+__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "load_checkpoint", "resolve_tracking_uri"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+CHAMPION = "champion"
+PARENT_ATTR = "mlflow_parent_run_id"
+CHECKPOINT_DIR = "checkpoint"
+_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED"}
+_log = logging.getLogger(__name__)
+# MLflow's tqdm bars would interleave with our progress display.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def resolve_tracking_uri(flag: str | None, config_value: str | None) -> str:
+    """`--tracking-uri`, then `$MLFLOW_TRACKING_URI`, then the study file, then the default."""
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or config_value or DEFAULT_TRACKING_URI
+
+
+def _sqlite_dir(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).parent
+
+
+def _prewarm() -> None:
+    """The first `log_model` in a process pays ~3 s of one-time imports and a scan of the
+    installed packages; do that in the background while the first trial trains."""
+    try:
+        import torch.export._trace  # noqa: F401
+        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
+
+        _init_packages_to_modules_map()
+    except Exception:  # only an optimisation
+        pass
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = (
+                json.dumps(value) if isinstance(value, list | dict) else str(value)
+            )
+    return flat
+
+
+def _pip_requirements() -> list[str]:
+    import numpy
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+        f"numpy=={numpy.__version__}",
+    ]
+
+
+class Tracker:
+    """Implements the objective's `TrialTracker` protocol with MLflow."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        *,
+        study: optuna.Study,
+        config: StudyConfig,
+        experiment_id: str,
+        parent_run_id: str,
+    ) -> None:
+        self.client = client
+        self.study_name = study.study_name
+        self.config = config
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self._pending: dict[str, list[Any]] = {}
+        self._warm = threading.Thread(target=_prewarm, daemon=True)
+        if config.tracking.register_model:
+            self._warm.start()
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def for_study(
+        cls, study: optuna.Study, config: StudyConfig, *, tracking_uri: str | None
+    ) -> Tracker:
+        uri = resolve_tracking_uri(tracking_uri, config.tracking.uri)
+        local_dir = _sqlite_dir(uri)
+        try:
+            if local_dir is not None:
+                local_dir.mkdir(parents=True, exist_ok=True)
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            client = MlflowClient(uri, registry_uri=uri)
+            experiment_id = cls._experiment(client, study.study_name, local_dir)
+        except (MlflowException, OSError, Exception) as exc:  # bad scheme, unreachable server…
+            text = redact_url(str(exc)).strip().splitlines()
+            raise UserError(
+                f"cannot use tracking URI {redact_url(uri)}: {text[0] if text else exc}"
+            ) from None
+        parent = cls._parent_run(client, study, config, experiment_id)
+        return cls(
+            client, study=study, config=config, experiment_id=experiment_id, parent_run_id=parent
+        )
+
+    @staticmethod
+    def _experiment(client: MlflowClient, name: str, local_dir: Path | None) -> str:
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                client.restore_experiment(found.experiment_id)
+            return str(found.experiment_id)
+        location = (
+            (local_dir / "artifacts" / name).resolve().as_uri() if local_dir is not None else None
+        )
+        try:
+            return str(client.create_experiment(name, artifact_location=location))
+        except MlflowException:  # another worker created it a moment ago
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    @staticmethod
+    def _parent_run(
+        client: MlflowClient, study: optuna.Study, config: StudyConfig, experiment_id: str
+    ) -> str:
+        """Re-attach to the study's parent run (its id is kept in the study) or create it."""
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        if run_id:
+            try:
+                run = client.get_run(run_id)
+                if run.info.lifecycle_stage != "deleted":
+                    if run.info.status != "RUNNING":
+                        client.update_run(run_id, status="RUNNING")
+                    return str(run_id)
+            except MlflowException:
+                pass  # the tracking store was reset: start a new parent
+        run = client.create_run(
+            experiment_id,
+            run_name=study.study_name,
+            tags={
+                "study": study.study_name,
+                "role": "study",
+                "optuna.study_id": str(study._study_id),
+            },
+        )
+        params = _flatten({k: v for k, v in config.portable_dict().items() if k != "space"})
+        params.update({f"space.{k}": json.dumps(v) for k, v in config.space.items()})
+        client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        return str(run.info.run_id)
+
+    # ------------------------------------------------------------------ TrialTracker
+    def start_trial(self, number: int, params: Mapping[str, Any]) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{number}",
+            tags={
+                "mlflow.parentRunId": self.parent_run_id,
+                "study": self.study_name,
+                "trial": str(number),
+                "state": "RUNNING",
+            },
+        )
+        run_id = str(run.info.run_id)
+        op = self.client.log_batch(
+            run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=False
+        )
+        self._pending[run_id] = [op]
+        return run_id
+
+    def log_epoch(self, run_id: str, stats: EpochStats) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, stats.epoch) for k, v in stats.metrics().items()]
+        op = self.client.log_batch(run_id, metrics=metrics, synchronous=False)
+        self._pending.setdefault(run_id, []).append(op)
+
+    def end_trial(self, run_id: str, *, state: str, summary: Mapping[str, Any]) -> None:
+        self._wait(run_id)
+        now = int(time.time() * 1000)
+        metrics = []
+        for key in ("value", "best_epoch", "epochs_trained"):
+            if isinstance(summary.get(key), int | float):
+                name = "best_value" if key == "value" else key
+                metrics.append(Metric(name, float(summary[key]), now, 0))
+        optuna_state = "FAIL" if state in ("FAILED", "KILLED") else state
+        tags = [RunTag("state", optuna_state)]
+        if summary.get("stop_reason"):
+            tags.append(RunTag("stop_reason", str(summary["stop_reason"])[:5000]))
+        if summary.get("model_uri"):
+            tags.append(RunTag("model_uri", str(summary["model_uri"])))
+        try:
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        finally:
+            self.client.set_terminated(run_id, status=_RUN_STATUS[state])
+
+    def _wait(self, run_id: str) -> None:
+        for op in self._pending.pop(run_id, []):
+            try:
+                op.wait()
+            except MlflowException as exc:  # a lost metric must not fail the trial
+                _log.warning("MLflow logging for run %s failed: %s", run_id, redact_url(str(exc)))
+
+    # ------------------------------------------------------------------ champion
+    def register_champion(
+        self, run_id: str, *, number: int, value: float, result: TrainResult, data: Dataset
+    ) -> str | None:
+        if not self.config.tracking.register_model or result.state_dict is None:
+            return None
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        from models import create_model
+
+        self._warm.join()
+        self._wait(run_id)
+        model = create_model(**result.model_kwargs)
+        model.load_state_dict(result.state_dict)
+        model.eval()
+        example = data.val.x[:4].float().div(data.max_value).cpu()
+        with torch.no_grad():
+            logits = model(example)
+        signature = infer_signature(example.numpy(), logits.numpy())
+        self._log_checkpoint(run_id, result)
+        logged = self.client.create_logged_model(
+            self.experiment_id, name="model", source_run_id=run_id
+        )
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pt2",
+            input_example=example.numpy(),
+            signature=signature,
+            pip_requirements=_pip_requirements(),
+            run_id=run_id,
+            model_id=logged.model_id,
+            validate_serving_input=False,
+            metadata={
+                "classes": list(data.classes),
+                "input": "float32 images in [0, 1], shape (N, C, H, W); returns logits",
+                "pixel_scale": data.max_value,
+            },
+        )
+        version = self._create_version(info.model_uri, run_id, number, value, data)
+        self._move_alias(version, value)
+        return f"models:/{self.study_name}/{version}"
+
+    def _log_checkpoint(self, run_id: str, result: TrainResult) -> None:
+        """safetensors weights + the `create_model` arguments, to rebuild for fine-tuning."""
+        from safetensors.torch import save_file
+
+        assert result.state_dict is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in result.state_dict.items()},
+                f"{tmp}/model.safetensors",
+            )
+            Path(tmp, "model_config.json").write_text(json.dumps(result.model_kwargs, indent=2))
+            self.client.log_artifacts(run_id, tmp, CHECKPOINT_DIR)
+
+    def _create_version(
+        self, source: str, run_id: str, number: int, value: float, data: Dataset
+    ) -> str:
+        with contextlib.suppress(MlflowException):  # already registered
+            self.client.create_registered_model(
+                self.study_name,
+                description=f"Champion of regsearch study {self.study_name!r}.",
+            )
+        mv = self.client.create_model_version(
+            self.study_name,
+            source=source,
+            run_id=run_id,
+            tags={
+                "trial": str(number),
+                "value": repr(value),
+                "metric": self.config.objective.metric,
+                "classes": json.dumps(list(data.classes)),
+            },
+        )
+        return str(mv.version)
+
+    def _move_alias(self, version: str, value: float) -> None:
+        """Move `champion` unless another worker already registered a better model."""
+        try:
+            current = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
+            best = float(current.tags.get("value", "nan"))
+            maximize = self.config.objective.direction == "maximize"
+            if best == best and (best >= value if maximize else best <= value):
+                return
+        except MlflowException:
+            pass  # no champion yet
+        self.client.set_registered_model_alias(self.study_name, CHAMPION, version)
+
+    # ------------------------------------------------------------------ end of a launch
+    def close(self, study: optuna.Study, *, finished: bool, data: Dataset | None = None) -> None:
+        """Flush, mark orphaned trial runs KILLED and, when the study is done, evaluate the
+        champion on the test split and finish the parent run."""
+        for run_id in list(self._pending):
+            self._wait(run_id)
+        self._kill_orphans(study)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not finished:
+            if not running:
+                self.client.set_terminated(self.parent_run_id, status="KILLED")
+            return
+        if running:
+            return  # other workers still run trials; the last one finishes the parent
+        now = int(time.time() * 1000)
+        metrics, tags = [], []
+        try:
+            metrics.append(Metric("best_value", float(study.best_value), now, 0))
+            metrics.append(Metric("best_trial", float(study.best_trial.number), now, 0))
+        except ValueError:
+            pass
+        if data is not None and self.config.tracking.register_model:
+            test = self._evaluate_champion(data)
+            if test is not None:
+                metrics.append(Metric("test_accuracy", test, now, 0))
+                uri = f"models:/{self.study_name}@{CHAMPION}"
+                tags.append(RunTag("champion_uri", uri))
+                study.set_user_attr("champion_uri", uri)
+                study.set_user_attr("test_accuracy", test)
+        self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
+        self.client.set_terminated(
+            self.parent_run_id, status=RunStatus.to_string(RunStatus.FINISHED)
+        )
+
+    def _kill_orphans(self, study: optuna.Study) -> None:
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if not run_id:
+                continue
+            try:
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.client.set_tag(run_id, "state", "FAIL")
+                    self.client.set_terminated(run_id, status="KILLED")
+            except MlflowException:
+                continue
+
+    def _evaluate_champion(self, data: Dataset) -> float | None:
+        """Test accuracy of the champion, computed once per model version."""
+        try:
+            mv = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
+        except MlflowException:
+            return None
+        if "test_accuracy" in mv.tags:
+            return float(mv.tags["test_accuracy"])
+        model = load_checkpoint(self.client, str(mv.run_id))
+        device = data.test.x.device
+        _, accuracy = evaluate(model.to(device), data.test, max_value=data.max_value)
+        self.client.set_model_version_tag(
+            self.study_name, mv.version, "test_accuracy", repr(accuracy)
+        )
+        self.client.update_model_version(
+            self.study_name,
+            mv.version,
+            description=f"Trial {mv.tags.get('trial')}: {self.config.objective.metric} "
+            f"{float(mv.tags.get('value', 'nan')):.4f}, test accuracy {accuracy:.4f} "
+            f"({len(data.test)} held-out images).",
+        )
+        return accuracy
+
+
+def load_checkpoint(client: MlflowClient, run_id: str) -> torch.nn.Module:
+    """Rebuild a trial's model from its safetensors checkpoint (for fine-tuning or testing)."""
+    from safetensors.torch import load_file
+
+    from models import create_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(run_id, CHECKPOINT_DIR, tmp)
+        kwargs = json.loads(Path(local, "model_config.json").read_text())
+        state = load_file(str(Path(local, "model.safetensors")))
+    model = create_model(**kwargs)
+    model.load_state_dict(state)
+    return model.eval()

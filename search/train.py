@@ -1,0 +1,330 @@
+"""The training loop of one trial. It knows nothing of Optuna or MLflow: once per epoch it
+calls `on_epoch(stats)`, which may return a stop reason (the objective uses that to prune).
+
+Data stays on the device as uint8; each step slices a batch with a device-side permutation,
+converts it to float in [0, 1] and augments it in batch (`search.augment`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import create_model
+from search.augment import BatchTransform
+from search.config import TrainConfig, TrialConfig
+from search.data import Dataset, ImageSet
+
+__all__ = [
+    "EarlyStopping",
+    "EpochStats",
+    "TrainResult",
+    "build_model",
+    "evaluate",
+    "make_optimizer",
+    "resolve_device",
+    "train",
+]
+
+# Why a trial stopped; also the `stop_reason` user attribute of its Optuna trial.
+MAX_EPOCHS, EARLY_STOPPING, NONFINITE = "max_epochs", "early_stopping", "nonfinite"
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float  # on a clean (un-augmented) subset of the training split
+    train_accuracy: float  # idem: with val_accuracy, the overfitting gap
+    val_loss: float
+    val_accuracy: float
+    fit_loss: float  # mean loss of the augmented/mixed batches the optimizer saw
+    lr: float
+    epoch_seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if k != "epoch"}
+
+
+@dataclass
+class TrainResult:
+    stop_reason: str
+    epochs_trained: int
+    best_epoch: int | None = None
+    best_value: float | None = None
+    best_stats: EpochStats | None = None
+    history: list[EpochStats] = field(default_factory=list)
+    state_dict: dict[str, torch.Tensor] | None = None  # best-epoch weights, on the CPU
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # create_model(**model_kwargs)
+
+
+EpochCallback = Callable[[EpochStats], str | None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {name!r} requested but MPS is not available")
+    return device
+
+
+def build_model(cfg: TrialConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+    mean, std = data.mean_std()
+    kwargs: dict[str, Any] = {
+        "name": cfg.model.name,
+        "num_classes": data.num_classes,
+        "in_channels": data.shape[0],
+        "dropout": cfg.regularization.dropout,
+        "drop_path": cfg.regularization.drop_path,
+        "width": cfg.model.width,
+        "mean": mean,
+        "std": std,
+    }
+    return create_model(**kwargs), kwargs
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices and kernels only: never on biases or normalisation
+    parameters (all of which are 1-D)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+_OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], TrainConfig], torch.optim.Optimizer]] = {
+    "adamw": lambda groups, t: torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999)),
+    "sgd": lambda groups, t: torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True),
+}
+
+
+def make_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.regularization.weight_decay)
+    return _OPTIMIZERS[cfg.train.optimizer](groups, cfg.train)
+
+
+def _warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _warmup_constant(total: int, warmup: int) -> Callable[[int], float]:
+    return lambda step: (step + 1) / warmup if step < warmup else 1.0
+
+
+_SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int, int, float], Any]] = {
+    "cosine": lambda opt, total, warmup, lr: torch.optim.lr_scheduler.LambdaLR(
+        opt, _warmup_cosine(total, warmup)
+    ),
+    "constant": lambda opt, total, warmup, lr: torch.optim.lr_scheduler.LambdaLR(
+        opt, _warmup_constant(total, warmup)
+    ),
+    "onecycle": lambda opt, total, warmup, lr: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=total, pct_start=max(warmup / total, 0.05)
+    ),
+}
+
+
+class EarlyStopping:
+    """The seed's patience rule: stop after `patience` epochs without an improvement of more
+    than `min_delta` in the monitored value."""
+
+    def __init__(self, *, patience: int | None, min_delta: float, maximize: bool) -> None:
+        self.patience, self.min_delta, self.maximize = patience, min_delta, maximize
+        self.best: float | None = None
+        self.bad_epochs = 0
+
+    def improved(self, value: float) -> bool:
+        """Record `value`; True when it is a new best."""
+        if self.best is None or (
+            value > self.best + self.min_delta
+            if self.maximize
+            else value < self.best - self.min_delta
+        ):
+            self.best, self.bad_epochs = value, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if use_bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _batches(n: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    perm = torch.randperm(n, device=device)
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
+        if idx.numel() > 1 or n == 1:  # a batch of one breaks BatchNorm
+            yield idx
+
+
+def _to_float(x: torch.Tensor, max_value: float, channels_last: bool) -> torch.Tensor:
+    x = x.float().div_(max_value)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: ImageSet,
+    *,
+    max_value: float,
+    batch_size: int = 1024,
+    precision: str = "fp32",
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` in eval mode on `images`."""
+    was_training = model.training
+    model.eval()
+    device = images.x.device
+    channels_last = device.type == "cuda"
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for start in range(0, len(images), batch_size):
+        x = _to_float(images.x[start : start + batch_size], max_value, channels_last)
+        y = images.y[start : start + batch_size]
+        with _autocast(device, precision):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+    model.train(was_training)
+    n = max(1, len(images))
+    return loss_sum.item() / n, correct.item() / n
+
+
+def train(
+    cfg: TrialConfig,
+    data: Dataset,
+    *,
+    device: torch.device | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Train one model; return the best epoch's value and weights (by the objective metric).
+
+    `data` should already live on `device` (`Dataset.to`), so the loop never copies images
+    from the host. `on_epoch` may return a stop reason (e.g. "pruned") to end the run.
+    """
+    t = cfg.train
+    device = device or data.train.x.device
+    torch.manual_seed(t.seed)
+    model, model_kwargs = build_model(cfg, data)
+    channels_last = device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last if channels_last else None)
+    step_model: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
+    optimizer = make_optimizer(model, cfg)
+
+    n_train = len(data.train)
+    steps_per_epoch = max(1, len(list(range(0, n_train, t.batch_size))))
+    total_steps = t.epochs * steps_per_epoch
+    warmup_steps = min(total_steps, max(1, round(t.warmup_epochs * steps_per_epoch)))
+    scheduler = _SCHEDULES[t.schedule](optimizer, total_steps, warmup_steps, t.lr)
+
+    transform = BatchTransform(
+        cfg.regularization,
+        num_classes=data.num_classes,
+        allow_flip=data.allow_flip,
+        colour=data.shape[0] == 3,
+    )
+    smoothing = cfg.regularization.label_smoothing
+    # A fixed clean subset of the training split, for the train-vs-val gap.
+    g = torch.Generator().manual_seed(t.seed)
+    subset = torch.randperm(n_train, generator=g)[: t.train_eval_size].to(device)
+    clean_train = ImageSet(data.train.x[subset], data.train.y[subset])
+
+    metric = cfg.objective.metric
+    maximize = cfg.objective.direction == "maximize"
+    stopper = EarlyStopping(
+        patience=cfg.early_stopping.patience,
+        min_delta=cfg.early_stopping.min_delta,
+        maximize=maximize,
+    )
+    result = TrainResult(stop_reason=MAX_EPOCHS, epochs_trained=0, model_kwargs=model_kwargs)
+
+    for epoch in range(1, t.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        for idx in _batches(n_train, t.batch_size, device):
+            x = _to_float(data.train.x[idx], data.max_value, channels_last)
+            x, targets = transform(x, data.train.y[idx])
+            with _autocast(device, t.precision):
+                logits = step_model(x)
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * idx.numel()
+            seen += idx.numel()
+        fit_loss = loss_sum.item() / max(1, seen)
+        result.epochs_trained = epoch
+        if not math.isfinite(fit_loss):
+            result.stop_reason = NONFINITE
+            break
+
+        eval_kwargs = {
+            "max_value": data.max_value,
+            "batch_size": t.eval_batch_size,
+            "precision": t.precision,
+        }
+        train_loss, train_acc = evaluate(model, clean_train, **eval_kwargs)  # type: ignore[arg-type]
+        val_loss, val_acc = evaluate(model, data.val, **eval_kwargs)  # type: ignore[arg-type]
+        stats = EpochStats(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_accuracy=train_acc,
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            fit_loss=fit_loss,
+            lr=optimizer.param_groups[0]["lr"],
+            epoch_seconds=time.perf_counter() - started,
+        )
+        result.history.append(stats)
+        value = getattr(stats, metric)
+        if not math.isfinite(value):
+            result.stop_reason = NONFINITE
+            break
+        if stopper.improved(value):
+            result.best_epoch, result.best_value, result.best_stats = epoch, value, stats
+            result.state_dict = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
+        reason = on_epoch(stats) if on_epoch is not None else None
+        if reason:
+            result.stop_reason = reason
+            break
+        if stopper.should_stop:
+            result.stop_reason = EARLY_STOPPING
+            break
+    return result
