@@ -269,14 +269,21 @@ class TrialConfig:
 # --------------------------------------------------------------------------- loading
 
 
+def _merges(old: Any, new: Any) -> bool:
+    """Whether `new` refines `old` key by key rather than replacing it. A space distribution
+    (`type: ...`) or a differently named sampler/pruner (`name: ...`) replaces: a categorical
+    must not inherit `low`/`high`, a hyperband pruner must not inherit the median's options."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return False
+    return "type" not in new and new.get("name", old.get("name")) == old.get("name")
+
+
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """`update` over `base`, recursively for mappings. A distribution entry in `space` (a
-    mapping with `type`) replaces rather than merges, so `{type: categorical, ...}` does not
-    inherit `low`/`high` from a default float range."""
+    """`update` over `base`, recursively for mappings that refine rather than replace."""
     merged = copy.deepcopy(dict(base))
     for key, value in update.items():
         old = merged.get(key)
-        if isinstance(old, Mapping) and isinstance(value, Mapping) and "type" not in value:
+        if isinstance(old, Mapping) and _merges(old, value):
             merged[key] = deep_merge(old, value)
         else:
             merged[key] = copy.deepcopy(value)
@@ -312,11 +319,7 @@ def apply_overrides(data: Mapping[str, Any], assignments: Iterable[str]) -> dict
                     f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a mapping"
                 )
             node = child
-        if (
-            isinstance(value, Mapping)
-            and "type" not in value
-            and isinstance(node.get(path[-1]), dict)
-        ):
+        if _merges(node.get(path[-1]), value):
             node[path[-1]] = deep_merge(node[path[-1]], value)
         else:
             node[path[-1]] = value
@@ -347,8 +350,11 @@ def validate_config(data: Mapping[str, Any]) -> StudyConfig:
     except ValidationError as exc:
         raise UserError(_format_validation_error(exc)) from None
     from search.space import SearchSpace
+    from search.study import make_pruner, make_sampler
 
     SearchSpace.from_config(config)  # raises UserError naming the bad space entry
+    make_sampler(config)  # unknown constructor options fail here, before any storage exists
+    make_pruner(config)
     return config
 
 

@@ -3,7 +3,6 @@ shared budget of finished trials is spent (or the timeout passes)."""
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -107,7 +106,6 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         quiet=options.quiet,
     )
     objective = Objective(config, data, device=device, tracker=tracker, listener=progress)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         with progress:
             progress.start(study)

@@ -197,6 +197,14 @@ def _check_section_value(config: StudyConfig, key: str, entry: SpaceEntry, value
         ) from None
 
 
+def _is_int_field(section: str, name: str) -> bool:
+    fields_of = {"train": TrainConfig.model_fields, "model": ModelConfig.model_fields}
+    if section not in fields_of:
+        return False
+    annotation = str(fields_of[section][name].annotation)
+    return annotation in ("<class 'int'>", "int | None", "typing.Optional[int]")
+
+
 class SearchSpace:
     """Parsed, checked space entries; `sample` turns a trial into a `TrialConfig`."""
 
@@ -214,6 +222,10 @@ class SearchSpace:
                 raise UserError(f"space.{key}: {name!r} is already given as space.{seen[name]}")
             seen[name] = str(key)
             entry = SpaceEntry(name, section, _parse_value(str(key), raw))
+            if isinstance(entry.value, FloatDist) and _is_int_field(section, name):
+                raise UserError(
+                    f"space.{key}: {section}.{name} is an integer; use type: int for its range"
+                )
             candidates = entry.value.bounds() if isinstance(entry.value, _Dist) else [entry.value]
             for value in candidates:
                 if section == "regularization":
@@ -228,15 +240,15 @@ class SearchSpace:
         return tuple(e for e in self.entries if e.searched)
 
     def fixed_values(self) -> dict[str, Scalar]:
-        return {e.name: e.value for e in self.entries if not isinstance(e.value, _Dist)}  # type: ignore[misc]
+        return {e.name: e.value for e in self.entries if not isinstance(e.value, _Dist)}
 
     def grid(self) -> dict[str, list[Any]]:
         """The search space of Optuna's GridSampler: every searched entry needs a finite grid."""
         grid: dict[str, list[Any]] = {}
         for entry in self.searched:
-            assert isinstance(entry.value, _Dist)
+            assert isinstance(entry.value, FloatDist | IntDist | CategoricalDist)
             try:
-                grid[entry.name] = entry.value.values()  # type: ignore[attr-defined]
+                grid[entry.name] = list(entry.value.values())
             except ValueError as exc:
                 raise UserError(f"space.{entry.name}: {exc}") from None
         return grid
@@ -271,8 +283,13 @@ class SearchSpace:
             **{k: float(v) for k, v in by_section["regularization"].items() if k in reg_names},
         )
         return TrialConfig(
-            model=self.config.model.model_copy(update=by_section["model"]),
-            train=self.config.train.model_copy(update=by_section["train"]),
+            # Validated (not `model_copy`): a sampled value must meet the same rules as a file's.
+            model=ModelConfig.model_validate(
+                {**self.config.model.model_dump(), **by_section["model"]}
+            ),
+            train=TrainConfig.model_validate(
+                {**self.config.train.model_dump(), **by_section["train"]}
+            ),
             regularization=regularization,
             early_stopping=self.config.early_stopping,
             objective=self.config.objective,

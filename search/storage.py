@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,15 +73,18 @@ def open_storage(
 
     heartbeat: dict[str, Any] = {}
     if search is not None and search.heartbeat_interval:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=search.max_retry)
         heartbeat = {
             "heartbeat_interval": search.heartbeat_interval,
             "grace_period": search.grace_period or 4 * search.heartbeat_interval,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
-                max_retry=search.max_retry
-            ),
+            "heartbeat_stale_trial_callback": retry,
         }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.x
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except optuna.exceptions.StorageInternalError as exc:
         cause = exc.__cause__ or exc
         raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(cause)}") from None

@@ -3,14 +3,13 @@ stored in the study, and the shared trial budget."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from search.config import StudyConfig, deep_merge, validate_config
+from search.config import StudyConfig, validate_config
 from search.errors import UserError
 from search.space import SearchSpace
 
@@ -158,9 +157,7 @@ def load_existing(
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
         return study, None
-    from search.config import DEFAULTS
-
-    return study, validate_config(deep_merge(DEFAULTS, json.loads(json.dumps(stored))))
+    return study, validate_config(stored)  # complete: stored by `create_or_resume`
 
 
 def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:

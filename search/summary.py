@@ -53,7 +53,8 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
         best = study.best_trial
     except ValueError:
         return None
-    model_uri = study.user_attrs.get("champion_uri") or best.user_attrs.get("model_uri")
+    # The best trial's own registered version; the alias URI only as a fallback.
+    model_uri = best.user_attrs.get("model_uri") or study.user_attrs.get("champion_uri")
     return {
         "study": study.study_name,
         "trial": best.number,

@@ -1,9 +1,9 @@
 """MLflow tracking: one parent run per study, one nested run per trial, the champion model.
 
 Everything goes through `MlflowClient` with explicit run ids (no fluent active-run state), so
-several studies or workers never step on each other. Per-epoch metrics are queued with
-`log_batch(synchronous=False)` and awaited once at the end of the trial, so logging does not
-stall training. The champion is logged in MLflow's torch.export (`pt2`) format with explicit
+several studies or workers never step on each other. Per-epoch metrics are buffered and
+written with one `log_batch` every few seconds and at the end of the trial, so logging does
+not stall training. The champion is logged in MLflow's torch.export (`pt2`) format with explicit
 pip requirements and signature: loading it needs neither `search` nor `models`, and MLflow's
 requirement inference (seconds per model) never runs.
 """
@@ -40,6 +40,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHAMPION = "champion"
 PARENT_ATTR = "mlflow_parent_run_id"
 CHECKPOINT_DIR = "checkpoint"
+_MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 _RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED"}
 _log = logging.getLogger(__name__)
 # MLflow's tqdm bars would interleave with our progress display.
@@ -102,13 +103,16 @@ class Tracker:
         config: StudyConfig,
         experiment_id: str,
         parent_run_id: str,
+        flush_seconds: float = 5.0,
     ) -> None:
         self.client = client
         self.study_name = study.study_name
         self.config = config
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self._pending: dict[str, list[Any]] = {}
+        self._pending: dict[str, list[Metric]] = {}  # epoch metrics not yet written
+        self._flushed_at: dict[str, float] = {}
+        self.flush_seconds = flush_seconds
         self._warm = threading.Thread(target=_prewarm, daemon=True)
         if config.tracking.register_model:
             self._warm.start()
@@ -119,6 +123,7 @@ class Tracker:
         cls, study: optuna.Study, config: StudyConfig, *, tracking_uri: str | None
     ) -> Tracker:
         uri = resolve_tracking_uri(tracking_uri, config.tracking.uri)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
         local_dir = _sqlite_dir(uri)
         try:
             if local_dir is not None:
@@ -198,22 +203,23 @@ class Tracker:
             },
         )
         run_id = str(run.info.run_id)
-        op = self.client.log_batch(
-            run_id, params=[Param(k, str(v)) for k, v in params.items()], synchronous=False
-        )
-        self._pending[run_id] = [op]
+        if params:
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self._pending[run_id] = []
+        self._flushed_at[run_id] = time.monotonic()
         return run_id
 
     def log_epoch(self, run_id: str, stats: EpochStats) -> None:
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, stats.epoch) for k, v in stats.metrics().items()]
-        op = self.client.log_batch(run_id, metrics=metrics, synchronous=False)
-        self._pending.setdefault(run_id, []).append(op)
+        pending = self._pending.setdefault(run_id, [])
+        pending.extend(Metric(k, float(v), now, stats.epoch) for k, v in stats.metrics().items())
+        if time.monotonic() - self._flushed_at.get(run_id, 0.0) >= self.flush_seconds:
+            self._flush(run_id)
 
     def end_trial(self, run_id: str, *, state: str, summary: Mapping[str, Any]) -> None:
-        self._wait(run_id)
         now = int(time.time() * 1000)
-        metrics = []
+        metrics = self._pending.pop(run_id, [])
+        self._flushed_at.pop(run_id, None)
         for key in ("value", "best_epoch", "epochs_trained"):
             if isinstance(summary.get(key), int | float):
                 name = "best_value" if key == "value" else key
@@ -225,16 +231,27 @@ class Tracker:
         if summary.get("model_uri"):
             tags.append(RunTag("model_uri", str(summary["model_uri"])))
         try:
-            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            for start in range(0, max(1, len(metrics)), _MAX_METRICS_PER_BATCH):
+                chunk = metrics[start : start + _MAX_METRICS_PER_BATCH]
+                self.client.log_batch(run_id, metrics=chunk, tags=tags if start == 0 else [])
         finally:
             self.client.set_terminated(run_id, status=_RUN_STATUS[state])
 
-    def _wait(self, run_id: str) -> None:
-        for op in self._pending.pop(run_id, []):
-            try:
-                op.wait()
-            except MlflowException as exc:  # a lost metric must not fail the trial
-                _log.warning("MLflow logging for run %s failed: %s", run_id, redact_url(str(exc)))
+    def _flush(self, run_id: str) -> None:
+        """Write the buffered epoch metrics in one call. MLflow's own async queue is not used:
+        `set_terminated` shuts its threads down, costing ~1 s per trial."""
+        metrics = self._pending.get(run_id)
+        self._flushed_at[run_id] = time.monotonic()
+        if not metrics:
+            return
+        self._pending[run_id] = []
+        try:
+            for start in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+                self.client.log_batch(
+                    run_id, metrics=metrics[start : start + _MAX_METRICS_PER_BATCH]
+                )
+        except MlflowException as exc:  # a lost curve point must not fail the trial
+            _log.warning("MLflow logging for run %s failed: %s", run_id, redact_url(str(exc)))
 
     # ------------------------------------------------------------------ champion
     def register_champion(
@@ -248,7 +265,7 @@ class Tracker:
         from models import create_model
 
         self._warm.join()
-        self._wait(run_id)
+        self._flush(run_id)
         model = create_model(**result.model_kwargs)
         model.load_state_dict(result.state_dict)
         model.eval()
@@ -331,7 +348,7 @@ class Tracker:
         """Flush, mark orphaned trial runs KILLED and, when the study is done, evaluate the
         champion on the test split and finish the parent run."""
         for run_id in list(self._pending):
-            self._wait(run_id)
+            self._flush(run_id)
         self._kill_orphans(study)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not finished:

@@ -143,7 +143,7 @@ _SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int, int, float], Any]] =
         opt, _warmup_constant(total, warmup)
     ),
     "onecycle": lambda opt, total, warmup, lr: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=total, pct_start=max(warmup / total, 0.05)
+        opt, max_lr=lr, total_steps=total, pct_start=min(max(warmup / total, 0.05), 0.95)
     ),
 }
 
@@ -239,7 +239,9 @@ def train(
     torch.manual_seed(t.seed)
     model, model_kwargs = build_model(cfg, data)
     channels_last = device.type == "cuda"
-    model = model.to(device, memory_format=torch.channels_last if channels_last else None)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     step_model: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
     optimizer = make_optimizer(model, cfg)
 

@@ -1,3 +1,37 @@
-"""placeholder"""
+"""`regsearch bench`: performance figures as side-by-side ratios."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import json
+
+import click
+
+from search.errors import UserError
+
+
+@click.command("bench")
+@click.option("--only", "names", multiple=True, metavar="NAME", help="Run only this benchmark.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+def bench_command(names: tuple[str, ...], as_json: bool, threads: int | None) -> None:
+    """Measure trial overhead, training throughput and other figures on this machine."""
+    from search.bench import BENCHMARKS, run_benchmarks
+
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise UserError(f"--only {unknown[0]}: unknown benchmark; known: {', '.join(BENCHMARKS)}")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    figures = run_benchmarks(list(names) or None, echo=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(figures, indent=2))
+        return
+    for section, values in figures.items():
+        click.echo(f"{section}:")
+        for key, value in values.items():
+            click.echo(f"  {key}: {value}")
+
+
+COMMANDS = [bench_command]

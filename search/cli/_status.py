@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -10,7 +11,7 @@ from search.cli._options import json_option, make_console, storage_option
 from search.errors import UserError
 
 
-def _storage(storage: str | None):  # type: ignore[no-untyped-def]
+def _storage(storage: str | None) -> Any:
     from search.storage import open_storage, resolve_storage_url
 
     return open_storage(resolve_storage_url(storage), create=False)

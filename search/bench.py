@@ -1,0 +1,186 @@
+"""`regsearch bench`: performance figures as ratios measured side by side in one process.
+
+Each figure runs its contenders alternately (A B A B …) on the same machine and reports the
+median of the per-pair ratios, so drift in machine load hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from search.config import load_config
+from search.data import Dataset, load_dataset
+from search.space import SearchSpace
+from search.train import train
+
+__all__ = ["BENCHMARKS", "machine", "run_benchmarks"]
+
+# A middle-of-the-road trial of the default study: every regularizer on, no early stop, so the
+# service run and the bare run train exactly the same epochs.
+_TRIAL_OVERRIDES = [
+    "space.weight_decay=0.005",
+    "space.dropout=0.2",
+    "space.aug_strength=0.3",
+    "space.mixup_alpha=0.4",
+    "space.label_smoothing=0.1",
+    "early_stopping.patience=null",
+    "search.pruner=none",
+]
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def trial_overhead(*, repeats: int = 5, epochs: int = 20) -> dict[str, Any]:
+    """Wall time of one digits trial run through the service (Optuna report/prune, MLflow
+    params/metrics/run lifecycle, champion bookkeeping) ÷ the same `train()` call alone.
+
+    The first service trial of the study becomes the champion (model logged and registered);
+    later ones have the same value, so they are not registered. Both ratios are reported.
+    """
+    import optuna
+
+    from search.objective import Objective
+    from search.storage import open_storage
+    from search.study import create_or_resume
+    from search.tracking import Tracker
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    config = load_config(overrides=[*_TRIAL_OVERRIDES, f"train.epochs={epochs}"])
+    data = load_dataset(config.dataset)
+    space = SearchSpace.from_config(config)
+    trial_cfg = space.resolve(space.fixed_values())
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config.model_copy(update={"study": "bench-overhead"})
+        storage = open_storage(f"sqlite:///{tmp}/optuna.db", config.search)
+        study, _ = create_or_resume(config, storage)
+        tracker = Tracker.for_study(study, config, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+        tracker._warm.join()  # one-time imports: paid once per worker, not per trial
+        objective = Objective(config, data, device=torch.device("cpu"), tracker=tracker)
+        bare_data = data.to("cpu")
+        train(replace(trial_cfg, train=trial_cfg.train.model_copy(update={"epochs": 2})), bare_data)
+
+        bare, service = [], []
+        for _ in range(repeats):
+            bare.append(_timed(lambda: train(trial_cfg, bare_data)))
+            service.append(_timed(lambda: study.optimize(objective, n_trials=1)))
+        champion_seconds = _champion_seconds(tracker, study, config, trial_cfg, data)
+        tracker.close(study, finished=True, data=data)
+    ratios = [s / b for s, b in zip(service, bare, strict=True)]
+    return {
+        "trial_overhead": round(statistics.median(ratios[1:] or ratios), 3),
+        "trial_overhead_with_champion": round(ratios[0], 3),
+        "champion_register_seconds": round(champion_seconds, 3),
+        "bare_trial_seconds": round(statistics.median(bare), 3),
+        "service_trial_seconds": round(statistics.median(service[1:] or service), 3),
+        "epochs": epochs,
+        "repeats": repeats,
+    }
+
+
+def _champion_seconds(
+    tracker: Any, study: Any, config: Any, trial_cfg: Any, data: Dataset
+) -> float:
+    """Seconds to log + register + alias the digits model once more (warm process)."""
+    result = train(replace(trial_cfg, train=trial_cfg.train.model_copy(update={"epochs": 1})), data)
+    run_id = tracker.start_trial(999, {})
+    seconds = _timed(
+        lambda: tracker.register_champion(run_id, number=999, value=-1.0, result=result, data=data)
+    )
+    tracker.end_trial(run_id, state="COMPLETE", summary={})
+    return seconds
+
+
+def train_images_per_second(
+    *, models: tuple[str, ...] | None = None, steps: int = 6
+) -> dict[str, Any]:
+    """Training throughput (augmented images per second through forward+backward+step) of each
+    model on a synthetic 32×32 RGB set on the current device, and the share of step time spent
+    in data slicing + augmentation."""
+    from models import list_models
+    from search.augment import BatchTransform
+    from search.train import _to_float, build_model, make_optimizer, resolve_device
+
+    device = resolve_device("auto")
+    config = load_config(
+        overrides=[
+            "dataset={name: synthetic, num_samples: 1200, image_size: 32, channels: 3}",
+            "space={weight_decay: 0.005, dropout: 0.1, aug_strength: 0.5, mixup_alpha: 0.2, "
+            "label_smoothing: 0.1, cutmix_alpha: 1.0, cutout: 0.25, drop_path: 0.1}",
+            "train.batch_size=128",
+        ]
+    )
+    data = load_dataset(config.dataset).to(device)
+    space = SearchSpace.from_config(config)
+    results: dict[str, Any] = {}
+    for name in models or tuple(list_models()):
+        cfg = space.resolve(space.fixed_values())
+        cfg = replace(cfg, model=cfg.model.model_copy(update={"name": name}))
+        model, _ = build_model(cfg, data)
+        model = model.to(device)
+        optimizer = make_optimizer(model, cfg)
+        transform = BatchTransform(
+            cfg.regularization, num_classes=data.num_classes, allow_flip=True, colour=True
+        )
+        bs = cfg.train.batch_size
+        data_s = step_s = 0.0
+        for step in range(steps + 1):  # step 0 warms up
+            idx = torch.randint(0, len(data.train), (bs,), device=device)
+            t0 = time.perf_counter()
+            x, y = transform(_to_float(data.train.x[idx], data.max_value, False), data.train.y[idx])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            if step:
+                data_s += t1 - t0
+                step_s += t2 - t0
+        results[name] = {
+            "images_per_second": round(steps * bs / step_s, 1),
+            "data_share": round(data_s / step_s, 4),
+        }
+    return {"device": str(device), "batch_size": 128, "image": "3x32x32", "models": results}
+
+
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "trial_overhead": trial_overhead,
+    "train_images_per_second": train_images_per_second,
+}
+
+
+def run_benchmarks(
+    names: list[str] | None = None, *, echo: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"machine": machine()}
+    for name in names or list(BENCHMARKS):
+        if echo:
+            echo(f"bench: {name} …")
+        out[name] = BENCHMARKS[name]()
+    return out

@@ -1,0 +1,192 @@
+"""Data sets: uint8 images, fixed stratified train/val/test splits, synthetic shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from search.config import DatasetConfig
+from search.data import Dataset, ImageSet, load_dataset
+from search.errors import UserError
+
+N_DIGITS = 1797
+
+
+def _rows(images: ImageSet) -> list[tuple[int, ...]]:
+    return [tuple(r) for r in images.x.flatten(1).tolist()]
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    return load_dataset(DatasetConfig(name="digits"))
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def test_digits_format(digits: Dataset) -> None:
+    assert digits.name == "digits"
+    assert digits.classes == tuple(str(i) for i in range(10))
+    assert digits.num_classes == 10
+    assert digits.shape == (1, 8, 8)
+    assert digits.max_value == 16.0
+    assert digits.allow_flip is False  # a mirrored digit is another glyph
+    for split in (digits.train, digits.val, digits.test):
+        assert split.x.dtype == torch.uint8
+        assert split.y.dtype == torch.int64
+        assert split.x.shape[1:] == (1, 8, 8)
+        assert split.x.shape[0] == len(split)
+        assert int(split.x.max()) == 16
+        assert int(split.x.min()) == 0
+        assert set(split.y.unique().tolist()) == set(range(10))
+
+
+def test_digits_splits_are_disjoint_and_cover_the_data_set(digits: Dataset) -> None:
+    train, val, test = (set(_rows(s)) for s in (digits.train, digits.val, digits.test))
+    # Every digits image is unique, so disjoint images mean disjoint indices.
+    assert len(train) == len(digits.train)
+    assert not train & val and not train & test and not val & test
+    assert len(digits.train) + len(digits.val) + len(digits.test) == N_DIGITS
+    bunch = load_digits()
+    everything = {tuple(r) for r in bunch.images.astype(np.uint8).reshape(N_DIGITS, -1).tolist()}
+    assert train | val | test == everything
+
+
+def test_digits_labels_match_images(digits: Dataset) -> None:
+    bunch = load_digits()
+    label_of = {
+        tuple(img): int(t)
+        for img, t in zip(
+            bunch.images.astype(np.uint8).reshape(N_DIGITS, -1).tolist(),
+            bunch.target,
+            strict=True,
+        )
+    }
+    for split in (digits.train, digits.val, digits.test):
+        assert [label_of[r] for r in _rows(split)] == split.y.tolist()
+
+
+@pytest.mark.parametrize(("val", "test"), [(0.2, 0.2), (0.1, 0.3), (0.15, 0.05), (0.4, 0.4)])
+def test_split_sizes_match_fractions(val: float, test: float) -> None:
+    data = load_dataset(DatasetConfig(val_fraction=val, test_fraction=test))
+    assert abs(len(data.val) - val * N_DIGITS) <= 2
+    assert abs(len(data.test) - test * N_DIGITS) <= 2
+    assert len(data.train) + len(data.val) + len(data.test) == N_DIGITS
+
+
+def test_splits_are_stratified(digits: Dataset) -> None:
+    overall = np.bincount(load_digits().target, minlength=10)
+    for split, fraction in ((digits.train, 0.6), (digits.val, 0.2), (digits.test, 0.2)):
+        counts = np.bincount(split.y.numpy(), minlength=10)
+        assert np.abs(counts - overall * fraction).max() <= 2, (fraction, counts)
+
+
+def test_same_split_seed_same_splits(digits: Dataset) -> None:
+    again = load_dataset(DatasetConfig(name="digits", split_seed=0))
+    for a, b in ((digits.train, again.train), (digits.val, again.val), (digits.test, again.test)):
+        assert torch.equal(a.x, b.x)
+        assert torch.equal(a.y, b.y)
+
+
+def test_other_split_seed_other_splits(digits: Dataset) -> None:
+    other = load_dataset(DatasetConfig(name="digits", split_seed=1))
+    assert len(other.val) == len(digits.val)
+    assert set(_rows(other.val)) != set(_rows(digits.val))
+    assert set(_rows(other.test)) != set(_rows(digits.test))
+    # Still a partition of the same images.
+    assert set(_rows(other.train)) | set(_rows(other.val)) | set(_rows(other.test)) == set(
+        _rows(digits.train)
+    ) | set(_rows(digits.val)) | set(_rows(digits.test))
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+@pytest.mark.parametrize(
+    ("channels", "size", "classes", "samples"), [(1, 8, 3, 300), (3, 10, 5, 200), (2, 4, 2, 40)]
+)
+def test_synthetic_shapes(channels: int, size: int, classes: int, samples: int) -> None:
+    cfg = DatasetConfig(
+        name="synthetic",
+        num_samples=samples,
+        image_size=size,
+        channels=channels,
+        num_classes=classes,
+    )
+    data = load_dataset(cfg)
+    assert data.shape == (channels, size, size)
+    assert data.num_classes == classes
+    assert data.classes == tuple(f"class_{i}" for i in range(classes))
+    assert data.max_value == 255.0
+    assert data.allow_flip is True
+    assert len(data.train) + len(data.val) + len(data.test) == samples
+    for split in (data.train, data.val, data.test):
+        assert split.x.dtype == torch.uint8
+        assert split.x.shape == (len(split), channels, size, size)
+        assert set(split.y.unique().tolist()) == set(range(classes))
+    train, val, test = (set(_rows(s)) for s in (data.train, data.val, data.test))
+    assert not train & val and not train & test and not val & test
+
+
+def test_synthetic_is_reproducible_and_depends_on_split_seed() -> None:
+    cfg = DatasetConfig(name="synthetic", num_samples=60, num_classes=3)
+    a, b = load_dataset(cfg), load_dataset(cfg)
+    assert torch.equal(a.train.x, b.train.x)
+    c = load_dataset(cfg.model_copy(update={"split_seed": 1}))
+    assert not torch.equal(a.train.x, c.train.x)
+
+
+def test_too_few_images_per_class() -> None:
+    cfg = DatasetConfig(name="synthetic", num_samples=20, num_classes=10)
+    with pytest.raises(UserError, match="at least 3 images"):
+        load_dataset(cfg)
+
+
+def test_unknown_data_set_name() -> None:
+    cfg = DatasetConfig.model_construct(name="nope")
+    with pytest.raises(UserError, match=r"^dataset\.name: unknown data set 'nope'"):
+        load_dataset(cfg)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mean_std(channels: int) -> None:
+    data = load_dataset(
+        DatasetConfig(name="synthetic", num_samples=60, channels=channels, num_classes=3)
+    )
+    mean, std = data.mean_std()
+    assert len(mean) == len(std) == channels
+    x = data.train.x.double() / 255.0
+    for c in range(channels):
+        assert mean[c] == pytest.approx(x[:, c].mean().item(), rel=1e-5)
+        assert std[c] == pytest.approx(x[:, c].std().item(), rel=1e-4)
+        assert 0.0 < mean[c] < 1.0
+        assert 0.0 < std[c] < 1.0
+
+
+def test_mean_std_of_digits(digits: Dataset) -> None:
+    mean, std = digits.mean_std()
+    assert len(mean) == len(std) == 1
+    assert 0.2 < mean[0] < 0.4
+    assert 0.3 < std[0] < 0.45
+
+
+def test_mean_std_of_constant_images_is_clamped() -> None:
+    x = torch.full((4, 2, 3, 3), 8, dtype=torch.uint8)
+    split = ImageSet(x, torch.arange(4) % 2)
+    data = Dataset("const", split, split, split, ("a", "b"), 16.0, False)
+    mean, std = data.mean_std()
+    assert mean == pytest.approx([0.5, 0.5])
+    assert std == pytest.approx([1e-3, 1e-3])
+
+
+def test_to_keeps_the_data(digits: Dataset) -> None:
+    moved = digits.to("cpu")
+    assert torch.equal(moved.train.x, digits.train.x)
+    assert torch.equal(moved.test.y, digits.test.y)
+    assert moved.classes == digits.classes
+    assert moved.max_value == digits.max_value

@@ -1,0 +1,91 @@
+"""The objective in process: how bad trials end in Optuna and in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+
+import search.objective
+from search.config import load_config
+from search.data import load_dataset
+from search.objective import Objective
+from search.storage import open_storage
+from search.study import create_or_resume
+from search.tracking import Tracker
+
+SYNTHETIC = "dataset={name: synthetic, num_samples: 300, image_size: 8, num_classes: 3}"
+
+
+def _setup(tmp_path: Path, *overrides: str) -> tuple[optuna.Study, Objective, MlflowClient]:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    config = load_config(
+        overrides=[
+            SYNTHETIC,
+            "train.epochs=2",
+            "search.pruner=none",
+            "tracking.register_model=false",
+            *overrides,
+        ]
+    )
+    storage = open_storage(f"sqlite:///{tmp_path}/o.db", config.search)
+    study, _ = create_or_resume(config, storage)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tracker = Tracker.for_study(study, config, tracking_uri=uri)
+    data = load_dataset(config.dataset)
+    objective = Objective(config, data, device=torch.device("cpu"), tracker=tracker)
+    return study, objective, MlflowClient(uri)
+
+
+def test_an_exception_fails_the_trial_and_the_study_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, objective, client = _setup(tmp_path)
+    real_train = search.objective.train
+    calls = iter([RuntimeError("boom: the GPU caught fire")])
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        error = next(calls, None)
+        if error is not None:
+            raise error
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(search.objective, "train", flaky)
+    study.optimize(objective, n_trials=2, catch=(Exception,))
+    failed, ok = study.trials
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert failed.user_attrs["stop_reason"] == "error: RuntimeError: boom: the GPU caught fire"
+    run = client.get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["state"] == "FAIL"
+    assert ok.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_ctrl_c_fails_the_trial_and_kills_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, objective, client = _setup(tmp_path)
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search.objective, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.FAIL, "never left RUNNING"
+    assert trial.user_attrs["stop_reason"] == "interrupted"
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+
+
+def test_a_diverging_trial_is_pruned_as_nonfinite(tmp_path: Path) -> None:
+    study, objective, client = _setup(tmp_path, "space.lr=1.0e+30", "train.optimizer=sgd")
+    study.optimize(objective, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["stop_reason"] == "nonfinite"
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["state"] == "PRUNED"

@@ -1,0 +1,206 @@
+"""Optuna storage: SQLite files in WAL mode, read-only opening, one-line errors without
+passwords, and URL redaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.config import load_config
+from search.errors import UserError
+from search.storage import DEFAULT_STORAGE, open_storage, resolve_storage_url
+from search.urls import redact_url
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _journal_mode(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _storage_error(url: str, **kwargs: object) -> str:
+    with pytest.raises(UserError) as exc:
+        open_storage(url, **kwargs)  # type: ignore[arg-type]
+    message = str(exc.value)
+    assert "\n" not in message
+    # `from None`: no chained exception that a traceback could print with the URL in it.
+    assert exc.value.__cause__ is None
+    assert exc.value.__context__ is None or exc.value.__suppress_context__
+    return message
+
+
+# --------------------------------------------------------------------------- sqlite
+
+
+@pytest.mark.parametrize("relative", ["studies/regsearch.db", "a/b/c/x.db", "x.db"])
+def test_sqlite_file_is_created_in_wal_mode(tmp_path: Path, relative: str) -> None:
+    storage = open_storage(f"sqlite:///{relative}")
+    path = tmp_path / relative  # relative to the working directory, which is tmp_path
+    assert path.is_file()
+    assert _journal_mode(path) == "wal"
+    assert isinstance(storage, optuna.storages.RDBStorage)
+
+
+def test_sqlite_absolute_path_and_query(tmp_path: Path) -> None:
+    path = tmp_path / "abs" / "s.db"
+    open_storage(f"sqlite:///{path}?timeout=5")
+    assert path.is_file()
+    assert _journal_mode(path) == "wal"
+    assert not (tmp_path / "abs" / "s.db?timeout=5").exists()
+
+
+def test_default_storage_lands_in_the_working_directory(tmp_path: Path) -> None:
+    open_storage(DEFAULT_STORAGE)
+    assert (tmp_path / "studies" / "regsearch.db").is_file()
+
+
+def test_studies_persist_across_openings(tmp_path: Path) -> None:
+    url = "sqlite:///studies/s.db"
+    study = optuna.create_study(study_name="kept", storage=open_storage(url))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    reopened = open_storage(url, create=False)
+    again = optuna.load_study(study_name="kept", storage=reopened)
+    assert len(again.trials) == 2
+    assert _journal_mode(tmp_path / "studies" / "s.db") == "wal"
+
+
+def test_create_false_refuses_a_missing_file(tmp_path: Path) -> None:
+    message = _storage_error("sqlite:///studies/typo.db", create=False)
+    assert "typo.db" in message
+    assert not (tmp_path / "studies" / "typo.db").exists()
+    assert not (tmp_path / "studies").exists()
+
+
+def test_create_false_opens_an_existing_file(tmp_path: Path) -> None:
+    open_storage("sqlite:///s.db")
+    storage = open_storage("sqlite:///s.db", create=False)
+    assert isinstance(storage, optuna.storages.RDBStorage)
+
+
+def test_in_memory_sqlite_creates_no_file(tmp_path: Path) -> None:
+    storage = open_storage("sqlite:///:memory:")
+    optuna.create_study(storage=storage).optimize(lambda t: 0.0, n_trials=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sqlite_under_a_regular_file_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    message = _storage_error("sqlite:///afile/x.db")
+    assert message.startswith("cannot open storage sqlite:///afile/x.db")
+
+
+# --------------------------------------------------------------------------- heartbeats
+
+
+def test_heartbeat_from_search_config() -> None:
+    search = load_config(overrides=["search.heartbeat_interval=10", "search.max_retry=1"]).search
+    storage = open_storage("sqlite:///s.db", search)
+    assert storage.heartbeat_interval == 10
+    assert storage.grace_period == 40  # 4 × the interval unless given
+    assert isinstance(
+        storage.failed_trial_callback, optuna.storages.RetryHeartbeatStaleTrialCallback
+    )
+
+
+def test_heartbeat_grace_period_and_off() -> None:
+    search = load_config(overrides=["search.grace_period=7"]).search
+    assert open_storage("sqlite:///s.db", search).grace_period == 7
+    search = load_config(overrides=["search.heartbeat_interval=null"]).search
+    storage = open_storage("sqlite:///s.db", search)
+    assert storage.heartbeat_interval is None
+    assert open_storage("sqlite:///s.db").heartbeat_interval is None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://u:secret@127.0.0.1:1/x",
+        "postgresql+psycopg://u@127.0.0.1:1/x?password=secret",
+        "postgresql+nosuchdriver://u:secret@127.0.0.1:1/x",
+        "mysql+nosuchdriver://admin:secret@127.0.0.1:1/x",
+    ],
+)
+def test_unreachable_storage_error_hides_the_password(url: str) -> None:
+    message = _storage_error(url)
+    assert "secret" not in message
+    assert message.startswith("cannot open storage ")
+    assert "127.0.0.1:1/x" in message
+    assert "***" in message
+
+
+def test_unparsable_url() -> None:
+    message = _storage_error("not a url")
+    assert message.startswith("cannot open storage not a url:")
+
+
+# --------------------------------------------------------------------------- url resolution
+
+
+def test_storage_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_storage_url() == DEFAULT_STORAGE
+    assert resolve_storage_url(None, "sqlite:///file.db") == "sqlite:///file.db"
+    monkeypatch.setenv("REGSEARCH_STORAGE", "sqlite:///env.db")
+    assert resolve_storage_url(None, "sqlite:///file.db") == "sqlite:///env.db"
+    assert resolve_storage_url("sqlite:///flag.db", "sqlite:///file.db") == "sqlite:///flag.db"
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "postgresql+psycopg://optuna:s3cr3t@db.example.com:5432/studies",
+            "postgresql+psycopg://optuna:***@db.example.com:5432/studies",
+        ),
+        ("postgresql://u:secret@host/db", "postgresql://u:***@host/db"),
+        (
+            "mysql+pymysql://root:hunter2@localhost/optuna",
+            "mysql+pymysql://root:***@localhost/optuna",
+        ),
+        ("https://alice:tok3n@mlflow.example.com/", "https://alice:***@mlflow.example.com/"),
+        ("http://bob:pa:ss/w@127.0.0.1:5000", "http://bob:***@127.0.0.1:5000"),
+        ("postgresql://:onlypw@host/db", "postgresql://:***@host/db"),
+        (
+            "postgresql://u@host/db?sslmode=require&password=secret",
+            "postgresql://u@host/db?sslmode=require&password=***",
+        ),
+        ("postgresql://u@host/db?password=secret", "postgresql://u@host/db?password=***"),
+        ("https://host/api?TOKEN=abc&x=1", "https://host/api?TOKEN=***&x=1"),
+        (
+            "error connecting to postgresql://a:one@h1/db, then mysql://b:two@h2/db",
+            "error connecting to postgresql://a:***@h1/db, then mysql://b:***@h2/db",
+        ),
+    ],
+)
+def test_redact_url_hides_passwords(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///studies/regsearch.db",
+        "sqlite:////abs/path/x.db",
+        "sqlite:///:memory:",
+        "postgresql://u@host:5432/db",
+        "postgresql://host:5432/db?sslmode=require",
+        "http://localhost:5000",
+        "https://mlflow.example.com/#/experiments/1",
+        "file:///tmp/mlruns",
+        "mlruns",
+    ],
+)
+def test_redact_url_leaves_password_less_urls_unchanged(url: str) -> None:
+    assert redact_url(url) == url

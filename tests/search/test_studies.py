@@ -1,0 +1,29 @@
+"""The example study files in studies/ stay valid as the config evolves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search.config import load_config
+from search.space import SearchSpace
+
+STUDIES = sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.yaml"))
+
+
+def test_there_are_example_studies() -> None:
+    assert len(STUDIES) >= 2
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_example_study_is_valid(path: Path) -> None:
+    config = load_config(path)
+    assert config.study == path.stem
+    names = {e.name for e in SearchSpace.from_config(config).searched}
+    assert {"weight_decay", "dropout", "aug_strength", "mixup_alpha", "label_smoothing"} <= names
+
+
+def test_digits_file_spells_out_the_builtin_default() -> None:
+    (digits,) = [p for p in STUDIES if p.name == "digits.yaml"]
+    assert load_config(digits) == load_config()

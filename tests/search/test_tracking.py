@@ -1,0 +1,169 @@
+"""MLflow tracking against a real local store: runs, nesting, states, the champion."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from tests.helpers import regsearch
+
+STUDY = "track"
+
+
+# A deterministic 4-trial grid: the two lr=1e-5 trials cannot reach 0.5 validation accuracy by
+# epoch 2 and are pruned by the threshold pruner; the two lr=1e-2 trials complete.
+RUN_ARGS = (
+    "--study",
+    STUDY,
+    "--quiet",
+    "--set",
+    "train.epochs=4",
+    "--set",
+    "search.sampler=grid",
+    "--set",
+    "search.pruner={name: threshold, lower: 0.5, n_warmup_steps: 2}",
+    "--set",
+    "space={lr: {type: categorical, choices: [0.00001, 0.01]}, "
+    "dropout: {type: categorical, choices: [0.0, 0.2]}, aug_strength: 0.1, mixup_alpha: 0.0, "
+    "label_smoothing: 0.0, weight_decay: 0.0005}",
+)
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tracked")
+    proc = regsearch("run", *RUN_ARGS, "--n-trials", "4", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def _client(root: Path) -> MlflowClient:
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def _study(root: Path) -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{root}/studies/regsearch.db")
+
+
+def _runs(root: Path) -> list:
+    client = _client(root)
+    experiment = client.get_experiment_by_name(STUDY)
+    assert experiment is not None, "experiment = study name"
+    return client.search_runs([experiment.experiment_id], max_results=100)
+
+
+def test_one_parent_run_and_one_nested_run_per_trial(tracked: Path) -> None:
+    runs = _runs(tracked)
+    study = _study(tracked)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    assert [p.info.run_id for p in parents] == [parent_id]
+    assert len(children) == len(study.trials) == 4
+    assert all(r.info.status == "FINISHED" for r in runs), "no run left RUNNING"
+    for trial in study.trials:
+        run = next(r for r in children if r.info.run_id == trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["study"] == STUDY
+        assert run.data.tags["trial"] == str(trial.number)
+        assert run.data.tags["state"] == trial.state.name
+        assert run.data.tags["stop_reason"] == trial.user_attrs["stop_reason"]
+        # Params: the sampled values and the fixed ones, under the contract names.
+        assert float(run.data.params["lr"]) == pytest.approx(trial.params["lr"])
+        assert float(run.data.params["dropout"]) == pytest.approx(trial.params["dropout"])
+        assert run.data.params["weight_decay"] == "0.0005"
+        for fixed in ("aug_strength", "mixup_alpha", "label_smoothing"):
+            assert fixed in run.data.params
+        for fixed in ("cutmix_alpha", "cutout", "drop_path"):
+            assert run.data.params[fixed] == "0.0"
+
+
+def test_per_epoch_curves_match_the_optuna_reports(tracked: Path) -> None:
+    client = _client(tracked)
+    for trial in _study(tracked).trials:
+        run_id = trial.user_attrs["mlflow_run_id"]
+        history = client.get_metric_history(run_id, "val_accuracy")
+        assert {m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)
+        for metric in ("train_loss", "train_accuracy", "val_loss", "lr", "epoch_seconds"):
+            assert len(client.get_metric_history(run_id, metric)) == len(history)
+
+
+def test_pruned_trials_finish_with_state_tag(tracked: Path) -> None:
+    study = _study(tracked)
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(pruned) == 2, "the two lr=1e-5 trials"
+    client = _client(tracked)
+    for trial in pruned:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["state"] == "PRUNED"
+
+
+def test_champion_is_registered_with_test_accuracy(tracked: Path) -> None:
+    client = _client(tracked)
+    study = _study(tracked)
+    version = client.get_model_version_by_alias(STUDY, "champion")
+    assert version.tags["trial"] == str(study.best_trial.number)
+    assert float(version.tags["value"]) == pytest.approx(study.best_value)
+    assert json.loads(version.tags["classes"]) == [str(i) for i in range(10)]
+    test_accuracy = float(version.tags["test_accuracy"])
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(test_accuracy)
+    assert parent.data.tags["champion_uri"] == f"models:/{STUDY}@champion"
+    # The safetensors checkpoint + config rebuild the same network for fine-tuning.
+    from search.tracking import load_checkpoint
+
+    model = load_checkpoint(client, version.run_id)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_champion_loads_in_plain_mlflow_without_regsearch(tracked: Path) -> None:
+    """`mlflow.pytorch.load_model("models:/<study>@champion")` in a process that never imports
+    `search` or `models`, and its test accuracy matches the recorded figure."""
+    from search.config import DatasetConfig
+    from search.data import load_dataset
+
+    test = load_dataset(DatasetConfig()).test
+    np.save(tracked / "x.npy", (test.x.numpy() / 16.0).astype(np.float32))  # pixel / 16
+    np.save(tracked / "y.npy", test.y.numpy())
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import mlflow, mlflow.pytorch, numpy as np, torch
+        mlflow.set_tracking_uri("sqlite:///{tracked}/mlruns/mlflow.db")
+        model = mlflow.pytorch.load_model("models:/{STUDY}@champion")
+        x = torch.from_numpy(np.load("{tracked}/x.npy"))
+        y = np.load("{tracked}/y.npy")
+        with torch.no_grad():
+            accuracy = float((model(x).argmax(1).numpy() == y).mean())
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("search", "models"))
+        print(json.dumps({{"accuracy": accuracy, "leaked": leaked}}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd="/", capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["leaked"] == []
+    version = _client(tracked).get_model_version_by_alias(STUDY, "champion")
+    assert out["accuracy"] == pytest.approx(float(version.tags["test_accuracy"]), abs=1e-9)
+
+
+def test_resume_reattaches_to_the_parent_run(tracked: Path) -> None:
+    parent_before = _study(tracked).user_attrs["mlflow_parent_run_id"]
+    proc = regsearch("run", *RUN_ARGS, "--n-trials", "5", cwd=tracked)
+    assert proc.returncode == 0, proc.stderr
+    study = _study(tracked)
+    assert study.user_attrs["mlflow_parent_run_id"] == parent_before
+    runs = _runs(tracked)
+    assert len(runs) == 1 + 5
+    assert all(r.info.status == "FINISHED" for r in runs)
