@@ -45,8 +45,18 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: Literal["digits", "synthetic"] = "digits"
+    name: Literal[
+        "digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder"
+    ] = "digits"
+    # The folder holding the files of cifar10, cifar100, mnist, fashion-mnist (torchvision's
+    # layout: <root>/cifar-10-batches-py, <root>/MNIST/raw, ...) or imagefolder (one sub-folder
+    # of images per class). Required for those; unused by digits and synthetic.
     root: Path | None = None
+    # Fetch a missing torchvision data set into `root` (needs network access); off by default.
+    download: bool = False
+    # Data sets with an official test split (cifar10, cifar100, mnist, fashion-mnist) keep it as
+    # the test split: `test_fraction` is then unused and `val_fraction` is the share of the
+    # official training images held out for validation.
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: int = 0
@@ -54,7 +64,9 @@ class DatasetConfig(_Section):
     num_samples: int = Field(2000, ge=20)
     num_classes: int = Field(10, ge=2)
     channels: int = Field(1, ge=1)
-    image_size: int = Field(8, ge=4)
+    # Side of the square images of `synthetic` (default 8) and `imagefolder` (default 32, the
+    # size images are resized to); filled in from the name when left out, unused by the others.
+    image_size: int | None = Field(None, ge=4)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DatasetConfig:
@@ -63,6 +75,21 @@ class DatasetConfig(_Section):
                 f"val_fraction + test_fraction must be < 0.9, got "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _root_and_image_size(self) -> DatasetConfig:
+        file_based = ("cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder")
+        if self.name in file_based and self.root is None:
+            where = (
+                "a folder with one sub-folder of images per class"
+                if self.name == "imagefolder"
+                else "the folder that holds its files, or receives them with dataset.download: true"
+            )
+            raise ValueError(f"dataset.root is required for dataset {self.name} ({where})")
+        default_size = {"synthetic": 8, "imagefolder": 32}.get(self.name)
+        if self.image_size is None and default_size is not None:
+            object.__setattr__(self, "image_size", default_size)
         return self
 
 

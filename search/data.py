@@ -4,12 +4,30 @@ Images are kept as uint8 (N, C, H, W) so a whole training set fits on the device
 loop converts batches to float in [0, 1] by dividing by `max_value` (16 for digits, whose pixels
 are 0..16; 255 for ordinary images). Splits are stratified and fixed by `split_seed`, so every
 trial of a study — and every worker — sees the same validation and test images.
+
+Sources: `digits` (scikit-learn's bundled set), `synthetic`, torchvision's on-disk formats under
+`dataset.root` (`cifar10`, `cifar100`, `mnist`, `fashion-mnist`; fetched only with
+`dataset.download: true`) and `imagefolder` (one sub-folder of images per class, decoded once
+into a uint8 cache next to the images). The four torchvision sets keep their official test split
+as our test split; train / val are split from their official training images.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import gzip
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,7 +35,9 @@ import torch
 from search.config import DatasetConfig
 from search.errors import UserError
 
-__all__ = ["Dataset", "ImageSet", "load_dataset", "register_dataset"]
+__all__ = ["Dataset", "ImageSet", "Loaded", "load_dataset", "register_dataset"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,7 +85,20 @@ class Dataset:
         return mean.tolist(), std.tolist()
 
 
-_Loader = Callable[[DatasetConfig], tuple[np.ndarray, np.ndarray, tuple[str, ...], float, bool]]
+class Loaded(NamedTuple):
+    """What a loader returns: the plain 5-tuple `(x, y, classes, max_value, allow_flip)`, or this
+    with `test_size` set when the last `test_size` images are the set's official test split."""
+
+    x: np.ndarray  # uint8 (N, C, H, W)
+    y: np.ndarray  # int64 (N,)
+    classes: tuple[str, ...]
+    max_value: float
+    allow_flip: bool
+    test_size: int | None = None
+
+
+_Result = tuple[np.ndarray, np.ndarray, tuple[str, ...], float, bool]
+_Loader = Callable[[DatasetConfig], _Result | Loaded]
 _LOADERS: dict[str, _Loader] = {}
 
 
@@ -78,7 +111,7 @@ def register_dataset(name: str) -> Callable[[_Loader], _Loader]:
 
 
 @register_dataset("digits")
-def _digits(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], float, bool]:
+def _digits(cfg: DatasetConfig) -> _Result:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -88,11 +121,11 @@ def _digits(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]
 
 
 @register_dataset("synthetic")
-def _synthetic(cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], float, bool]:
+def _synthetic(cfg: DatasetConfig) -> _Result:
     """Learnable but not trivial: each class is a smooth random prototype; samples are the
     prototype at a random contrast plus pixel noise."""
     rng = np.random.default_rng(cfg.split_seed + 12345)
-    c, s, k, n = cfg.channels, cfg.image_size, cfg.num_classes, cfg.num_samples
+    c, s, k, n = cfg.channels, cfg.image_size or 8, cfg.num_classes, cfg.num_samples
     coarse = rng.uniform(0, 1, size=(k, c, 4, 4))
     reps = -(-s // 4)
     protos = np.kron(coarse, np.ones((1, 1, reps, reps)))[:, :, :s, :s]
@@ -116,16 +149,51 @@ def _stratified_split(
     return np.sort(train), np.sort(val), np.sort(test)
 
 
+def _split_off_val(
+    y: np.ndarray, test_size: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The last `test_size` images are the official test split; val is a stratified
+    `val_fraction` of the official training images before them."""
+    from sklearn.model_selection import train_test_split
+
+    pool = np.arange(len(y) - test_size)
+    train, val = train_test_split(pool, test_size=val_fraction, stratify=y[pool], random_state=seed)
+    return np.sort(train), np.sort(val), np.arange(len(y) - test_size, len(y))
+
+
 def load_dataset(cfg: DatasetConfig) -> Dataset:
     try:
         loader = _LOADERS[cfg.name]
     except KeyError:
         raise UserError(f"dataset.name: unknown data set {cfg.name!r}") from None
-    x, y, classes, max_value, allow_flip = loader(cfg)
-    counts = np.bincount(y, minlength=len(classes))
-    if counts.min() < 3:
-        raise UserError(f"dataset {cfg.name!r}: every class needs at least 3 images to split")
-    train, val, test = _stratified_split(y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    x, y, classes, max_value, allow_flip, test_size = Loaded(*loader(cfg))
+    if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+        raise UserError(
+            f"dataset {cfg.name!r}: labels must lie in 0..{len(classes) - 1} "
+            f"(one per class name), got {y.min()}..{y.max()}"
+        )
+    if test_size:
+        counts = np.bincount(y[: len(y) - test_size], minlength=len(classes))
+        if counts.min() < 2:
+            raise UserError(
+                f"dataset {cfg.name!r}: every class needs at least 2 training images to split "
+                "off validation images"
+            )
+    else:
+        counts = np.bincount(y, minlength=len(classes))
+        if counts.min() < 3:
+            raise UserError(f"dataset {cfg.name!r}: every class needs at least 3 images to split")
+    try:
+        if test_size:
+            train, val, test = _split_off_val(y, test_size, cfg.val_fraction, cfg.split_seed)
+        else:
+            train, val, test = _stratified_split(
+                y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+            )
+    except ValueError as exc:  # e.g. fewer validation images than classes
+        raise UserError(
+            f"dataset {cfg.name!r}: cannot split {len(y)} images ({_one_line(exc)})"
+        ) from None
 
     def subset(ix: np.ndarray) -> ImageSet:
         return ImageSet(torch.from_numpy(np.ascontiguousarray(x[ix])), torch.from_numpy(y[ix]))
@@ -133,3 +201,294 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     return Dataset(
         cfg.name, subset(train), subset(val), subset(test), classes, max_value, allow_flip
     )
+
+
+# --------------------------------------------------------------------------- file-based sets
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _root(cfg: DatasetConfig) -> Path:
+    if cfg.root is None:  # the config validator already requires it; model_construct does not
+        raise UserError(f"dataset.root is required for dataset {cfg.name}")
+    return Path(cfg.root).expanduser()
+
+
+def _locate(root: Path, layout: tuple[str, ...], present: Callable[[Path], bool]) -> Path:
+    """`root`, or — when its files are not there — `root` with a trailing start of `layout`
+    removed: a root pointed at `<d>/cifar-10-batches-py` or `<d>/MNIST/raw` means `<d>`."""
+    if present(root):
+        return root
+    for k in range(len(layout), 0, -1):
+        if len(root.parts) > k and root.parts[-k:] == layout[:k] and present(root.parents[k - 1]):
+            return root.parents[k - 1]
+    return root
+
+
+def _missing(cfg: DatasetConfig, what: str, root: Path) -> UserError:
+    return UserError(
+        f"dataset {cfg.name}: no {what} files under {root} (set dataset.download: true to fetch "
+        "them, or point dataset.root at them)"
+    )
+
+
+def _read(cfg: DatasetConfig, what: str, root: Path, read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except UserError:
+        raise
+    except Exception as exc:  # torchvision's readers raise anything from OSError to assert
+        raise UserError(
+            f"dataset {cfg.name}: cannot read the {what} files under {root} ({_one_line(exc)})"
+        ) from None
+
+
+def _download(cfg: DatasetConfig, what: str, root: Path, fetch: Callable[[], Any]) -> None:
+    try:
+        fetch()
+    except Exception as exc:  # offline: URLError; bad archive: RuntimeError; ...
+        raise UserError(
+            f"dataset {cfg.name}: could not download {what} into {root} ({_one_line(exc)})"
+        ) from None
+
+
+@functools.cache
+def _cifar_reader(name: str) -> Any:
+    """torchvision's CIFAR class with the md5 of each extracted file replaced by an existence
+    check: the layout, the pickle parsing, the label/meta handling and the download (whose
+    archive md5 is still verified) are torchvision's own. Per-file checksums would reject any
+    copy but the pristine one (a converted or trimmed set, or the test fixtures); a damaged
+    file still fails to unpickle or to reshape into 3x32x32 images."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    base = CIFAR10 if name == "cifar10" else CIFAR100
+    return type(
+        f"{base.__name__}Files",
+        (base,),
+        {
+            "train_list": [[f, None] for f, _ in base.train_list],
+            "test_list": [[f, None] for f, _ in base.test_list],
+            "meta": {**base.meta, "md5": None},
+        },
+    )
+
+
+def _cifar(cfg: DatasetConfig) -> Loaded:
+    """CIFAR-10/100 from torchvision's `cifar-10-batches-py` / `cifar-100-python` folder under
+    `dataset.root`: the 50 000 training images then the official 10 000 test images, which stay
+    the test split. CIFAR-100 uses the 100 fine labels and their names from `meta`."""
+    cls = _cifar_reader(cfg.name)
+    what = "CIFAR-10" if cfg.name == "cifar10" else "CIFAR-100"
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+
+    def present(root: Path) -> bool:
+        return all((root / cls.base_folder / f).is_file() for f in files)
+
+    root = _locate(_root(cfg), (cls.base_folder,), present)
+    if not present(root):
+        if not cfg.download:
+            raise _missing(cfg, what, root)
+        _download(cfg, what, root, lambda: cls(str(root), train=True, download=True))
+    train = _read(cfg, what, root, lambda: cls(str(root), train=True))
+    test = _read(cfg, what, root, lambda: cls(str(root), train=False))
+    # torchvision holds (N, 32, 32, 3); we keep (N, 3, 32, 32).
+    x = np.concatenate([train.data, test.data]).transpose(0, 3, 1, 2)
+    y = np.asarray([*train.targets, *test.targets], dtype=np.int64)
+    classes = tuple(str(c) for c in train.classes)
+    return Loaded(np.ascontiguousarray(x, dtype=np.uint8), y, classes, 255.0, True, len(test))
+
+
+register_dataset("cifar10")(_cifar)
+register_dataset("cifar100")(_cifar)
+
+
+def _gunzip_atomically(src: Path, dst: Path) -> None:
+    with _atomic_file(dst) as out, gzip.open(src, "rb") as f:
+        shutil.copyfileobj(f, out)
+
+
+def _mnist(cfg: DatasetConfig) -> Loaded:
+    """MNIST / Fashion-MNIST from torchvision's `<root>/MNIST/raw` / `<root>/FashionMNIST/raw`
+    idx files (plain, or `.gz`: decompressed next to themselves once, or into a temporary folder
+    when that one is read-only), read by torchvision. The official 10 000 test images stay the
+    test split. Digits are not mirrored (allow_flip False); clothes are."""
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    cls = MNIST if cfg.name == "mnist" else FashionMNIST
+    what = "MNIST" if cfg.name == "mnist" else "Fashion-MNIST"
+    names = [os.path.splitext(f)[0] for f, _ in cls.resources]  # train-images-idx3-ubyte, ...
+
+    def legacy(root: Path) -> bool:  # torchvision's old processed/*.pt files, read as they are
+        processed = root / cls.__name__ / "processed"
+        return all((processed / f).is_file() for f in ("training.pt", "test.pt"))
+
+    def present(root: Path) -> bool:
+        raw = root / cls.__name__ / "raw"
+        plain_or_gz = all((raw / n).is_file() or (raw / f"{n}.gz").is_file() for n in names)
+        return plain_or_gz or legacy(root)
+
+    root = _locate(_root(cfg), (cls.__name__, "raw"), present)
+    raw = root / cls.__name__ / "raw"
+    if not present(root):
+        if not cfg.download:
+            raise _missing(cfg, what, root)
+        _download(cfg, what, root, lambda: cls(str(root), train=True, download=True))
+    with ExitStack() as stack:
+        packed = [n for n in names if not (raw / n).is_file() and (raw / f"{n}.gz").is_file()]
+        read_root = root
+        if packed and not legacy(root):
+            try:
+                for n in packed:
+                    _gunzip_atomically(raw / f"{n}.gz", raw / n)
+            except OSError:
+                read_root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+                tmp_raw = read_root / cls.__name__ / "raw"
+                tmp_raw.mkdir(parents=True)
+                for n in names:
+                    if (raw / n).is_file():
+                        os.symlink((raw / n).resolve(), tmp_raw / n)
+                    else:
+                        _gunzip_atomically(raw / f"{n}.gz", tmp_raw / n)
+        train = _read(cfg, what, root, lambda: cls(str(read_root), train=True))
+        test = _read(cfg, what, root, lambda: cls(str(read_root), train=False))
+    x = torch.cat([train.data, test.data])[:, None].numpy()
+    y = torch.cat([train.targets, test.targets]).numpy().astype(np.int64)
+    classes = tuple(str(c) for c in cls.classes)
+    flip = cfg.name == "fashion-mnist"
+    return Loaded(np.ascontiguousarray(x, dtype=np.uint8), y, classes, 255.0, flip, len(test))
+
+
+register_dataset("mnist")(_mnist)
+register_dataset("fashion-mnist")(_mnist)
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[Any]:
+    """A binary file that appears at `path` complete or not at all: written to a temporary file
+    in the same folder, fsynced, then renamed over `path` (readers never see a partial file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with suppress(OSError):  # make the rename itself durable (POSIX)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------- imagefolder
+
+_CACHE_FORMAT = 1
+
+
+def _fingerprint(
+    root: Path, samples: list[tuple[str, int]], classes: tuple[str, ...], size: int
+) -> str:
+    """Changes when a file is added, removed, renamed, rewritten or touched, or the size changes."""
+    h = hashlib.sha256(json.dumps([_CACHE_FORMAT, size, list(classes)]).encode())
+    for path, label in samples:
+        st = os.stat(path)
+        rel = os.path.relpath(path, root)
+        h.update(json.dumps([rel, label, st.st_size, st.st_mtime_ns]).encode())
+    return h.hexdigest()
+
+
+def _decode(path: str, size: int) -> np.ndarray:
+    """One image as uint8 (3, size, size): RGB, resized (not cropped) to a square."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+        rgb = img.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _decode_all(cfg: DatasetConfig, paths: list[str], size: int) -> np.ndarray:
+    def one(path: str) -> np.ndarray:
+        try:
+            return _decode(path, size)
+        except Exception as exc:  # PIL.UnidentifiedImageError, OSError, DecompressionBombError
+            raise UserError(
+                f"dataset {cfg.name}: cannot read image {path} ({_one_line(exc)})"
+            ) from None
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
+        images = list(pool.map(one, paths))
+    return np.stack(images) if images else np.zeros((0, 3, size, size), dtype=np.uint8)
+
+
+def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a damaged or foreign file: rebuild it
+        _log.warning("ignoring unreadable image cache %s (%s)", path, _one_line(exc))
+        return None
+    if not isinstance(blob, dict) or blob.get("fingerprint") != fingerprint:
+        return None
+    return blob["x"].numpy(), blob["y"].numpy()
+
+
+@register_dataset("imagefolder")
+def _imagefolder(cfg: DatasetConfig) -> _Result:
+    """One sub-folder of images per class under `dataset.root` (torchvision's ImageFolder
+    layout and extensions; classes in sorted folder order). Every image is decoded once,
+    converted to RGB and resized to `image_size` x `image_size`; the result is cached in
+    `<root>/.regsearch-cache-<size>.pt`, written atomically, and reused while the folder's file
+    list, sizes and modification times are unchanged (a read-only folder is decoded each time)."""
+    from torchvision.datasets import ImageFolder
+
+    root = _root(cfg)
+    size = cfg.image_size or 32
+    if not root.is_dir():
+        raise UserError(
+            f"dataset {cfg.name}: no folder {root} (dataset.root must hold one sub-folder of "
+            "images per class)"
+        )
+    try:
+        folder = ImageFolder(str(root), allow_empty=True)
+    except (FileNotFoundError, OSError) as exc:
+        raise UserError(
+            f"dataset {cfg.name}: no class folders of images under {root} ({_one_line(exc)})"
+        ) from None
+    samples = [(str(p), int(c)) for p, c in folder.samples]
+    classes = tuple(folder.classes)
+    if not samples:
+        raise UserError(f"dataset {cfg.name}: no images in the class folders under {root}")
+    fingerprint = _fingerprint(root, samples, classes, size)
+    cache = root / f".regsearch-cache-{size}.pt"
+    cached = _read_cache(cache, fingerprint)
+    if cached is not None:
+        x, y = cached
+    else:
+        x = _decode_all(cfg, [p for p, _ in samples], size)
+        y = np.asarray([c for _, c in samples], dtype=np.int64)
+        blob = {
+            "format": _CACHE_FORMAT,
+            "fingerprint": fingerprint,
+            "classes": list(classes),
+            "x": torch.from_numpy(x),
+            "y": torch.from_numpy(y),
+        }
+        try:
+            with _atomic_file(cache) as f:
+                torch.save(blob, f)
+        except OSError as exc:
+            _log.warning("cannot write the image cache %s (%s)", cache, _one_line(exc))
+    return x, y, classes, 255.0, True

@@ -13,15 +13,21 @@ from typing import Any, Protocol
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from search.config import StudyConfig, TrialConfig
 from search.data import Dataset
 from search.space import SearchSpace
 from search.train import NONFINITE, EpochStats, TrainResult, train
 
-__all__ = ["Objective", "RunListener", "TrialTracker"]
+__all__ = ["SURPLUS", "Objective", "RunListener", "SurplusTrial", "TrialTracker"]
 
-PRUNED, INTERRUPTED = "pruned", "interrupted"
+PRUNED, INTERRUPTED, SURPLUS = "pruned", "interrupted", "surplus"
+
+
+class SurplusTrial(Exception):
+    """Workers that start a trial at the same moment may overshoot `n_trials`; the trial that
+    finds `n_trials` finished-or-running trials numbered below it gives way (FAIL, untrained)."""
 
 
 class TrialTracker(Protocol):
@@ -72,6 +78,9 @@ class Objective:
         self.listener = listener
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self._is_surplus(trial):
+            trial.set_user_attr("stop_reason", SURPLUS)
+            raise SurplusTrial(f"trial {trial.number}: the study's n_trials is already reached")
         cfg = self.space.sample(trial)
         params = {**self.space.fixed_values(), **trial.params}
         run_id = self.tracker.start_trial(trial.number, params) if self.tracker else None
@@ -115,6 +124,11 @@ class Objective:
         summary["value"] = value
         self._finish(trial, run_id, "COMPLETE", summary)
         return value
+
+    def _is_surplus(self, trial: optuna.Trial) -> bool:
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        ahead = trial.study.get_trials(deepcopy=False, states=states)
+        return sum(t.number < trial.number for t in ahead) >= self.config.search.n_trials
 
     def _train(self, trial: optuna.Trial, cfg: TrialConfig, run_id: str | None) -> TrainResult:
         metric = cfg.objective.metric

@@ -79,6 +79,8 @@ class RunProgress:
 
     # Optuna callback, after each trial
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get("stop_reason") == "surplus":
+            return  # not a real trial: the budget was spent by other workers
         if trial.state == TrialState.COMPLETE and trial.value is not None:
             with contextlib.suppress(ValueError):
                 self._best = study.best_value

@@ -4,16 +4,20 @@ shared budget of finished trials is spent (or the timeout passes)."""
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.trial import TrialState
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
 from search.data import load_dataset
 from search.errors import UserError
-from search.objective import Objective
+from search.objective import SURPLUS, Objective
+from search.signals import sigterm_interrupts
 from search.storage import open_storage
 from search.study import FINISHED, count_trials, create_or_resume
 from search.train import resolve_device
@@ -45,33 +49,37 @@ def _optimize_until_done(
     *,
     n_trials: int,
     timeout: float | None,
-    callbacks: list[object],
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
     max_consecutive_failures: int,
 ) -> None:
     """Run trials while the study's finished (COMPLETE + PRUNED) and running trials are fewer
     than `n_trials`: the budget is the study's, shared by every worker."""
     deadline = None if timeout is None else time.monotonic() + timeout
     failures = 0
+    ran: list[FrozenTrial] = []  # this worker's trials (callbacks see every end state)
+    callbacks = [*callbacks, lambda _study, trial: ran.append(trial)]
+    heartbeats = isinstance(study._storage, RDBStorage) and study._storage.get_heartbeat_interval()
     while True:
+        if heartbeats:  # a dead worker's RUNNING trial must not count against the budget
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
         finished = count_trials(study, FINISHED)
         running = count_trials(study, (TrialState.RUNNING,))
         if finished + running >= n_trials:
             return
         if deadline is not None and time.monotonic() >= deadline:
             return
-        before = {t.number for t in study.get_trials(deepcopy=False)}
+        ran.clear()
         study.optimize(
-            objective,
-            n_trials=1,
-            catch=(Exception,),
-            callbacks=callbacks,  # type: ignore[arg-type]
-            gc_after_trial=False,
+            objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
         )
-        mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before]
-        if mine and mine[-1].state == TrialState.FAIL:
+        if ran and ran[-1].user_attrs.get("stop_reason") == SURPLUS:
+            return  # other workers took the last trials of the budget
+        if ran and ran[-1].state == TrialState.FAIL:
             failures += 1
             if failures >= max_consecutive_failures:
-                reason = mine[-1].user_attrs.get("stop_reason", "see the trial")
+                reason = ran[-1].user_attrs.get("stop_reason", "see the trial")
                 raise TooManyFailures(f"{failures} trials in a row failed; last: {reason}")
         else:
             failures = 0
@@ -107,7 +115,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     )
     objective = Objective(config, data, device=device, tracker=tracker, listener=progress)
     try:
-        with progress:
+        with sigterm_interrupts(), progress:
             progress.start(study)
             _optimize_until_done(
                 study,

@@ -26,7 +26,15 @@ __all__ = [
 CONFIG_ATTR = "regsearch_config"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that may differ between launches of one study: budget and per-machine settings.
-_MAY_DIFFER = {"search.n_trials", "search.timeout", "train.device", "storage", "tracking.uri"}
+_MAY_DIFFER = {
+    "search.n_trials",
+    "search.timeout",
+    "train.device",
+    "storage",
+    "tracking.uri",
+    "dataset.root",  # where this machine keeps the files
+    "dataset.download",
+}
 
 
 def make_sampler(config: StudyConfig, *, worker_index: int = 0) -> optuna.samplers.BaseSampler:
@@ -97,6 +105,15 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in _MAY_DIFFER)
 
 
+def _normalised(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as this version would store it: keys added since get their defaults,
+    so upgrading regsearch does not make every existing study "different"."""
+    try:
+        return validate_config(stored).portable_dict()
+    except UserError:
+        return stored  # no longer valid: compared as is, so the user sees what differs
+
+
 def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     try:
         storage.get_study_id_from_name(name)
@@ -121,7 +138,7 @@ def create_or_resume(
         )
         stored = study.user_attrs.get(CONFIG_ATTR)
         if stored is not None:
-            diff = _differences(stored, portable)
+            diff = _differences(_normalised(stored), portable)
             if diff:
                 shown = ", ".join(diff[:5]) + (" …" if len(diff) > 5 else "")
                 raise UserError(

@@ -104,6 +104,7 @@ class Tracker:
         experiment_id: str,
         parent_run_id: str,
         flush_seconds: float = 5.0,
+        prewarm: bool = True,
     ) -> None:
         self.client = client
         self.study_name = study.study_name
@@ -114,14 +115,20 @@ class Tracker:
         self._flushed_at: dict[str, float] = {}
         self.flush_seconds = flush_seconds
         self._warm = threading.Thread(target=_prewarm, daemon=True)
-        if config.tracking.register_model:
+        if config.tracking.register_model and prewarm:
             self._warm.start()
 
     # ------------------------------------------------------------------ setup
     @classmethod
     def for_study(
-        cls, study: optuna.Study, config: StudyConfig, *, tracking_uri: str | None
+        cls,
+        study: optuna.Study,
+        config: StudyConfig,
+        *,
+        tracking_uri: str | None,
+        prewarm: bool = True,
     ) -> Tracker:
+        """The study's tracker: creates the store, experiment and parent run if needed."""
         uri = resolve_tracking_uri(tracking_uri, config.tracking.uri)
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
         local_dir = _sqlite_dir(uri)
@@ -139,7 +146,12 @@ class Tracker:
             ) from None
         parent = cls._parent_run(client, study, config, experiment_id)
         return cls(
-            client, study=study, config=config, experiment_id=experiment_id, parent_run_id=parent
+            client,
+            study=study,
+            config=config,
+            experiment_id=experiment_id,
+            parent_run_id=parent,
+            prewarm=prewarm,
         )
 
     @staticmethod
@@ -264,7 +276,8 @@ class Tracker:
 
         from models import create_model
 
-        self._warm.join()
+        if self._warm.is_alive():
+            self._warm.join()
         self._flush(run_id)
         model = create_model(**result.model_kwargs)
         model.load_state_dict(result.state_dict)

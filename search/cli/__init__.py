@@ -25,9 +25,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from search.cli import _bench, _dashboard, _run, _status, _ui
+    from search.cli import _bench, _dashboard, _report, _run, _status, _ui
 
-    for module in (_run, _status, _dashboard, _ui, _bench):
+    for module in (_run, _status, _report, _dashboard, _ui, _bench):
         for command in module.COMMANDS:
             cli.add_command(command)
 
@@ -47,12 +47,11 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="regsearch", standalone_mode=False)
     except UserError as exc:
         _fail(str(exc))
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # Ctrl+C → 130, SIGTERM → 143 (`search.signals`): the conventional shell codes.
         click.echo("regsearch: interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("regsearch: interrupted", err=True)
-        sys.exit(130)
+        # click turns KeyboardInterrupt into Abort; the original is its __cause__.
+        sys.exit(getattr(exc.__cause__ or exc, "exit_code", 130))
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

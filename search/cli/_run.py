@@ -122,10 +122,19 @@ def _run_workers(
 ) -> None:
     """Create the study here, then start `workers` `regsearch worker` processes on it, each with
     its share of the CPU threads; Ctrl+C / SIGTERM is passed on to them."""
+    import optuna
+
     from search.storage import open_storage
     from search.study import create_or_resume, load_existing
 
-    create_or_resume(config, open_storage(url, config.search))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study, _ = create_or_resume(config, open_storage(url, config.search))
+    if config.tracking.enabled:
+        # Create the MLflow store, experiment and parent run once, here: N workers racing
+        # to run the store's schema migrations on a fresh SQLite file would break it.
+        from search.tracking import Tracker
+
+        Tracker.for_study(study, config, tracking_uri=tracking_uri, prewarm=False)
     per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "REGSEARCH_STORAGE": url}
     if tracking_uri:
@@ -168,6 +177,13 @@ def _run_workers(
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=int, default=None, help="CPU threads for this worker.")
 @click.option("--worker-index", type=int, default=None, help="Offsets the sampler seed.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a machine-local key (dataset.root, train.device).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def worker_command(
     study_name: str,
@@ -176,9 +192,11 @@ def worker_command(
     device: str | None,
     threads: int | None,
     worker_index: int | None,
+    overrides: tuple[str, ...],
     quiet: bool,
 ) -> None:
     """Join an existing study (its config is stored in the study), e.g. from another machine."""
+    from search.config import apply_overrides, validate_config
     from search.storage import open_storage, resolve_storage_url
     from search.study import load_existing
 
@@ -186,6 +204,9 @@ def worker_command(
     _, config = load_existing(study_name, open_storage(url, create=False))
     if config is None:
         raise UserError(f"study {study_name!r} was not created by regsearch (no stored config)")
+    if overrides:
+        # Anything beyond machine-local keys is refused by the resume check in create_or_resume.
+        config = validate_config(apply_overrides(config.model_dump(mode="json"), overrides))
     index = worker_index if worker_index is not None else os.getpid()
     _run_in_process(
         config, url, tracking_uri, device, threads, quiet, _console(), worker_index=index

@@ -1,0 +1,32 @@
+"""`augment_speedup` smoke test: tiny sizes, every figure present and positive (no speed
+thresholds: the figure depends on the machine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.bench import BENCHMARKS, augment_speedup
+
+
+def test_augment_speedup_registered() -> None:
+    assert BENCHMARKS["augment_speedup"] is augment_speedup
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_augment_speedup_smoke(workers: int) -> None:
+    out = augment_speedup(images=96, batch_size=32, rounds=2, workers=workers)
+    for key in (
+        "augment_speedup",
+        "batched_images_per_second",
+        "reference_images_per_second",
+        "images",
+    ):
+        assert out[key] > 0, key
+    assert out["reference_workers"] == workers
+    assert out["images"] == 96
+    assert len(out["round_ratios"]) == 2
+
+
+def test_augment_speedup_rejects_empty() -> None:
+    with pytest.raises(ValueError):
+        augment_speedup(images=0)

@@ -1,0 +1,191 @@
+"""Learning-curve artifacts and best-trial notes, read back through Optuna, optuna-dashboard's
+note API and the dashboard's own HTTP API (its WSGI app, called in process)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import wsgiref.util
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.artifacts import FileSystemArtifactStore
+
+from search.dashboard import upload_learning_curve, write_best_note
+from search.storage import open_storage
+from search.train import EpochStats
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _history(epochs: int = 20) -> list[EpochStats]:
+    return [
+        EpochStats(
+            epoch=e,
+            train_loss=1.0 / e,
+            train_accuracy=1.0 - 0.5 / e,
+            val_loss=1.2 / e,
+            val_accuracy=0.95 - 0.5 / e,
+            fit_loss=1.5 / e,
+            lr=1e-3,
+            epoch_seconds=0.2,
+        )
+        for e in range(1, epochs + 1)
+    ]
+
+
+def _sample(trial: optuna.Trial) -> None:
+    trial.suggest_float("dropout", 0.0, 0.6)
+    trial.suggest_float("weight_decay", 1e-5, 0.1, log=True)
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> optuna.Study:
+    storage = open_storage(f"sqlite:///{tmp_path}/studies/regsearch.db")
+    return optuna.create_study(study_name="dash", storage=storage, direction="maximize")
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> FileSystemArtifactStore:
+    (tmp_path / "artifacts").mkdir()
+    return FileSystemArtifactStore(str(tmp_path / "artifacts"))
+
+
+def _wsgi_get(app: Any, path: str) -> tuple[int, bytes]:
+    environ: dict[str, Any] = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    wsgiref.util.setup_testing_defaults(environ)
+    status: list[str] = []
+
+    def start_response(line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        status.append(line)
+        return lambda data: None
+
+    result: Iterable[bytes] = app(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return int(status[0].split()[0]), body
+
+
+def test_learning_curve_is_a_png_artifact_of_the_trial(
+    study: optuna.Study, artifacts: FileSystemArtifactStore
+) -> None:
+    trial = study.ask()
+    _sample(trial)
+    artifact_id = upload_learning_curve(study, trial, _history(), artifact_store=artifacts)
+    study.tell(trial, 0.9)
+    (meta,) = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+    assert meta.artifact_id == artifact_id
+    assert meta.filename == "learning-curve-trial-0.png"
+    assert meta.mimetype == "image/png"
+    with artifacts.open_reader(artifact_id) as reader:
+        assert reader.read().startswith(PNG_MAGIC)
+
+
+def test_the_curve_goes_on_a_running_trial(
+    study: optuna.Study, artifacts: FileSystemArtifactStore, tmp_path: Path
+) -> None:
+    running = study.ask()
+    frozen = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))[0]
+    assert upload_learning_curve(study, frozen, _history(3), artifact_store=artifacts)
+    assert len(optuna.artifacts.get_all_artifact_meta(frozen, storage=study._storage)) == 1
+    study.tell(running, 0.5)
+    finished = study.trials[0]
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        upload_learning_curve(study, finished, _history(3), artifact_store=artifacts)
+    assert len(list((tmp_path / "artifacts").iterdir())) == 1, "nothing orphaned"
+
+
+def test_an_empty_history_uploads_nothing(
+    study: optuna.Study, artifacts: FileSystemArtifactStore
+) -> None:
+    trial = study.ask()
+    assert upload_learning_curve(study, trial, [], artifact_store=artifacts) is None
+    assert optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage) == []
+
+
+def test_the_curve_upload_is_cheap(study: optuna.Study, artifacts: FileSystemArtifactStore) -> None:
+    """~60 ms of CPU for 20 epochs once matplotlib is loaded (the first call also pays for the
+    import and for building the figure); the bound is loose for busy CI machines."""
+    history = _history(20)
+    upload_learning_curve(study, study.ask(), history, artifact_store=artifacts)
+    seconds = []
+    for _ in range(5):
+        trial = study.ask()
+        started = time.process_time()
+        upload_learning_curve(study, trial, history, artifact_store=artifacts)
+        seconds.append(time.process_time() - started)
+    assert statistics.median(seconds) < 0.25, seconds
+
+
+def test_best_note_is_written_on_the_best_trial(study: optuna.Study) -> None:
+    from optuna_dashboard import get_note
+
+    assert write_best_note(study) is None, "no completed trial yet"
+    for value in (0.91, 0.97, 0.93):
+        trial = study.ask()
+        _sample(trial)
+        if value == 0.97:
+            trial.set_user_attr("model_uri", "models:/dash/2")
+            trial.set_user_attr("best_epoch", 14)
+        study.tell(trial, value)
+    assert write_best_note(study, test_accuracy=0.9612) == 1
+    note = get_note(optuna.Trial(study, study.trials[1]._trial_id))
+    assert "#1" in note
+    for text in ("dropout", "weight_decay", "0.97", "0.9612", "models:/dash/2", "14"):
+        assert text in note
+    assert get_note(optuna.Trial(study, study.trials[0]._trial_id)) == ""
+    # Written again (e.g. when the test accuracy is known): the note is replaced.
+    write_best_note(study, test_accuracy=0.95, model_uri="models:/dash@champion")
+    note = get_note(optuna.Trial(study, study.trials[1]._trial_id))
+    assert "0.95" in note and "models:/dash@champion" in note and "0.9612" not in note
+
+
+def test_best_note_on_a_grid_study(tmp_path: Path) -> None:
+    """Building the live Trial that `save_note` needs must not run the study's sampler."""
+    from optuna_dashboard import get_note
+
+    grid = optuna.samplers.GridSampler({"dropout": [0.0, 0.5]})
+    study = optuna.create_study(
+        storage=open_storage(f"sqlite:///{tmp_path}/grid.db"), sampler=grid, direction="maximize"
+    )
+    study.optimize(lambda t: 1.0 - t.suggest_float("dropout", 0.0, 0.5), n_trials=2)
+    assert write_best_note(study) == study.best_trial.number
+    assert "dropout" in get_note(optuna.Trial(study, study.best_trial._trial_id))
+
+
+def test_dashboard_api_serves_the_note_and_the_curve(
+    study: optuna.Study, artifacts: FileSystemArtifactStore
+) -> None:
+    from optuna_dashboard import wsgi
+
+    trial = study.ask()
+    _sample(trial)
+    artifact_id = upload_learning_curve(study, trial, _history(), artifact_store=artifacts)
+    study.tell(trial, 0.97)
+    write_best_note(study, test_accuracy=0.96, model_uri="models:/dash/1")
+    app = wsgi(study._storage, artifact_store=artifacts)
+
+    status, body = _wsgi_get(app, "/api/studies")
+    assert status == 200
+    (summary,) = json.loads(body)["study_summaries"]
+    assert summary["study_name"] == "dash"
+
+    status, body = _wsgi_get(app, f"/api/studies/{summary['study_id']}")
+    assert status == 200
+    (best,) = json.loads(body)["best_trials"]
+    assert best["number"] == 0
+    assert "models:/dash/1" in best["note"]["body"] and best["note"]["version"] == 1
+    (artifact,) = best["artifacts"]
+    assert artifact["artifact_id"] == artifact_id and artifact["mimetype"] == "image/png"
+
+    path = f"/artifacts/{summary['study_id']}/{best['trial_id']}/{artifact_id}"
+    status, body = _wsgi_get(app, path)
+    assert status == 200 and body.startswith(PNG_MAGIC)

@@ -1,0 +1,137 @@
+"""`regsearch report`: a real study run through the CLI, then its report; edge cases in process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.report import write_report
+from tests.helpers import regsearch
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONTRACT = ("weight_decay", "dropout", "aug_strength", "mixup_alpha", "label_smoothing")
+SMALL = (
+    "--threads",
+    "1",
+    "--set",
+    "train.epochs=3",
+    "--set",
+    "model.width=8",
+    "--set",
+    "tracking.enabled=false",
+    # Prune from the second epoch on, so the report has pruned curves to show.
+    "--set",
+    "search.pruner={name: median, n_startup_trials: 2, n_warmup_steps: 1}",
+    "--quiet",
+)
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-trial digits study with one trial still RUNNING (as if a worker were busy), and its
+    report in `out/`."""
+    root = tmp_path_factory.mktemp("report")
+    proc = regsearch("run", "--study", "small", "--n-trials", "6", *SMALL, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="small", storage=f"sqlite:///{root}/studies/regsearch.db")
+    running = study.ask({"dropout": FloatDistribution(0.0, 0.6)})
+    running.report(0.1, 1)
+    proc = regsearch("report", "small", "--out", "out", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(Path("out") / "index.html")
+    return root / "out"
+
+
+def test_report_page_names_every_searched_parameter(reported: Path) -> None:
+    page = (reported / "index.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    for name in CONTRACT:
+        assert name in page
+    assert page.count("Plotly.newPlot") >= 4, "history, importances, parallel, slices, curves"
+    assert "1 running trial(s) are not included" in page
+    assert "<script src=" not in page, "plotly.js is inlined: the page works offline"
+    assert "Best trial" in page and "best epoch" in page
+
+
+def test_report_writes_real_pngs_named_after_the_parameters(reported: Path) -> None:
+    expected = {f"regularizer-{name}.png" for name in CONTRACT} | {
+        "learning-curves.png",
+        "epochs.png",
+    }
+    assert {p.name for p in reported.glob("*.png")} == expected
+    page = (reported / "index.html").read_text(encoding="utf-8")
+    for name in expected:
+        data = (reported / name).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 5_000, name
+        assert f"href='{name}'" in page, "each figure is embedded and links to its file"
+    assert not list(reported.glob(".*")), "no temporary files left behind"
+
+
+def test_report_for_an_unknown_study_is_a_user_error(reported: Path) -> None:
+    proc = regsearch("report", "nope", "--out", "elsewhere", cwd=reported.parent)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "regsearch: error: unknown study 'nope'; known: small"
+    assert not (reported.parent / "elsewhere").exists()
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def _trial(
+    number: int,
+    dropout: float,
+    *,
+    state: TrialState = TrialState.COMPLETE,
+    epochs: int = 4,
+) -> optuna.trial.FrozenTrial:
+    curve = {e: 0.5 + 0.1 * e - dropout / 10 for e in range(1, epochs + 1)}
+    return create_trial(
+        state=state,
+        value=curve[epochs] if state == TrialState.COMPLETE else None,
+        params={"dropout": dropout},
+        distributions={"dropout": FloatDistribution(0.0, 0.7)},
+        intermediate_values=curve,
+        user_attrs={
+            "train_accuracy": 1.0 - dropout / 5,
+            "val_accuracy": curve[epochs],
+            "epochs_trained": epochs,
+            "stop_reason": "max_epochs" if state == TrialState.COMPLETE else "pruned",
+        },
+    )
+
+
+def test_one_completed_trial_skips_importances_with_a_note(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize", study_name="one")
+    study.add_trials([_trial(0, 0.3), _trial(1, 0.5, state=TrialState.PRUNED, epochs=2)])
+    result = write_report(study, tmp_path / "out")
+    assert "Parameter importances (fANOVA)" in result.notes
+    assert "at least 2 completed trials" in result.notes["Parameter importances (fANOVA)"]
+    page = result.index.read_text(encoding="utf-8")
+    assert "Not shown: needs at least 2 completed trials" in page
+    assert sorted(p.name for p in result.pngs) == [
+        "epochs.png",
+        "learning-curves.png",
+        "regularizer-dropout.png",
+    ]
+
+
+def test_a_study_without_finished_trials_still_gets_a_page(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize", study_name="empty")
+    study.ask()  # RUNNING: ignored
+    result = write_report(study, tmp_path / "out")
+    assert result.index.stat().st_size > 0
+    assert result.pngs == []
+    assert "No completed trial yet" in result.index.read_text(encoding="utf-8")
+
+
+def test_grid_levels_are_compared_in_the_regularizer_figure(tmp_path: Path) -> None:
+    study = optuna.create_study(direction="maximize", study_name="grid")
+    study.add_trials([_trial(i, d) for i, d in enumerate((0.0, 0.1, 0.3, 0.5, 0.7))])
+    result = write_report(study, tmp_path / "out")
+    assert not result.notes, result.notes
+    assert (tmp_path / "out" / "regularizer-dropout.png").read_bytes().startswith(PNG_MAGIC)

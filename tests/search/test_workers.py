@@ -1,0 +1,208 @@
+"""Several workers, PostgreSQL, dead workers and signals — real processes, real servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from tests.helpers import regsearch
+
+PG_ADMIN = os.environ.get("REGSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TINY = ("--set", "train.epochs=2", "--set", "search.pruner=none", "--quiet")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server answers at {PG_ADMIN}: {str(exc).strip()[:120]}")
+    name = f"regsearch_test_{uuid.uuid4().hex[:10]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+            yield f"{base}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=storage).trials
+
+
+@pytest.mark.postgres
+def test_four_workers_share_one_budget_on_postgres(tmp_path: Path, pg_url: str) -> None:
+    proc = regsearch(
+        "run",
+        "--study",
+        "pg",
+        "--workers",
+        "4",
+        "--n-trials",
+        "8",
+        "--storage",
+        pg_url,
+        *TINY,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _trials(pg_url, "pg")
+    finished = [t for t in trials if t.state.is_finished() and t.state.name != "FAIL"]
+    assert len(finished) == 8, Counter(t.state.name for t in trials)
+    assert len({t.number for t in trials}) == len(trials)
+    others = [t for t in trials if t not in finished]
+    assert all(t.user_attrs.get("stop_reason") == "surplus" for t in others), "only overshoot"
+    # Every finished trial has its MLflow run, all FINISHED, under one parent.
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("pg")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 8 and len(runs) == 9
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.postgres
+def test_password_never_reaches_study_or_mlflow(tmp_path: Path, pg_url: str) -> None:
+    """The storage URL is not stored in the study's config nor logged to MLflow."""
+    secret_url = pg_url.replace("postgres@", "postgres:s3cr3t-pw@")  # trust auth ignores it
+    proc = regsearch(
+        "run", "--study", "pw", "--n-trials", "1", "--storage", secret_url, *TINY, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "s3cr3t" not in proc.stderr + proc.stdout
+    study = optuna.load_study(study_name="pw", storage=pg_url)
+    assert "s3cr3t" not in json.dumps(study.user_attrs)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    for run in client.search_runs([client.get_experiment_by_name("pw").experiment_id]):
+        assert "s3cr3t" not in json.dumps([run.data.params, run.data.tags])
+
+
+def test_four_local_workers_on_sqlite_do_not_lock(tmp_path: Path) -> None:
+    proc = regsearch(
+        "run",
+        "--study",
+        "lite",
+        "--workers",
+        "4",
+        "--n-trials",
+        "4",
+        *TINY,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "locked" not in proc.stderr
+    trials = _trials(f"sqlite:///{tmp_path}/studies/regsearch.db", "lite")
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 4
+
+
+def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("REGSEARCH_STORAGE", "MLFLOW_TRACKING_URI")
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", "run", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_running_trial(
+    storage: str, study: str, timeout: float = 120
+) -> optuna.trial.FrozenTrial:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for trial in _trials(storage, study):
+                if trial.state.name == "RUNNING" and trial.intermediate_values:
+                    return trial
+        except (KeyError, Exception):
+            pass  # the study is not created yet
+        time.sleep(0.3)
+    raise AssertionError("no trial started training in time")
+
+
+def test_sigterm_ends_the_running_trial_cleanly(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    proc = _start(
+        tmp_path,
+        "--study",
+        "term",
+        "--n-trials",
+        "3",
+        "--set",
+        "train.epochs=200",
+        "--set",
+        "early_stopping.patience=null",
+        "--quiet",
+    )
+    running = _wait_for_running_trial(storage, "term")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    trial = _trials(storage, "term")[running.number]
+    assert trial.state.name == "FAIL"
+    assert trial.user_attrs["stop_reason"] == "interrupted"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    parent = optuna.load_study(study_name="term", storage=storage).user_attrs[
+        "mlflow_parent_run_id"
+    ]
+    assert client.get_run(parent).info.status == "KILLED"
+
+
+def test_a_killed_worker_s_trial_is_retried_with_the_same_params(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    proc = _start(
+        tmp_path,
+        "--study",
+        "kill",
+        "--n-trials",
+        "2",
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "search.heartbeat_interval=1",
+        "--set",
+        "search.grace_period=2",
+        "--set",
+        "early_stopping.patience=null",
+        "--set",
+        "search.pruner=none",
+        "--quiet",
+    )
+    victim = _wait_for_running_trial(storage, "kill")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(3)  # let the heartbeat go stale
+    resumed = regsearch("worker", "kill", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = _trials(storage, "kill")
+    assert trials[victim.number].state.name == "FAIL"
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    retried_number = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retried = [t for t in trials if retried_number(t) == victim.number]
+    assert retried and retried[0].params == victim.params
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
