@@ -7,9 +7,10 @@ that meet here.
 from __future__ import annotations
 
 import gc
+import logging
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 import torch
@@ -20,8 +21,12 @@ from search.data import Dataset
 from search.space import SearchSpace
 from search.train import NONFINITE, EpochStats, TrainResult, train
 
+if TYPE_CHECKING:
+    from optuna.artifacts._protocol import ArtifactStore
+
 __all__ = ["SURPLUS", "Objective", "RunListener", "SurplusTrial", "TrialTracker"]
 
+_log = logging.getLogger(__name__)
 PRUNED, INTERRUPTED, SURPLUS = "pruned", "interrupted", "surplus"
 
 
@@ -69,6 +74,7 @@ class Objective:
         device: torch.device,
         tracker: TrialTracker | None = None,
         listener: RunListener | None = None,
+        artifact_store: ArtifactStore | None = None,
     ) -> None:
         self.config = config
         self.space = SearchSpace.from_config(config)
@@ -76,6 +82,7 @@ class Objective:
         self.device = device
         self.tracker = tracker
         self.listener = listener
+        self.artifact_store = artifact_store  # learning-curve figures for optuna-dashboard
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self._is_surplus(trial):
@@ -102,6 +109,7 @@ class Objective:
             self._finish(trial, run_id, "FAILED", {"stop_reason": reason})
             raise
 
+        self._upload_curve(trial, result)
         summary: dict[str, Any] = {
             "stop_reason": result.stop_reason,
             "epochs_trained": result.epochs_trained,
@@ -116,14 +124,32 @@ class Objective:
 
         value = float(result.best_value)
         if run_id is not None and self.tracker and _is_new_best(trial.study, value):
-            uri = self.tracker.register_champion(
-                run_id, number=trial.number, value=value, result=result, data=self.data
-            )
+            try:
+                uri = self.tracker.register_champion(
+                    run_id, number=trial.number, value=value, result=result, data=self.data
+                )
+            except Exception as exc:  # the trial trained fine: keep it, report the loss
+                uri = None
+                summary["champion_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+                _log.warning("trial %d: champion not registered: %s", trial.number, exc)
             if uri:
                 summary["model_uri"] = uri
         summary["value"] = value
         self._finish(trial, run_id, "COMPLETE", summary)
         return value
+
+    def _upload_curve(self, trial: optuna.Trial, result: TrainResult) -> None:
+        """Attach the learning curve while the trial still runs (Optuna refuses later)."""
+        if self.artifact_store is None or not result.history:
+            return
+        from search.dashboard import upload_learning_curve
+
+        try:
+            upload_learning_curve(
+                trial.study, trial, result.history, artifact_store=self.artifact_store
+            )
+        except Exception as exc:  # a missing figure must not fail the trial
+            _log.warning("trial %d: learning-curve upload failed: %s", trial.number, exc)
 
     def _is_surplus(self, trial: optuna.Trial) -> bool:
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)

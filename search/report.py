@@ -1,7 +1,7 @@
 """`regsearch report`: one self-contained HTML page (plotly.js inlined once, works offline) with
 Optuna's interactive figures, plus PNG figures (matplotlib, Agg) saved next to it and embedded:
-the train/validation gap against each searched regularizer, learning curves, and the epochs
-saved by pruning and early stopping.
+the train/validation gap against each searched regularizer (and, for grid studies over several
+regularizers, per setting), learning curves, and the epochs saved by pruning and early stopping.
 
 The report reads a snapshot of the study's finished trials (COMPLETE and PRUNED), so it can be
 made while workers are still running. Every file is written atomically (temp file + rename).
@@ -35,12 +35,13 @@ if TYPE_CHECKING:
 
     from search.config import StudyConfig
 
-__all__ = ["ReportResult", "regularizer_figure", "snapshot", "write_report"]
+__all__ = ["ReportResult", "regularizer_figure", "settings_figure", "snapshot", "write_report"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Few enough distinct values (a grid) to draw the mean per value as a line.
 _MAX_LEVELS = 10
 _MAX_PRUNED_CURVES = 5
+_MAX_SETTINGS = 8
 _STOP_COLOURS = {"max_epochs": "#4c72b0", "early_stopping": "#55a868", "pruned": "#dd8452"}
 
 
@@ -189,10 +190,78 @@ def regularizer_figure(name: str, trials: Sequence[FrozenTrial], *, dpi: int = 1
     top.legend(fontsize="small", loc="best")
     top.grid(alpha=0.3)
     bottom.set_ylabel("gap (train − val)")
-    bottom.set_xlabel(name + (" (log scale)" if bottom.get_xscale() == "log" else ""))
+    xlabel = name + (" (log scale)" if bottom.get_xscale() == "log" else "")
+    if 1 < len(levels) <= _MAX_LEVELS:
+        xlabel += " — lines: mean of completed trials per value"
+    bottom.set_xlabel(xlabel)
     bottom.grid(alpha=0.3)
     fig.suptitle(f"{name}: train vs validation accuracy ({len(points)} trials)")
     return _png(fig, dpi=dpi)
+
+
+def settings_figure(names: Sequence[str], trials: Sequence[FrozenTrial]) -> bytes:
+    """Mean train and validation accuracy and gap per combination of the searched regularizers'
+    values (other params, e.g. seeds, averaged over; dots are single trials): for grid studies
+    where one parameter's figure mixes the others, e.g. none / MixUp / CutMix / both."""
+    groups: dict[tuple[float, ...], list[tuple[float, float]]] = {}
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
+        values = [_number(t.params.get(n)) for n in names]
+        train = _number(t.user_attrs.get("train_accuracy"))
+        val = _number(t.user_attrs.get("val_accuracy"))
+        key = tuple(v for v in values if v is not None)
+        if len(key) == len(names) and train is not None and val is not None:
+            groups.setdefault(key, []).append((train, val))
+    if not 2 <= len(groups) <= _MAX_SETTINGS:
+        raise _Skip(f"{len(groups)} settings: drawn for 2 to {_MAX_SETTINGS}")
+    keys = sorted(groups)
+    labels = ["\n".join(f"{n}={_fmt(v)}" for n, v in zip(names, k, strict=True)) for k in keys]
+    fig, (top, bottom) = _new_figure(max(6.4, 1.3 * len(keys) + 1.5), 5.4, rows=2)
+    xs = range(len(keys))
+    for offset, index, label, colour in (
+        (-0.2, 0, "train", "#4c72b0"),
+        (0.2, 1, "validation", "#dd8452"),
+    ):
+        means = [sum(r[index] for r in groups[k]) / len(groups[k]) for k in keys]
+        top.bar([x + offset for x in xs], means, width=0.38, color=colour, alpha=0.8, label=label)
+        for x, k in zip(xs, keys, strict=True):
+            top.scatter(
+                [x + offset] * len(groups[k]),
+                [r[index] for r in groups[k]],
+                s=12,
+                color="black",
+                zorder=3,
+            )
+    lowest = min(r[i] for k in keys for r in groups[k] for i in (0, 1))
+    top.set_ylim(max(0.0, lowest - 0.02), 1.005)
+    top.set_ylabel("accuracy at best epoch")
+    top.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    top.grid(axis="y", alpha=0.3)
+    gaps = [[r[0] - r[1] for r in groups[k]] for k in keys]
+    bottom.bar(list(xs), [sum(g) / len(g) for g in gaps], width=0.5, color="#55a868", alpha=0.8)
+    for x, g in zip(xs, gaps, strict=True):
+        bottom.scatter([x] * len(g), g, s=12, color="black", zorder=3)
+    bottom.axhline(0.0, color="#999999", linewidth=0.8)
+    bottom.set_ylabel("gap (train − val)")
+    bottom.grid(axis="y", alpha=0.3)
+    bottom.set_xticks(list(xs), labels, fontsize="small")
+    n = sum(len(g) for g in groups.values())
+    fig.suptitle(f"settings compared: bars are means, dots single trials ({n} completed)")
+    return _png(fig)
+
+
+def _discrete(trials: Sequence[FrozenTrial], names: Sequence[str]) -> bool:
+    """Whether the parameters take a few chosen values (categorical or stepped), as in a grid."""
+    from optuna.distributions import FloatDistribution
+
+    # Categorical and int distributions are discrete; floats only with a step.
+    for t in trials:
+        for name in names:
+            dist = t.distributions.get(name)
+            if isinstance(dist, FloatDistribution) and dist.step is None:
+                return False
+    return True
 
 
 def _spread(items: Sequence[FrozenTrial], k: int) -> list[FrozenTrial]:
@@ -534,6 +603,19 @@ def write_report(
                     file,
                     f"{name}: train/val accuracy and gap",
                     functools.partial(regularizer_figure, name, trials),
+                ),
+            )
+        )
+    searched = _searched_regularizers(trials)
+    combos = {tuple(t.params.get(n) for n in searched) for t in complete}
+    if len(searched) > 1 and _discrete(trials, searched) and 2 <= len(combos) <= _MAX_SETTINGS:
+        sections.append(
+            _Section(
+                "Regularizer settings compared",
+                png_section(
+                    "settings.png",
+                    "train/val accuracy per setting",
+                    functools.partial(settings_figure, searched, trials),
                 ),
             )
         )

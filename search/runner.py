@@ -18,7 +18,7 @@ from search.data import load_dataset
 from search.errors import UserError
 from search.objective import SURPLUS, Objective
 from search.signals import sigterm_interrupts
-from search.storage import open_storage
+from search.storage import artifact_dir, open_storage
 from search.study import FINISHED, count_trials, create_or_resume
 from search.train import resolve_device
 
@@ -106,14 +106,24 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
 
         tracker = Tracker.for_study(study, config, tracking_uri=options.tracking_uri)
 
-    objective = None
     progress = RunProgress(
         n_trials=config.search.n_trials,
         metric=config.objective.metric,
         console=console,
         quiet=options.quiet,
     )
-    objective = Objective(config, data, device=device, tracker=tracker, listener=progress)
+    from optuna.artifacts import FileSystemArtifactStore
+
+    artifacts = artifact_dir(options.storage_url)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    objective = Objective(
+        config,
+        data,
+        device=device,
+        tracker=tracker,
+        listener=progress,
+        artifact_store=FileSystemArtifactStore(str(artifacts)),
+    )
     try:
         with sigterm_interrupts(), progress:
             progress.start(study)
@@ -133,7 +143,11 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         if tracker is not None:
             tracker.close(study, finished=False)
         raise
+    done = count_trials(study, FINISHED) >= config.search.n_trials
     if tracker is not None:
-        done = count_trials(study, FINISHED) >= config.search.n_trials
         tracker.close(study, finished=done, data=data)
+    if done:
+        from search.dashboard import write_best_note
+
+        write_best_note(study, test_accuracy=study.user_attrs.get("test_accuracy"))
     return study

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from search.config import SearchConfig
 
-__all__ = ["DEFAULT_STORAGE", "open_storage", "resolve_storage_url"]
+__all__ = ["DEFAULT_STORAGE", "artifact_dir", "open_storage", "resolve_storage_url"]
 
 DEFAULT_STORAGE = "sqlite:///studies/regsearch.db"
 STORAGE_ENV = "REGSEARCH_STORAGE"
@@ -34,6 +34,13 @@ def _sqlite_path(url: str) -> Path | None:
         return None
     path = url.removeprefix("sqlite:///").split("?", 1)[0]
     return None if path in ("", ":memory:") else Path(path)
+
+
+def artifact_dir(url: str) -> Path:
+    """Where Optuna artifacts (learning-curve figures) of this storage live: beside a SQLite
+    file, else `studies/artifacts` on this machine."""
+    path = _sqlite_path(url)
+    return (path.parent if path is not None else Path("studies")) / "artifacts"
 
 
 def _prepare_sqlite(path: Path) -> None:

@@ -306,7 +306,7 @@ class Tracker:
                 "pixel_scale": data.max_value,
             },
         )
-        version = self._create_version(info.model_uri, run_id, number, value, data)
+        version = self._create_version(info.model_uri, info.model_id, run_id, number, value, data)
         self._move_alias(version, value)
         return f"models:/{self.study_name}/{version}"
 
@@ -324,7 +324,7 @@ class Tracker:
             self.client.log_artifacts(run_id, tmp, CHECKPOINT_DIR)
 
     def _create_version(
-        self, source: str, run_id: str, number: int, value: float, data: Dataset
+        self, source: str, model_id: str, run_id: str, number: int, value: float, data: Dataset
     ) -> str:
         with contextlib.suppress(MlflowException):  # already registered
             self.client.create_registered_model(
@@ -335,6 +335,7 @@ class Tracker:
             self.study_name,
             source=source,
             run_id=run_id,
+            model_id=model_id,  # a tracking server refuses a models:/m-… source without it
             tags={
                 "trial": str(number),
                 "value": repr(value),

@@ -326,7 +326,7 @@ def train(
         if reason:
             result.stop_reason = reason
             break
-        if stopper.should_stop:
+        if stopper.should_stop and epoch < t.epochs:  # out of patience on the last epoch: max
             result.stop_reason = EARLY_STOPPING
             break
     return result

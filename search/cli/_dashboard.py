@@ -8,8 +8,6 @@ import click
 
 from search.cli._options import host_port_options, storage_option, warn_if_public
 
-ARTIFACT_DIR = Path("studies") / "artifacts"
-
 
 @click.command("dashboard")
 @storage_option
@@ -17,19 +15,20 @@ ARTIFACT_DIR = Path("studies") / "artifacts"
 @click.option(
     "--artifacts",
     type=click.Path(path_type=Path),
-    default=ARTIFACT_DIR,
-    show_default=True,
-    help="Optuna artifact store (learning-curve figures).",
+    default=None,
+    help="Optuna artifact store (learning-curve figures) [default: beside the SQLite file, "
+    "else studies/artifacts].",
 )
-def dashboard_command(storage: str | None, host: str, port: int, artifacts: Path) -> None:
+def dashboard_command(storage: str | None, host: str, port: int, artifacts: Path | None) -> None:
     """optuna-dashboard on the study storage: history, importances, intermediate values."""
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
-    from search.storage import open_storage, resolve_storage_url
+    from search.storage import artifact_dir, open_storage, resolve_storage_url
 
     url = resolve_storage_url(storage)
     store = open_storage(url, create=False)
+    artifacts = artifacts or artifact_dir(url)
     artifacts.mkdir(parents=True, exist_ok=True)
     warn_if_public(host)
     click.echo(f"optuna-dashboard on http://{host}:{port}; Ctrl+C to stop", err=True)

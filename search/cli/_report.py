@@ -37,7 +37,10 @@ def report_command(study_name: str, out_dir: Path | None, storage: str | None, q
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
     console = None if quiet else make_console(stderr=True)
-    result = write_report(study, out, config=config, console=console)
+    try:
+        result = write_report(study, out, config=config, console=console)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write the report ({exc.strerror or exc})") from None
     click.echo(str(result.index))
 
 

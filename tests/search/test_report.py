@@ -6,7 +6,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.report import write_report
@@ -135,3 +135,25 @@ def test_grid_levels_are_compared_in_the_regularizer_figure(tmp_path: Path) -> N
     result = write_report(study, tmp_path / "out")
     assert not result.notes, result.notes
     assert (tmp_path / "out" / "regularizer-dropout.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_settings_of_a_grid_over_two_regularizers_are_compared(tmp_path: Path) -> None:
+    """The mix exercise: none / MixUp / CutMix / both, as four settings side by side."""
+    space = {
+        "mixup_alpha": CategoricalDistribution([0.0, 0.4]),
+        "cutmix_alpha": CategoricalDistribution([0.0, 1.0]),
+    }
+    study = optuna.create_study(direction="maximize", study_name="mix")
+    for i, (mixup, cutmix) in enumerate([(0.0, 0.0), (0.4, 0.0), (0.0, 1.0), (0.4, 1.0)]):
+        study.add_trial(
+            create_trial(
+                value=0.9 + i / 100,
+                params={"mixup_alpha": mixup, "cutmix_alpha": cutmix},
+                distributions=space,
+                user_attrs={"train_accuracy": 0.99, "val_accuracy": 0.9 + i / 100},
+            )
+        )
+    result = write_report(study, tmp_path / "out")
+    names = {p.name for p in result.pngs}
+    assert {"settings.png", "regularizer-mixup_alpha.png", "regularizer-cutmix_alpha.png"} <= names
+    assert (tmp_path / "out" / "settings.png").read_bytes().startswith(PNG_MAGIC)

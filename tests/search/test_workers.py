@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -24,21 +24,33 @@ TINY = ("--set", "train.epochs=2", "--set", "search.pruner=none", "--quiet")
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+def pg_database() -> Iterator[Callable[[], str]]:
+    """Creates fresh PostgreSQL databases for one test and drops them afterwards."""
     psycopg = pytest.importorskip("psycopg")
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
         pytest.skip(f"no PostgreSQL server answers at {PG_ADMIN}: {str(exc).strip()[:120]}")
-    name = f"regsearch_test_{uuid.uuid4().hex[:10]}"
-    with admin:
+    created: list[str] = []
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+
+    def create() -> str:
+        name = f"regsearch_test_{uuid.uuid4().hex[:10]}"
         admin.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"{base}/{name}"
+
+    with admin:
         try:
-            base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-            yield f"{base}/{name}"
+            yield create
         finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            for name in created:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_database: Callable[[], str]) -> str:
+    return pg_database()
 
 
 def _trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
@@ -206,3 +218,86 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params(tmp_path: Path)
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_workers_log_to_an_mlflow_server_on_postgres(
+    tmp_path: Path, pg_database: Callable[[], str]
+) -> None:
+    """The many-machine setup on one machine: Optuna on PostgreSQL, an `mlflow server` on a
+    PostgreSQL backend with a shared artifact destination, two workers logging over HTTP."""
+    import urllib.request
+
+    storage, backend = pg_database(), pg_database()
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            (tmp_path / "shared-artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow server did not come up") from None
+                time.sleep(1)
+        proc = regsearch(
+            "run",
+            "--study",
+            "remote",
+            "--workers",
+            "2",
+            "--n-trials",
+            "4",
+            "--storage",
+            storage,
+            "--tracking-uri",
+            uri,
+            *TINY,
+            cwd=tmp_path,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("remote")
+        runs = client.search_runs([experiment.experiment_id], max_results=100)
+        assert len(runs) == 1 + 4 and {r.info.status for r in runs} == {"FINISHED"}
+        version = client.get_model_version_by_alias("remote", "champion")
+        assert "test_accuracy" in version.tags
+        assert any((tmp_path / "shared-artifacts").rglob("MLmodel")), "artifacts went to the server"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
