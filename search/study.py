@@ -3,6 +3,7 @@ stored in the study, and the shared trial budget."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -157,6 +158,9 @@ def create_or_resume(
         load_if_exists=True,  # another worker may have created it a moment ago
     )
     study.set_user_attr(CONFIG_ATTR, portable)
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the dashboard shows it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([config.objective.metric])
     return study, True
 
 
