@@ -299,10 +299,124 @@ def augment_speedup(
     }
 
 
+PG_ADMIN_ENV = "REGSEARCH_BENCH_PG"  # e.g. postgresql://postgres@127.0.0.1:5432/postgres
+
+
+def _storage_loop(url: str, *, trials: int, epochs: int) -> list[float]:
+    """Seconds per trial of the service's own Optuna work (ask, sample the contract space,
+    report + should_prune every epoch, tell) with no training: how it grows with the study."""
+    import optuna
+
+    from search.storage import open_storage
+
+    config = load_config()
+    space = SearchSpace.from_config(config)
+    study = optuna.create_study(
+        storage=open_storage(url, config.search),
+        sampler=optuna.samplers.TPESampler(seed=0),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=4),
+        direction="maximize",
+        study_name="bench-storage",
+    )
+    seconds = []
+    for number in range(trials):
+        start = time.perf_counter()
+        trial = study.ask()
+        cfg = space.sample(trial)
+        value = 0.5 + 0.4 * cfg.regularization.dropout  # any deterministic curve will do
+        state = optuna.trial.TrialState.COMPLETE
+        for epoch in range(1, epochs + 1):
+            trial.report(value * epoch / epochs + 0.001 * (number % 7), epoch)
+            if trial.should_prune():
+                state = optuna.trial.TrialState.PRUNED
+                break
+        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def storage_ms_per_trial(*, trials: int = 1000, epochs: int = 10) -> dict[str, Any]:
+    """Milliseconds of storage + sampler + pruner work per trial near trial 10 and near the
+    last trial, on SQLite and (when `$REGSEARCH_BENCH_PG` names an admin URL, or a server
+    answers on 127.0.0.1:5432) on PostgreSQL in a scratch database."""
+    import os
+    import uuid
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    out: dict[str, Any] = {"trials": trials, "epochs_per_trial": epochs}
+
+    def summarise(seconds: list[float]) -> dict[str, float]:
+        return {
+            "ms_at_10": round(1000 * statistics.median(seconds[5:15]), 2),
+            f"ms_at_{trials}": round(1000 * statistics.median(seconds[-10:]), 2),
+        }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out["sqlite"] = summarise(
+            _storage_loop(f"sqlite:///{tmp}/bench.db", trials=trials, epochs=epochs)
+        )
+    admin_url = os.environ.get(PG_ADMIN_ENV, "postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        import psycopg
+
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except Exception as exc:  # no driver or no server: report why, measure the rest
+        out["postgresql"] = f"skipped: {type(exc).__name__}"
+        return out
+    name = f"regsearch_bench_{uuid.uuid4().hex[:8]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+            out["postgresql"] = summarise(
+                _storage_loop(f"{base}/{name}", trials=trials, epochs=epochs)
+            )
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return out
+
+
+def worker_scaling(*, trials: int = 8, epochs: int = 3) -> dict[str, Any]:
+    """Finished trials per minute of a digits study with 2 workers ÷ with 1, one CPU thread
+    per worker (the same CPU budget per trial), timed from the first trial's start to the
+    last trial's end so process start-up is not counted."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    rates = {}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "search", "run", "--study", "scaling", "--quiet"]
+            cmd += ["--workers", str(workers), "--threads", "1", "--n-trials", str(trials)]
+            cmd += ["--set", f"train.epochs={epochs}", "--set", "search.pruner=none"]
+            cmd += ["--set", "tracking.enabled=false", "--set", "early_stopping.patience=null"]
+            subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
+            study = optuna.load_study(
+                study_name="scaling", storage=f"sqlite:///{tmp}/studies/regsearch.db"
+            )
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            start = min(t.datetime_start for t in done if t.datetime_start)
+            end = max(t.datetime_complete for t in done if t.datetime_complete)
+            rates[workers] = len(done) / ((end - start).total_seconds() / 60)
+    return {
+        "worker_scaling": round(rates[2] / rates[1], 3),
+        "trials_per_minute_1_worker": round(rates[1], 1),
+        "trials_per_minute_2_workers": round(rates[2], 1),
+        "trials": trials,
+        "epochs": epochs,
+    }
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "trial_overhead": trial_overhead,
     "train_images_per_second": train_images_per_second,
     "augment_speedup": augment_speedup,
+    "storage_ms_per_trial": storage_ms_per_trial,
+    "worker_scaling": worker_scaling,
 }
 
 

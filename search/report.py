@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.space import REGULARIZERS
+from search.summary import format_value
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -216,7 +217,9 @@ def settings_figure(names: Sequence[str], trials: Sequence[FrozenTrial]) -> byte
     if not 2 <= len(groups) <= _MAX_SETTINGS:
         raise _Skip(f"{len(groups)} settings: drawn for 2 to {_MAX_SETTINGS}")
     keys = sorted(groups)
-    labels = ["\n".join(f"{n}={_fmt(v)}" for n, v in zip(names, k, strict=True)) for k in keys]
+    labels = [
+        "\n".join(f"{n}={format_value(v)}" for n, v in zip(names, k, strict=True)) for k in keys
+    ]
     fig, (top, bottom) = _new_figure(max(6.4, 1.3 * len(keys) + 1.5), 5.4, rows=2)
     xs = range(len(keys))
     for offset, index, label, colour in (
@@ -419,21 +422,10 @@ def _needs_complete(n_complete: int, make: Callable[[], Any], *, height: int = 4
 # --------------------------------------------------------------------------- HTML
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return (
-            f"{value:.4g}"
-            if value != 0 and abs(value) < 1e-2
-            else f"{value:.4f}".rstrip("0").rstrip(".")
-        )
-    return str(value)
-
-
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
     body = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(format_value(v))}</td></tr>"
+        for k, v in rows
     )
     return f"<table>{body}</table>"
 
@@ -688,7 +680,10 @@ def _header(study: optuna.Study, config: StudyConfig | None, totals: _EpochTotal
         fixed = _fixed_regularizers(config.space)
         if fixed:
             rows.append(
-                ("fixed regularizers", ", ".join(f"{k}={_fmt(v)}" for k, v in fixed.items()))
+                (
+                    "fixed regularizers",
+                    ", ".join(f"{k}={format_value(v)}" for k, v in fixed.items()),
+                )
             )
     if totals.budget:
         saved = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in sorted(totals.saved_by.items()))

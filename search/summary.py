@@ -9,7 +9,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["CONTRACT_PARAMS", "best_summary", "study_rows", "trial_row", "trials_table"]
+__all__ = [
+    "CONTRACT_PARAMS",
+    "best_summary",
+    "format_value",
+    "study_rows",
+    "trial_row",
+    "trials_table",
+]
 
 CONTRACT_PARAMS = ("weight_decay", "dropout", "aug_strength", "mixup_alpha", "label_smoothing")
 
@@ -81,7 +88,8 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A table cell: – for missing, 4 significant figures for small floats."""
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -111,10 +119,10 @@ def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | 
         table.add_row(
             str(row["number"]),
             row["state"],
-            _fmt(row["value"]),
-            *(_fmt(row["params"].get(p)) for p in CONTRACT_PARAMS),
-            _fmt(row["epochs"]),
-            _fmt(row["stop_reason"]),
+            format_value(row["value"]),
+            *(format_value(row["params"].get(p)) for p in CONTRACT_PARAMS),
+            format_value(row["epochs"]),
+            format_value(row["stop_reason"]),
             style=style,
         )
     return table

@@ -30,3 +30,20 @@ def test_augment_speedup_smoke(workers: int) -> None:
 def test_augment_speedup_rejects_empty() -> None:
     with pytest.raises(ValueError):
         augment_speedup(images=0)
+
+
+def test_storage_ms_per_trial_reports_both_ends_of_the_study() -> None:
+    from search.bench import storage_ms_per_trial
+
+    out = storage_ms_per_trial(trials=20, epochs=2)
+    assert out["sqlite"]["ms_at_10"] > 0 and out["sqlite"]["ms_at_20"] > 0
+    assert "postgresql" in out  # measured, or "skipped: <reason>" without a server
+
+
+@pytest.mark.slow
+def test_worker_scaling_compares_one_and_two_workers() -> None:
+    from search.bench import worker_scaling
+
+    out = worker_scaling(trials=2, epochs=1)
+    assert out["worker_scaling"] > 0
+    assert out["trials_per_minute_1_worker"] > 0 and out["trials_per_minute_2_workers"] > 0

@@ -243,3 +243,39 @@ def test_default_study_meets_the_acceptance_bar(tmp_path: Path) -> None:
     assert "PRUNED" in states
     assert max(r["value"] for r in rows if r["state"] == "COMPLETE") >= 0.97
     assert elapsed <= 180, f"default study took {elapsed:.0f} s"
+
+
+@pytest.mark.slow
+def test_ui_serves_the_tracking_store_on_loopback(tiny_study: Path) -> None:
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "search", "ui", "--port", str(port)],
+        cwd=tiny_study,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/alias?name=tiny&alias=champion"
+    try:
+        deadline = time.monotonic() + 150
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=3) as response:
+                    version = json.loads(response.read())["model_version"]
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("regsearch ui did not answer") from None
+                time.sleep(1)
+        assert version["name"] == "tiny" and "champion" in version["aliases"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

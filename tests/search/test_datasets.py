@@ -4,17 +4,23 @@ pickled batches, MNIST idx files (plain and gzipped), class-per-folder images wi
 from __future__ import annotations
 
 import gzip
+import io
+import json
 import os
 import pickle
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from optuna.trial import TrialState
 from PIL import Image
 from pydantic import ValidationError
+from rich.console import Console
 
 from search.config import (
     DatasetConfig,
@@ -28,6 +34,7 @@ from search.config import (
 )
 from search.data import Dataset, load_dataset
 from search.errors import UserError
+from search.runner import RunOptions, run_study
 from search.train import MAX_EPOCHS, train
 
 CIFAR10_NAMES = [f"c10-{i}" for i in range(10)]
@@ -454,3 +461,47 @@ def test_download_is_skipped_when_the_files_are_there(
     _write_cifar10(tmp_path)
     data = load_dataset(DatasetConfig(name="cifar10", root=tmp_path, download=True))
     assert len(data.test) == 10
+
+
+# --------------------------------------------------------------------------- a whole study
+
+_WRITERS: dict[str, tuple[Callable[[Path], None] | None, dict[str, Any]]] = {
+    "digits": (None, {}),
+    "synthetic": (None, {"num_samples": 60}),
+    "cifar10": (_write_cifar10, {}),
+    "cifar100": (_write_cifar100, {}),
+    "mnist": (lambda root: _write_mnist(root, "MNIST", gz=False), {}),
+    "fashion-mnist": (lambda root: _write_mnist(root, "FashionMNIST", gz=True), {}),
+    "imagefolder": (_write_images, {"image_size": 8}),
+}
+
+
+@pytest.mark.parametrize("name", list(_WRITERS))
+def test_a_study_runs_on_each_data_set(tmp_path: Path, name: str) -> None:
+    write, extra = _WRITERS[name]
+    spec: dict[str, Any] = {"name": name, **extra}
+    if write is not None:
+        write(tmp_path / "data")
+        spec["root"] = str(tmp_path / "data")
+    config = load_config(
+        overrides=[
+            f"dataset={json.dumps(spec)}",  # JSON is YAML: any tmp path survives the parse
+            f"study={name}",
+            "model.width=8",
+            "train.epochs=1",
+            "train.batch_size=16",
+            "train.device=cpu",
+            "search.n_trials=1",
+            "search.pruner=none",
+            "tracking.enabled=false",
+        ]
+    )
+    study = run_study(
+        config,
+        RunOptions(storage_url=f"sqlite:///{tmp_path}/o.db", quiet=True),
+        console=Console(file=io.StringIO()),
+    )
+    assert study.study_name == name
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE], trials[0].user_attrs
+    assert trials[0].value is not None and 0.0 <= trials[0].value <= 1.0

@@ -291,7 +291,7 @@ def test_two_workers_log_to_an_mlflow_server_on_postgres(
             timeout=600,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
-        client = MlflowClient(uri)
+        client = MlflowClient(uri, registry_uri=uri)  # not the process-wide registry URI
         experiment = client.get_experiment_by_name("remote")
         runs = client.search_runs([experiment.experiment_id], max_results=100)
         assert len(runs) == 1 + 4 and {r.info.status for r in runs} == {"FINISHED"}
