@@ -312,7 +312,7 @@ def _storage_loop(url: str, *, trials: int, epochs: int) -> list[float]:
     config = load_config()
     space = SearchSpace.from_config(config)
     study = optuna.create_study(
-        storage=open_storage(url, config.search),
+        storage=open_storage(url),  # ask/tell has no heartbeat thread: measure without one
         sampler=optuna.samplers.TPESampler(seed=0),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=4),
         direction="maximize",
