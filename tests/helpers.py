@@ -24,3 +24,28 @@ def regsearch(
         text=True,
         timeout=timeout,
     )
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_url(url: str, server: subprocess.Popen[bytes], *, timeout: float, what: str) -> bytes:
+    """The body of the first successful GET of `url`, polling while `server` starts up."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                return bytes(response.read())
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise AssertionError(f"{what} did not answer at {url}") from None
+            time.sleep(0.5)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import regsearch
+from tests.helpers import free_port, regsearch, wait_for_url
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags that keep Chromium quiet on a machine with no network (and as root in CI).
@@ -35,12 +32,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_dashboard_page_lists_the_study_and_its_trials(tmp_path: Path) -> None:
     proc = regsearch(
@@ -59,7 +50,7 @@ def test_dashboard_page_lists_the_study_and_its_trials(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "search", "dashboard", "--port", str(port)],
         cwd=tmp_path,
@@ -69,16 +60,7 @@ def test_dashboard_page_lists_the_study_and_its_trials(tmp_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/studies", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("the dashboard did not come up") from None
-                time.sleep(0.5)
+        wait_for_url(f"{base}/api/studies", server, timeout=60, what="the dashboard")
         profile = tmp_path / "chromium-profile"
         common = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}"]
         dom = subprocess.run(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import regsearch
+from tests.helpers import free_port, regsearch, wait_for_url
 
 CONTRACT = ("weight_decay", "dropout", "aug_strength", "mixup_alpha", "label_smoothing")
 TINY = ("--set", "train.epochs=3", "--set", "search.pruner=none", "--quiet")
@@ -249,13 +249,8 @@ def test_default_study_meets_the_acceptance_bar(tmp_path: Path) -> None:
 def test_ui_serves_the_tracking_store_on_loopback(tiny_study: Path) -> None:
     import os
     import signal
-    import socket
-    import time
-    import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "search", "ui", "--port", str(port)],
         cwd=tiny_study,
@@ -265,16 +260,8 @@ def test_ui_serves_the_tracking_store_on_loopback(tiny_study: Path) -> None:
     )
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/alias?name=tiny&alias=champion"
     try:
-        deadline = time.monotonic() + 150
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=3) as response:
-                    version = json.loads(response.read())["model_version"]
-                    break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("regsearch ui did not answer") from None
-                time.sleep(1)
+        body = wait_for_url(url, server, timeout=150, what="regsearch ui")
+        version = json.loads(body)["model_version"]
         assert version["name"] == "tiny" and "champion" in version["aliases"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import regsearch
+from tests.helpers import free_port, regsearch, wait_for_url
 
 PG_ADMIN = os.environ.get("REGSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TINY = ("--set", "train.epochs=2", "--set", "search.pruner=none", "--quiet")
@@ -220,14 +220,6 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params(tmp_path: Path)
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_two_workers_log_to_an_mlflow_server_on_postgres(
@@ -235,10 +227,9 @@ def test_two_workers_log_to_an_mlflow_server_on_postgres(
 ) -> None:
     """The many-machine setup on one machine: Optuna on PostgreSQL, an `mlflow server` on a
     PostgreSQL backend with a shared artifact destination, two workers logging over HTTP."""
-    import urllib.request
 
     storage, backend = pg_database(), pg_database()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -264,16 +255,7 @@ def test_two_workers_log_to_an_mlflow_server_on_postgres(
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError("mlflow server did not come up") from None
-                time.sleep(1)
+        wait_for_url(f"{uri}/health", server, timeout=120, what="mlflow server")
         proc = regsearch(
             "run",
             "--study",
