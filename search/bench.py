@@ -303,19 +303,22 @@ PG_ADMIN_ENV = "REGSEARCH_BENCH_PG"  # e.g. postgresql://postgres@127.0.0.1:5432
 
 
 def _storage_loop(url: str, *, trials: int, epochs: int) -> list[float]:
-    """Seconds per trial of the service's own Optuna work (ask, sample the contract space,
-    report + should_prune every epoch, tell) with no training: how it grows with the study."""
+    """Seconds per trial of the service's own Optuna work with no training: ask, sample the
+    contract space, report (+ prune check) every epoch, tell, with the default study's sampler
+    and pruner, as the objective does them. How it grows with the study."""
     import optuna
 
+    from search.objective import report_epoch
     from search.storage import open_storage
+    from search.study import make_pruner, make_sampler
 
     config = load_config()
     space = SearchSpace.from_config(config)
     study = optuna.create_study(
         storage=open_storage(url),  # ask/tell has no heartbeat thread: measure without one
-        sampler=optuna.samplers.TPESampler(seed=0),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=4),
-        direction="maximize",
+        sampler=make_sampler(config),
+        pruner=make_pruner(config),
+        direction=config.objective.direction,
         study_name="bench-storage",
     )
     seconds = []
@@ -326,8 +329,8 @@ def _storage_loop(url: str, *, trials: int, epochs: int) -> list[float]:
         value = 0.5 + 0.4 * cfg.regularization.dropout  # any deterministic curve will do
         state = optuna.trial.TrialState.COMPLETE
         for epoch in range(1, epochs + 1):
-            trial.report(value * epoch / epochs + 0.001 * (number % 7), epoch)
-            if trial.should_prune():
+            curve = value * epoch / epochs + 0.001 * (number % 7)
+            if report_epoch(trial, curve, epoch, can_prune=True):
                 state = optuna.trial.TrialState.PRUNED
                 break
         study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)

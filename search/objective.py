@@ -24,7 +24,14 @@ from search.train import NONFINITE, EpochStats, TrainResult, train
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
-__all__ = ["SURPLUS", "Objective", "RunListener", "SurplusTrial", "TrialTracker"]
+__all__ = [
+    "SURPLUS",
+    "Objective",
+    "RunListener",
+    "SurplusTrial",
+    "TrialTracker",
+    "report_epoch",
+]
 
 _log = logging.getLogger(__name__)
 PRUNED, INTERRUPTED, SURPLUS = "pruned", "interrupted", "surplus"
@@ -63,6 +70,13 @@ def _is_new_best(study: optuna.Study, value: float) -> bool:
     except ValueError:  # no completed trial yet
         return True
     return value > best if study.direction == optuna.study.StudyDirection.MAXIMIZE else value < best
+
+
+def report_epoch(trial: optuna.Trial, value: float, step: int, *, can_prune: bool) -> bool:
+    """Report one epoch's value; True when the pruner says stop. A study without a pruner
+    skips the question, which costs a storage read."""
+    trial.report(value, step)
+    return can_prune and math.isfinite(value) and trial.should_prune()
 
 
 class Objective:
@@ -158,15 +172,15 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, cfg: TrialConfig, run_id: str | None) -> TrainResult:
         metric = cfg.objective.metric
+        can_prune = self.config.search.pruner.name != "none"
 
         def on_epoch(stats: EpochStats) -> str | None:
-            value = getattr(stats, metric)
-            trial.report(value, stats.epoch)
+            stop = report_epoch(trial, getattr(stats, metric), stats.epoch, can_prune=can_prune)
             if self.tracker and run_id is not None:
                 self.tracker.log_epoch(run_id, stats)
             if self.listener:
                 self.listener.epoch_done(trial.number, stats)
-            return PRUNED if math.isfinite(value) and trial.should_prune() else None
+            return PRUNED if stop else None
 
         return train(cfg, self.data, device=self.device, on_epoch=on_epoch)
 

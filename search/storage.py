@@ -91,12 +91,29 @@ def open_storage(
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.x
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except optuna.exceptions.StorageInternalError as exc:
         cause = exc.__cause__ or exc
         raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(cause)}") from None
     except Exception as exc:  # SQLAlchemy's ArgumentError, NoSuchModuleError, OperationalError…
         raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(exc)}") from None
+    if sqlite_path is not None:
+        _sync_normal(storage)
+    return storage
+
+
+def _sync_normal(storage: optuna.storages.RDBStorage) -> None:
+    """`synchronous=NORMAL` on every SQLite connection: in WAL mode a commit then appends to
+    the log without an fsync (the log is synced at checkpoints). A crashed worker loses
+    nothing; a power cut may lose the last commits but never corrupts the file (SQLite's
+    documented guarantee for WAL). A `trial.report` costs about a third less."""
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened while Optuna set up the schema lack it
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,8 +3,11 @@ stored in the study, and the shared trial budget."""
 
 from __future__ import annotations
 
+import copy
+import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import optuna
@@ -17,6 +20,7 @@ from search.space import SearchSpace
 __all__ = [
     "CONFIG_ATTR",
     "FINISHED",
+    "SnapshotPruner",
     "count_trials",
     "create_or_resume",
     "load_existing",
@@ -58,7 +62,62 @@ def make_sampler(config: StudyConfig, *, worker_index: int = 0) -> optuna.sample
     return _construct(f"search.sampler ({name})", factories[name], options)
 
 
+class _StudyView:
+    """The study as a pruner sees it: `get_trials` answers from a snapshot, the rest is the
+    study itself."""
+
+    def __init__(self, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
+        self._view_study = study
+        self._view_trials = trials
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[optuna.trial.FrozenTrial]:
+        trials = [t for t in self._view_trials if states is None or t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+    @property
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.get_trials()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view_study, name)
+
+
+class SnapshotPruner(optuna.pruners.BasePruner):
+    """Wraps a pruner so that its view of the study's trials is read from storage once per
+    trial and then at most every `max_age` seconds, instead of at every `should_prune`.
+
+    Median, percentile and successive-halving pruners read every trial of the study at every
+    step; on short trials that read cost more than the rest of the service's storage work
+    (`regsearch bench`, `storage_ms_per_trial`). The decisions are Optuna's; the only
+    difference is that a trial finished by another worker less than `max_age` seconds ago may
+    not count yet. Every trial finished before this one started counts, and the trial being
+    judged is always fresh (Optuna passes it in).
+    """
+
+    def __init__(self, pruner: optuna.pruners.BasePruner, *, max_age: float = 1.0) -> None:
+        if max_age < 0:
+            raise ValueError(f"{max_age=} must be non-negative")
+        self.pruner = pruner
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._key: tuple[int, int] | None = None  # (study id, trial number) of the snapshot
+        self._taken = 0.0
+        self._trials: list[optuna.trial.FrozenTrial] = []
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        key = (study._study_id, trial.number)
+        with self._lock:
+            if key != self._key or time.monotonic() - self._taken > self._max_age:
+                self._trials = study.get_trials(deepcopy=False)
+                self._key, self._taken = key, time.monotonic()
+            trials = self._trials
+        return self.pruner.prune(_StudyView(study, trials), trial)  # type: ignore[arg-type]
+
+
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """The configured pruner, wrapped in a `SnapshotPruner` (`none` needs no wrapping)."""
     options = dict(config.search.pruner.options)
     name = config.search.pruner.name
 
@@ -80,7 +139,8 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
         "threshold": optuna.pruners.ThresholdPruner,
         "none": optuna.pruners.NopPruner,
     }
-    return _construct(f"search.pruner ({name})", factories[name], options)
+    pruner = _construct(f"search.pruner ({name})", factories[name], options)
+    return pruner if name == "none" else SnapshotPruner(pruner)
 
 
 def _construct(where: str, factory: Callable[..., Any], options: dict[str, Any]) -> Any:
