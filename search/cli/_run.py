@@ -101,9 +101,11 @@ def _run_in_process(
     console: Any,
     worker_index: int = 0,
 ) -> None:
+    from search.memory import retain_freed_memory
     from search.runner import RunOptions, run_study
 
     _set_threads(threads)
+    retain_freed_memory()
     options = RunOptions(url, tracking_uri, device, worker_index=worker_index, quiet=quiet)
     study = run_study(config, options, console=console)
     if worker_index == 0:

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from search.augment import AugmentPolicy, BatchTransform, affine_augment, colour_jitter, cutout
+from search.augment import (
+    AugmentPolicy,
+    BatchTransform,
+    affine_augment,
+    affine_grid,
+    colour_jitter,
+    cutout,
+)
 from search.config import Regularization
 
 
@@ -206,6 +214,33 @@ def test_colour_jitter_differs_per_sample_and_stays_in_range() -> None:
     out = colour_jitter(x, 0.4)
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert len({tuple(o.flatten().tolist()) for o in out}) == 8
+
+
+@pytest.mark.parametrize(("h", "w"), [(32, 32), (7, 9), (1, 5)])
+def test_hand_written_grid_equals_torch_affine_grid(h: int, w: int) -> None:
+    theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(h * w))
+    expected = F.affine_grid(theta, [16, 3, h, w], align_corners=False)
+    assert torch.allclose(affine_grid(theta, h, w), expected, atol=1e-6, rtol=0.0)
+
+
+def test_colour_jitter_is_brightness_then_contrast_then_saturation() -> None:
+    # The one-pass form must equal the three factors applied one after the other.
+    x = torch.rand(32, 3, 5, 5, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    out = colour_jitter(x.clone(), 0.4)
+    torch.manual_seed(7)
+    b, c, s = ((1.0 + (torch.rand(32) * 2.0 - 1.0) * 0.4).view(32, 1, 1, 1) for _ in range(3))
+    ref = x * b
+    ref = (ref - ref.mean(dim=(1, 2, 3), keepdim=True)) * c + ref.mean(dim=(1, 2, 3), keepdim=True)
+    ref = (ref - ref.mean(dim=1, keepdim=True)) * s + ref.mean(dim=1, keepdim=True)
+    assert torch.allclose(out, ref.clamp(0.0, 1.0), atol=1e-6, rtol=0.0)
+
+
+def test_colour_jitter_leaves_its_input_alone() -> None:
+    x = torch.rand(4, 3, 5, 5)
+    before = x.clone()
+    colour_jitter(x, 0.4)
+    assert torch.equal(x, before)
 
 
 # --------------------------------------------------------------------------- mixing
