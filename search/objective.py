@@ -20,12 +20,14 @@ from search.config import StudyConfig, TrialConfig
 from search.data import Dataset
 from search.space import SearchSpace
 from search.train import NONFINITE, EpochStats, TrainResult, train
+from search.urls import redact_url
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
 __all__ = [
     "SURPLUS",
+    "TRACKING_ERROR",
     "Objective",
     "RunListener",
     "SurplusTrial",
@@ -35,6 +37,8 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 PRUNED, INTERRUPTED, SURPLUS = "pruned", "interrupted", "surplus"
+# User attr of a trial whose MLflow run could not be closed; `Tracker.close` closes it later.
+TRACKING_ERROR = "tracking_error"
 
 
 class SurplusTrial(Exception):
@@ -191,4 +195,9 @@ class Objective:
             if key != "value" and value is not None:
                 trial.set_user_attr(key, value)
         if self.tracker and run_id is not None:
-            self.tracker.end_trial(run_id, state=state, summary=summary)
+            try:
+                self.tracker.end_trial(run_id, state=state, summary=summary)
+            except Exception as exc:  # a tracking outage must not undo a trained trial
+                reason = f"{type(exc).__name__}: {redact_url(str(exc))}".splitlines()[0][:500]
+                trial.set_user_attr(TRACKING_ERROR, reason)
+                _log.warning("trial %d: MLflow run not closed: %s", trial.number, reason)

@@ -31,6 +31,7 @@ from mlflow.exceptions import MlflowException
 from search.config import StudyConfig
 from search.data import Dataset
 from search.errors import UserError
+from search.objective import TRACKING_ERROR
 from search.train import EpochStats, TrainResult, evaluate
 from search.urls import redact_url
 
@@ -41,6 +42,11 @@ CHAMPION = "champion"
 PARENT_ATTR = "mlflow_parent_run_id"
 CHECKPOINT_DIR = "checkpoint"
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+_ENDED = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.PRUNED,
+    optuna.trial.TrialState.FAIL,
+)
 _RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED"}
 _log = logging.getLogger(__name__)
 # MLflow's tqdm bars would interleave with our progress display.
@@ -363,7 +369,7 @@ class Tracker:
         champion on the test split and finish the parent run."""
         for run_id in list(self._pending):
             self._flush(run_id)
-        self._kill_orphans(study)
+        self._close_orphans(study)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not finished:
             if not running:
@@ -391,15 +397,24 @@ class Tracker:
             self.parent_run_id, status=RunStatus.to_string(RunStatus.FINISHED)
         )
 
-    def _kill_orphans(self, study: optuna.Study) -> None:
-        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+    def _close_orphans(self, study: optuna.Study) -> None:
+        """Close the MLflow runs that were left RUNNING: those of trials whose worker died
+        (KILLED) and those whose closing failed during a tracking outage (by trial state)."""
+        for trial in study.get_trials(deepcopy=False, states=_ENDED):
             run_id = trial.user_attrs.get("mlflow_run_id")
-            if not run_id:
+            outage = TRACKING_ERROR in trial.user_attrs
+            failed = trial.state == optuna.trial.TrialState.FAIL
+            if not run_id or not (failed or outage):
                 continue
+            # A FAIL trial without an outage is one whose worker died: KILLED.
+            status = ("FAILED" if outage else "KILLED") if failed else "FINISHED"
             try:
-                if self.client.get_run(run_id).info.status == "RUNNING":
-                    self.client.set_tag(run_id, "state", "FAIL")
-                    self.client.set_terminated(run_id, status="KILLED")
+                if self.client.get_run(run_id).info.status != "RUNNING":
+                    continue
+                self.client.set_tag(run_id, "state", trial.state.name)
+                if trial.value is not None:
+                    self.client.log_metric(run_id, "best_value", trial.value)
+                self.client.set_terminated(run_id, status=status)
             except MlflowException:
                 continue
 

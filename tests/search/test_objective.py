@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 import search.objective
 from search.config import load_config
@@ -89,3 +90,37 @@ def test_a_diverging_trial_is_pruned_as_nonfinite(tmp_path: Path) -> None:
     assert trial.user_attrs["stop_reason"] == "nonfinite"
     run = client.get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["state"] == "PRUNED"
+
+
+def test_a_tracking_outage_after_training_keeps_the_trial_and_its_run_is_closed_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, objective, client = _setup(tmp_path)
+    assert objective.tracker is not None
+    tracker_client = objective.tracker.client  # type: ignore[attr-defined]
+
+    def unreachable(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise MlflowException("API request to http://mlflow:5000 failed: connection refused")
+
+    real_train = search.objective.train
+
+    def train_during_an_outage(*args, **kwargs):  # type: ignore[no-untyped-def]
+        # The server goes away once the run has started: epoch logging and closing fail.
+        outage.setattr(tracker_client, "log_batch", unreachable)
+        outage.setattr(tracker_client, "set_terminated", unreachable)
+        return real_train(*args, **kwargs)
+
+    with monkeypatch.context() as outage:
+        outage.setattr(search.objective, "train", train_during_an_outage)
+        study.optimize(objective, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None
+    assert "connection refused" in trial.user_attrs["tracking_error"]
+    run_id = trial.user_attrs["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    # Back online: the end of the launch closes the orphaned run with the trial's outcome.
+    objective.tracker.close(study, finished=False)  # type: ignore[attr-defined]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
+    assert run.data.metrics["best_value"] == pytest.approx(trial.value)
