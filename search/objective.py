@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
@@ -61,7 +61,7 @@ class TrialTracker(Protocol):
 
 
 class RunListener(Protocol):
-    """Live progress (implemented with rich)."""
+    """Live progress (the rich display, the process title)."""
 
     def trial_started(self, number: int, epochs: int) -> None: ...
 
@@ -91,7 +91,7 @@ class Objective:
         *,
         device: torch.device,
         tracker: TrialTracker | None = None,
-        listener: RunListener | None = None,
+        listeners: Sequence[RunListener] = (),
         artifact_store: ArtifactStore | None = None,
     ) -> None:
         self.config = config
@@ -99,7 +99,7 @@ class Objective:
         self.data = data.to(device)  # once per worker, not once per trial
         self.device = device
         self.tracker = tracker
-        self.listener = listener
+        self.listeners = tuple(listeners)
         self.artifact_store = artifact_store  # learning-curve figures for optuna-dashboard
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -111,8 +111,8 @@ class Objective:
         run_id = self.tracker.start_trial(trial.number, params) if self.tracker else None
         if run_id is not None:
             trial.set_user_attr("mlflow_run_id", run_id)
-        if self.listener:
-            self.listener.trial_started(trial.number, cfg.train.epochs)
+        for listener in self.listeners:
+            listener.trial_started(trial.number, cfg.train.epochs)
         try:
             result = self._train(trial, cfg, run_id)
         except KeyboardInterrupt:
@@ -182,8 +182,8 @@ class Objective:
             stop = report_epoch(trial, getattr(stats, metric), stats.epoch, can_prune=can_prune)
             if self.tracker and run_id is not None:
                 self.tracker.log_epoch(run_id, stats)
-            if self.listener:
-                self.listener.epoch_done(trial.number, stats)
+            for listener in self.listeners:
+                listener.epoch_done(trial.number, stats)
             return PRUNED if stop else None
 
         return train(cfg, self.data, device=self.device, on_epoch=on_epoch)

@@ -17,6 +17,7 @@ from search.config import StudyConfig
 from search.data import load_dataset
 from search.errors import UserError
 from search.objective import SURPLUS, Objective
+from search.proctitle import TrialTitle
 from search.signals import sigterm_interrupts
 from search.storage import artifact_dir, open_storage
 from search.study import FINISHED, count_trials, create_or_resume
@@ -37,6 +38,7 @@ class RunOptions:
     device: str | None = None  # overrides train.device
     worker_index: int = 0
     quiet: bool = False
+    title: str | None = None  # process title prefix, e.g. "regsearch worker digits #1"
 
 
 class TooManyFailures(RuntimeError):
@@ -121,7 +123,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         data,
         device=device,
         tracker=tracker,
-        listener=progress,
+        listeners=(progress, TrialTitle(options.title)) if options.title else (progress,),
         artifact_store=FileSystemArtifactStore(str(artifacts)),
     )
     try:

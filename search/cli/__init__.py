@@ -8,6 +8,7 @@ import sys
 import click
 
 from search.errors import UserError
+from search.proctitle import hide_secrets
 from search.urls import redact_url
 
 __all__ = ["cli", "main"]
@@ -43,6 +44,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors → one line on stderr and exit code 2."""
+    if argv is None:  # a real process: no password in what `ps` shows of it
+        hide_secrets(sys.argv[1:])
     try:
         code = cli.main(args=argv, prog_name="regsearch", standalone_mode=False)
     except UserError as exc:

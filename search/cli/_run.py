@@ -13,6 +13,7 @@ import click
 
 from search.cli._options import make_console, storage_option, tracking_option
 from search.errors import UserError
+from search.placement import parse_gpus, worker_gpus
 
 
 def _console() -> Any:
@@ -49,7 +50,15 @@ def _finish(study: Any, config: Any, console: Any) -> None:
 @tracking_option
 @click.option("--n-trials", type=int, default=None, help="Total finished trials for the study.")
 @click.option("--timeout", type=float, default=None, help="Stop starting trials after SECONDS.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option(
+    "--workers", type=int, default=None, help="Worker processes (default 1, or one per --gpus)."
+)
+@click.option(
+    "--gpus",
+    default=None,
+    metavar="0,1,…",
+    help="One worker per listed GPU (round robin if --workers is larger).",
+)
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=int, default=None, help="CPU threads per worker.")
 @click.option(
@@ -63,7 +72,8 @@ def run_command(
     tracking_uri: str | None,
     n_trials: int | None,
     timeout: float | None,
-    workers: int,
+    workers: int | None,
+    gpus: str | None,
     device: str | None,
     threads: int | None,
     overrides: tuple[str, ...],
@@ -79,16 +89,31 @@ def run_command(
         "train.device": device,
     }
     config = load_config(config_file, overrides=overrides, flags=flags)
+    gpu_list = parse_gpus(gpus) if gpus is not None else None
+    workers = workers if workers is not None else len(gpu_list or [0])
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    pinned = _gpu_plan(workers, gpu_list, config.train.device)
     from search.storage import resolve_storage_url
 
     url = resolve_storage_url(storage, config.storage)
     console = _console()
-    if workers == 1:
-        _run_in_process(config, url, tracking_uri, device, threads, quiet, console)
+    if workers == 1 and pinned == [None]:
+        title = f"regsearch run {config.study}"
+        _run_in_process(config, url, tracking_uri, device, threads, quiet, console, title=title)
         return
-    _run_workers(config, url, tracking_uri, device, threads, workers, quiet, console)
+    _run_workers(config, url, tracking_uri, device, threads, pinned, quiet, console)
+
+
+def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | None]:
+    """`CUDA_VISIBLE_DEVICES` per worker; CUDA is only asked when it can matter."""
+    if gpus is None and (workers < 2 or device not in ("auto", "cuda")):
+        return [None] * workers
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return worker_gpus(workers, gpus, device=device, count=count, visible=visible)
 
 
 def _run_in_process(
@@ -99,16 +124,22 @@ def _run_in_process(
     threads: int | None,
     quiet: bool,
     console: Any,
+    *,
+    title: str,
     worker_index: int = 0,
+    summary: bool = True,
 ) -> None:
+    """Run trials in this process; `title` prefixes its process title (`ps`, `top`)."""
     from search.memory import retain_freed_memory
     from search.runner import RunOptions, run_study
 
     _set_threads(threads)
     retain_freed_memory()
-    options = RunOptions(url, tracking_uri, device, worker_index=worker_index, quiet=quiet)
+    options = RunOptions(
+        url, tracking_uri, device, worker_index=worker_index, quiet=quiet, title=title
+    )
     study = run_study(config, options, console=console)
-    if worker_index == 0:
+    if summary:
         _finish(study, config, console)
 
 
@@ -118,12 +149,13 @@ def _run_workers(
     tracking_uri: str | None,
     device: str | None,
     threads: int | None,
-    workers: int,
+    pinned: list[str | None],
     quiet: bool,
     console: Any,
 ) -> None:
-    """Create the study here, then start `workers` `regsearch worker` processes on it, each with
-    its share of the CPU threads; Ctrl+C / SIGTERM is passed on to them."""
+    """Create the study here, then start one `regsearch worker` process per entry of `pinned`
+    (its `CUDA_VISIBLE_DEVICES`, or None), each with its share of the CPU threads; Ctrl+C /
+    SIGTERM is passed on to them."""
     import optuna
 
     from search.storage import open_storage
@@ -137,19 +169,22 @@ def _run_workers(
         from search.tracking import Tracker
 
         Tracker.for_study(study, config, tracking_uri=tracking_uri, prewarm=False)
-    per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
+    per_worker = threads or max(1, (os.cpu_count() or 1) // len(pinned))
     env = {**os.environ, "REGSEARCH_STORAGE": url}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     procs = []
-    for index in range(workers):
+    for index, gpu in enumerate(pinned):
         cmd = [sys.executable, "-m", "search", "worker", config.study, "--threads", str(per_worker)]
         cmd += ["--worker-index", str(index)]
-        if device:
+        if gpu is not None:
+            cmd += ["--device", "cuda"]  # the one GPU this worker sees
+        elif device:
             cmd += ["--device", device]
         if quiet:
             cmd.append("--quiet")
-        procs.append(subprocess.Popen(cmd, env=env))
+        worker_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
+        procs.append(subprocess.Popen(cmd, env=worker_env))
 
     def forward(signum: int, _frame: Any) -> None:
         for p in procs:
@@ -209,9 +244,21 @@ def worker_command(
     if overrides:
         # Anything beyond machine-local keys is refused by the resume check in create_or_resume.
         config = validate_config(apply_overrides(config.model_dump(mode="json"), overrides))
+    # Started by `regsearch run --workers N` (which passes --worker-index and prints the
+    # summary itself), or on its own, e.g. on another machine.
+    spawned = worker_index is not None
     index = worker_index if worker_index is not None else os.getpid()
     _run_in_process(
-        config, url, tracking_uri, device, threads, quiet, _console(), worker_index=index
+        config,
+        url,
+        tracking_uri,
+        device,
+        threads,
+        quiet,
+        _console(),
+        title=f"regsearch worker {study_name}" + (f" #{worker_index}" if spawned else ""),
+        worker_index=index,
+        summary=not spawned,
     )
 
 

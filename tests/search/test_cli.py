@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import free_port, regsearch, wait_for_url
 
@@ -135,6 +136,9 @@ def test_a_study_file_states_only_what_differs(tmp_path: Path) -> None:
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
 
 
+_HAS_CUDA = torch.cuda.is_available()
+
+
 def _main(*args: str) -> int:
     """The console entry point, in process (cheap); subprocess tests cover the real binary."""
     from search.cli import main
@@ -171,6 +175,16 @@ def _main(*args: str) -> int:
             "cannot open storage",
         ),
         (["--workers", "0"], None, "--workers"),
+        (["--gpus", "0,x"], None, "'x' is not a GPU index"),
+        (["--gpus", "1,1"], None, "GPU 1 is listed twice"),
+        (["--gpus", "0", "--device", "cpu"], None, "--gpus needs --device auto or cuda"),
+        (["--gpus", "0,1", "--workers", "1"], None, "leaves GPUs of --gpus 0,1 idle"),
+        pytest.param(
+            ["--gpus", "0"],
+            None,
+            "this machine has no CUDA device",
+            marks=pytest.mark.skipif(_HAS_CUDA, reason="this machine has a GPU"),
+        ),
     ],
 )
 def test_user_errors_exit_2_with_one_line(

@@ -105,6 +105,28 @@ def test_password_never_reaches_study_or_mlflow(tmp_path: Path, pg_url: str) -> 
         assert "s3cr3t" not in json.dumps([run.data.params, run.data.tags])
 
 
+@pytest.mark.postgres
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="reads /proc/PID/cmdline")
+def test_process_title_hides_the_password_and_shows_the_trial(tmp_path: Path, pg_url: str) -> None:
+    """What `ps` shows of a worker: never the password once regsearch has started (the
+    interpreter's first milliseconds are before any of our code runs), then the trial."""
+    secret_url = pg_url.replace("postgres@", "postgres:s3cr3t-pw@")
+    proc = _start(tmp_path, "--study", "title", "--n-trials", "2", "--storage", secret_url, *TINY)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    titles = []
+    while proc.poll() is None:
+        try:
+            titles.append(cmdline.read_bytes().replace(b"\0", b" ").decode().strip())
+        except OSError:  # exited between poll() and the read
+            break
+        time.sleep(0.02)
+    assert proc.wait() == 0, proc.stderr.read() if proc.stderr else ""
+    first = next((i for i, t in enumerate(titles) if t.startswith("regsearch")), None)
+    assert first is not None, titles[:3]
+    assert not [t for t in titles[first:] if "s3cr3t" in t]
+    assert any(t.startswith("regsearch run title: trial ") for t in titles), titles[-3:]
+
+
 def test_four_local_workers_on_sqlite_do_not_lock(tmp_path: Path) -> None:
     proc = regsearch(
         "run",
