@@ -39,6 +39,7 @@ class RunOptions:
     worker_index: int = 0
     quiet: bool = False
     title: str | None = None  # process title prefix, e.g. "regsearch worker digits #1"
+    artifacts: str | None = None  # --artifacts (else $REGSEARCH_ARTIFACTS, else a default)
 
 
 class TooManyFailures(RuntimeError):
@@ -116,7 +117,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     )
     from optuna.artifacts import FileSystemArtifactStore
 
-    artifacts = artifact_dir(options.storage_url)
+    artifacts = artifact_dir(options.storage_url, options.artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
     objective = Objective(
         config,

@@ -21,6 +21,7 @@ __all__ = ["DEFAULT_STORAGE", "artifact_dir", "open_storage", "resolve_storage_u
 
 DEFAULT_STORAGE = "sqlite:///studies/regsearch.db"
 STORAGE_ENV = "REGSEARCH_STORAGE"
+ARTIFACTS_ENV = "REGSEARCH_ARTIFACTS"
 _SQLITE_BUSY_TIMEOUT_S = 60
 
 
@@ -36,9 +37,13 @@ def _sqlite_path(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def artifact_dir(url: str) -> Path:
-    """Where Optuna artifacts (learning-curve figures) of this storage live: beside a SQLite
-    file, else `studies/artifacts` on this machine."""
+def artifact_dir(url: str, flag: str | Path | None = None) -> Path:
+    """Where Optuna artifacts (learning-curve figures) of this storage live: `--artifacts`,
+    then `$REGSEARCH_ARTIFACTS`, then beside a SQLite file, else `studies/artifacts` on this
+    machine (workers on several machines need a shared folder: the flag or the variable)."""
+    chosen = flag or os.environ.get(ARTIFACTS_ENV)
+    if chosen:
+        return Path(chosen)
     path = _sqlite_path(url)
     return (path.parent if path is not None else Path("studies")) / "artifacts"
 

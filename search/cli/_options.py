@@ -22,6 +22,15 @@ tracking_option = click.option(
     help="MLflow tracking URI [env MLFLOW_TRACKING_URI; default sqlite:///mlruns/mlflow.db].",
 )
 
+artifacts_option = click.option(
+    "--artifacts",
+    metavar="DIR",
+    default=None,
+    help="Optuna artifact folder for learning-curve figures; a shared one when workers run on "
+    "several machines [env REGSEARCH_ARTIFACTS; default beside the SQLite file, else "
+    "studies/artifacts].",
+)
+
 
 def make_console(*, stderr: bool = False) -> Any:
     """A rich console; off a terminal (CI logs, pipes) 200 columns rather than rich's 80."""

@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from search.cli._options import make_console, storage_option, tracking_option
+from search.cli._options import artifacts_option, make_console, storage_option, tracking_option
 from search.errors import UserError
 from search.placement import parse_gpus, worker_gpus
 
@@ -20,11 +21,16 @@ def _console() -> Any:
     return make_console(stderr=True)
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
+@dataclass(frozen=True)
+class _Launch:
+    """The per-machine settings of one launch (the study's own settings are in its config)."""
 
-        torch.set_num_threads(threads)
+    url: str
+    tracking_uri: str | None
+    device: str | None
+    threads: int | None
+    artifacts: str | None
+    quiet: bool
 
 
 def _finish(study: Any, config: Any, console: Any) -> None:
@@ -64,6 +70,7 @@ def _finish(study: Any, config: Any, console: Any) -> None:
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key."
 )
+@artifacts_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def run_command(
     config_file: Path | None,
@@ -77,6 +84,7 @@ def run_command(
     device: str | None,
     threads: int | None,
     overrides: tuple[str, ...],
+    artifacts: str | None,
     quiet: bool,
 ) -> None:
     """Create or resume a study and run its trials (no CONFIG: the built-in digits study)."""
@@ -97,12 +105,11 @@ def run_command(
     from search.storage import resolve_storage_url
 
     url = resolve_storage_url(storage, config.storage)
-    console = _console()
+    launch = _Launch(url, tracking_uri, device, threads, artifacts, quiet)
     if workers == 1 and pinned == [None]:
-        title = f"regsearch run {config.study}"
-        _run_in_process(config, url, tracking_uri, device, threads, quiet, console, title=title)
+        _run_in_process(config, launch, title=f"regsearch run {config.study}")
         return
-    _run_workers(config, url, tracking_uri, device, threads, pinned, quiet, console)
+    _run_workers(config, launch, pinned)
 
 
 def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | None]:
@@ -117,42 +124,33 @@ def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | N
 
 
 def _run_in_process(
-    config: Any,
-    url: str,
-    tracking_uri: str | None,
-    device: str | None,
-    threads: int | None,
-    quiet: bool,
-    console: Any,
-    *,
-    title: str,
-    worker_index: int = 0,
-    summary: bool = True,
+    config: Any, launch: _Launch, *, title: str, worker_index: int = 0, summary: bool = True
 ) -> None:
     """Run trials in this process; `title` prefixes its process title (`ps`, `top`)."""
     from search.memory import retain_freed_memory
     from search.runner import RunOptions, run_study
 
-    _set_threads(threads)
+    if launch.threads:
+        import torch
+
+        torch.set_num_threads(launch.threads)
     retain_freed_memory()
     options = RunOptions(
-        url, tracking_uri, device, worker_index=worker_index, quiet=quiet, title=title
+        launch.url,
+        launch.tracking_uri,
+        launch.device,
+        worker_index=worker_index,
+        quiet=launch.quiet,
+        title=title,
+        artifacts=launch.artifacts,
     )
+    console = _console()
     study = run_study(config, options, console=console)
     if summary:
         _finish(study, config, console)
 
 
-def _run_workers(
-    config: Any,
-    url: str,
-    tracking_uri: str | None,
-    device: str | None,
-    threads: int | None,
-    pinned: list[str | None],
-    quiet: bool,
-    console: Any,
-) -> None:
+def _run_workers(config: Any, launch: _Launch, pinned: list[str | None]) -> None:
     """Create the study here, then start one `regsearch worker` process per entry of `pinned`
     (its `CUDA_VISIBLE_DEVICES`, or None), each with its share of the CPU threads; Ctrl+C /
     SIGTERM is passed on to them."""
@@ -162,26 +160,29 @@ def _run_workers(
     from search.study import create_or_resume, load_existing
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study, _ = create_or_resume(config, open_storage(url, config.search))
+    study, _ = create_or_resume(config, open_storage(launch.url, config.search))
     if config.tracking.enabled:
         # Create the MLflow store, experiment and parent run once, here: N workers racing
         # to run the store's schema migrations on a fresh SQLite file would break it.
         from search.tracking import Tracker
 
-        Tracker.for_study(study, config, tracking_uri=tracking_uri, prewarm=False)
-    per_worker = threads or max(1, (os.cpu_count() or 1) // len(pinned))
-    env = {**os.environ, "REGSEARCH_STORAGE": url}
-    if tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
+        Tracker.for_study(study, config, tracking_uri=launch.tracking_uri, prewarm=False)
+    per_worker = launch.threads or max(1, (os.cpu_count() or 1) // len(pinned))
+    # Through the environment, not argv: URLs may carry passwords, and `ps` shows argv.
+    env = {**os.environ, "REGSEARCH_STORAGE": launch.url}
+    if launch.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = launch.tracking_uri
+    if launch.artifacts:
+        env["REGSEARCH_ARTIFACTS"] = launch.artifacts
     procs = []
     for index, gpu in enumerate(pinned):
         cmd = [sys.executable, "-m", "search", "worker", config.study, "--threads", str(per_worker)]
         cmd += ["--worker-index", str(index)]
         if gpu is not None:
             cmd += ["--device", "cuda"]  # the one GPU this worker sees
-        elif device:
-            cmd += ["--device", device]
-        if quiet:
+        elif launch.device:
+            cmd += ["--device", launch.device]
+        if launch.quiet:
             cmd.append("--quiet")
         worker_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
         procs.append(subprocess.Popen(cmd, env=worker_env))
@@ -200,8 +201,8 @@ def _run_workers(
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    study, _ = load_existing(config.study, open_storage(url, create=False))
-    _finish(study, config, console)
+    study, _ = load_existing(config.study, open_storage(launch.url, create=False))
+    _finish(study, config, _console())
     bad = [c for c in codes if c != 0]
     if bad:
         raise SystemExit(bad[0])
@@ -221,6 +222,7 @@ def _run_workers(
     metavar="KEY=VALUE",
     help="Override a machine-local key (dataset.root, train.device).",
 )
+@artifacts_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def worker_command(
     study_name: str,
@@ -230,6 +232,7 @@ def worker_command(
     threads: int | None,
     worker_index: int | None,
     overrides: tuple[str, ...],
+    artifacts: str | None,
     quiet: bool,
 ) -> None:
     """Join an existing study (its config is stored in the study), e.g. from another machine."""
@@ -250,12 +253,7 @@ def worker_command(
     index = worker_index if worker_index is not None else os.getpid()
     _run_in_process(
         config,
-        url,
-        tracking_uri,
-        device,
-        threads,
-        quiet,
-        _console(),
+        _Launch(url, tracking_uri, device, threads, artifacts, quiet),
         title=f"regsearch worker {study_name}" + (f" #{worker_index}" if spawned else ""),
         worker_index=index,
         summary=not spawned,

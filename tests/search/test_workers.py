@@ -127,6 +127,36 @@ def test_process_title_hides_the_password_and_shows_the_trial(tmp_path: Path, pg
     assert any(t.startswith("regsearch run title: trial ") for t in titles), titles[-3:]
 
 
+@pytest.mark.postgres
+def test_two_machines_share_learning_curves_through_one_artifact_folder(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two "machines" (working directories) on one PostgreSQL study: with a shared folder
+    (variable on one, flag on the other) every curve lands there and reads back."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    shared = tmp_path / "shared-artifacts"
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    machine_a.mkdir()
+    machine_b.mkdir()
+    common = ("--study", "curves", "--storage", pg_url, *TINY)
+    first = regsearch(
+        "run", "--n-trials", "1", *common, cwd=machine_a, env={"REGSEARCH_ARTIFACTS": str(shared)}
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = regsearch("run", "--n-trials", "2", "--artifacts", str(shared), *common, cwd=machine_b)
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    study = optuna.load_study(study_name="curves", storage=pg_url)
+    store = FileSystemArtifactStore(str(shared))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for trial in study.trials:
+        (meta,) = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+        with store.open_reader(meta.artifact_id) as reader:
+            assert reader.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not (machine_a / "studies").exists() and not (machine_b / "studies").exists()
+
+
 def test_four_local_workers_on_sqlite_do_not_lock(tmp_path: Path) -> None:
     proc = regsearch(
         "run",
