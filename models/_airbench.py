@@ -38,7 +38,8 @@ class AirBlock(nn.Module):
 
 
 class AirBench(nn.Module):
-    """Stem, blocks at ``width``/``4*width``/``4*width`` (64/256/256), global max pool, head."""
+    """Stem, blocks at ``width``/``4*width``/``4*width`` (64/256/256), global max pool, head.
+    Needs inputs of at least 8x8 (three 2x max-pools)."""
 
     def __init__(
         self,
@@ -73,24 +74,4 @@ class AirBench(nn.Module):
         return self.classifier(self.dropout(self.pool(x).flatten(1)))
 
 
-@register_model("airbench")
-def airbench(
-    *,
-    num_classes: int,
-    in_channels: int,
-    dropout: float,
-    drop_path: float,
-    width: int | None,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> AirBench:
-    """Needs inputs of at least 8x8 (three 2x max-pools)."""
-    return AirBench(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        mean=mean,
-        std=std,
-        dropout=dropout,
-        drop_path=drop_path,
-        width=64 if width is None else width,
-    )
+register_model("airbench", AirBench, default_width=64)

@@ -6,9 +6,10 @@ checks and error messages no matter which builder ends up running.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any
 
 from torch import nn
 
@@ -17,24 +18,22 @@ __all__ = ["create_model", "list_models", "register_model"]
 DEFAULT_MEAN = 0.5
 DEFAULT_STD = 0.25
 
-# Builders are called with keyword arguments only: num_classes, in_channels,
-# dropout, drop_path, width (int | None; the builder picks its own default),
-# mean and std (tuples of floats of length in_channels, already validated).
+# Builders are called with keyword arguments only: num_classes, in_channels, dropout,
+# drop_path, width, mean and std (tuples of floats of length in_channels), all validated.
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_DEFAULT_WIDTH: dict[str, int] = {}
 
-_F = TypeVar("_F", bound=Callable[..., nn.Module])
 
-
-def register_model(name: str) -> Callable[[_F], _F]:
-    """Register a model builder under ``name``; duplicates are an error, not an override."""
-
-    def decorator(builder: _F) -> _F:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = builder
-        return builder
-
-    return decorator
+def register_model(
+    name: str, builder: Callable[..., nn.Module], *, default_width: int, **fixed: Any
+) -> None:
+    """Register ``builder`` (a model class or function) under ``name``, with the width it
+    gets when ``create_model`` is given none and any architecture arguments (``depth=16``)
+    fixed for that name. Duplicates are an error, not an override."""
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODELS[name] = functools.partial(builder, **fixed) if fixed else builder
+    _DEFAULT_WIDTH[name] = default_width
 
 
 def list_models() -> list[str]:
@@ -99,7 +98,7 @@ def create_model(
         in_channels=in_channels,
         dropout=float(dropout),
         drop_path=float(drop_path),
-        width=width,
+        width=_DEFAULT_WIDTH[name] if width is None else width,
         mean=mean_t,
         std=std_t,
     )

@@ -54,24 +54,4 @@ class ResNet(nn.Module):
         return self.classifier(self.dropout(self.pool(x).flatten(1)))
 
 
-@register_model("resnet18")
-def resnet18(
-    *,
-    num_classes: int,
-    in_channels: int,
-    dropout: float,
-    drop_path: float,
-    width: int | None,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> ResNet:
-    return ResNet(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        mean=mean,
-        std=std,
-        dropout=dropout,
-        drop_path=drop_path,
-        width=64 if width is None else width,
-        blocks=(2, 2, 2, 2),
-    )
+register_model("resnet18", ResNet, default_width=64, blocks=(2, 2, 2, 2))

@@ -52,23 +52,4 @@ class SmallCNN(nn.Module):
         return self.classifier(self.dropout(self.pool(x).flatten(1)))
 
 
-@register_model("small-cnn")
-def small_cnn(
-    *,
-    num_classes: int,
-    in_channels: int,
-    dropout: float,
-    drop_path: float,
-    width: int | None,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> SmallCNN:
-    return SmallCNN(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        mean=mean,
-        std=std,
-        dropout=dropout,
-        drop_path=drop_path,
-        width=16 if width is None else width,
-    )
+register_model("small-cnn", SmallCNN, default_width=16)

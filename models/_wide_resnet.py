@@ -43,7 +43,8 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """16-channel stem, three groups of ``(depth - 4) // 6`` blocks at ``width``, 2x, 4x."""
+    """16-channel stem, three groups of ``(depth - 4) // 6`` blocks at ``width``, 2x, 4x.
+    ``width`` is the first group's width: 16 * widen factor 4 = 64 for WRN-16-4."""
 
     def __init__(
         self,
@@ -83,25 +84,4 @@ class WideResNet(nn.Module):
         return self.classifier(self.dropout(self.pool(x).flatten(1)))
 
 
-@register_model("wrn-16-4")
-def wrn_16_4(
-    *,
-    num_classes: int,
-    in_channels: int,
-    dropout: float,
-    drop_path: float,
-    width: int | None,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-) -> WideResNet:
-    """``width`` is the first group's width: 16 * widen factor 4 = 64 by default."""
-    return WideResNet(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        mean=mean,
-        std=std,
-        dropout=dropout,
-        drop_path=drop_path,
-        width=64 if width is None else width,
-        depth=16,
-    )
+register_model("wrn-16-4", WideResNet, default_width=64, depth=16)

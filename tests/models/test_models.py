@@ -31,7 +31,7 @@ def test_registry_lists_builtin_models() -> None:
 
 def test_register_duplicate_name_raises() -> None:
     with pytest.raises(ValueError, match="small-cnn"):
-        register_model("small-cnn")(lambda **_: nn.Identity())
+        register_model("small-cnn", lambda **_: nn.Identity(), default_width=1)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
