@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from search.errors import UserError
 
@@ -99,8 +107,10 @@ class ModelConfig(_Section):
 
     @field_validator("name")
     @classmethod
-    def _known_model(cls, name: str) -> str:
-        from models import list_models
+    def _known_model(cls, name: str, info: ValidationInfo) -> str:
+        if info.context and not info.context.get("check_model", True):
+            return name  # a stored config, read by a command that builds no model
+        from models import list_models  # imports torch: seconds
 
         if name not in list_models():
             raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
@@ -370,10 +380,14 @@ def _format_validation_error(exc: ValidationError) -> str:
     return f"{loc or 'config'}: {msg}{more}"
 
 
-def validate_config(data: Mapping[str, Any]) -> StudyConfig:
-    """Validate a merged mapping into a `StudyConfig` and check its search space."""
+def validate_config(data: Mapping[str, Any], *, check_model: bool = True) -> StudyConfig:
+    """Validate a merged mapping into a `StudyConfig` and check its search space.
+
+    `check_model=False` skips the model-name check, which imports torch (seconds): for
+    commands that only read a study, whose stored config was checked when it was created.
+    """
     try:
-        config = StudyConfig.model_validate(data)
+        config = StudyConfig.model_validate(data, context={"check_model": check_model})
     except ValidationError as exc:
         raise UserError(_format_validation_error(exc)) from None
     from search.space import SearchSpace

@@ -238,7 +238,8 @@ def load_existing(
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
         return study, None
-    return study, validate_config(stored)  # complete: stored by `create_or_resume`
+    # Complete (stored by `create_or_resume`) and checked then; workers check again.
+    return study, validate_config(stored, check_model=False)
 
 
 def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
