@@ -37,8 +37,16 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 PRUNED, INTERRUPTED, SURPLUS = "pruned", "interrupted", "surplus"
+OUT_OF_MEMORY = "out_of_memory"
 # User attr of a trial whose MLflow run could not be closed; `Tracker.close` closes it later.
 TRACKING_ERROR = "tracking_error"
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises `torch.OutOfMemoryError`; the CPU allocator a plain RuntimeError."""
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
 
 
 class SurplusTrial(Exception):
@@ -119,12 +127,16 @@ class Objective:
             self._finish(trial, run_id, "KILLED", {"stop_reason": INTERRUPTED})
             raise
         except Exception as exc:
-            if isinstance(exc, torch.OutOfMemoryError):
+            if _is_out_of_memory(exc):
+                # The failed trial's tensors die with its frames; hand the cached blocks back
+                # so the next trial starts from a clean device.
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            reason = f"error: {type(exc).__name__}: {exc}".splitlines()[0][:500]
-            self._finish(trial, run_id, "FAILED", {"stop_reason": reason})
+                reason = f"{OUT_OF_MEMORY}: {exc}"
+            else:
+                reason = f"error: {type(exc).__name__}: {exc}"
+            self._finish(trial, run_id, "FAILED", {"stop_reason": reason.splitlines()[0][:500]})
             raise
 
         self._upload_curve(trial, result)

@@ -64,6 +64,25 @@ def test_an_exception_fails_the_trial_and_the_study_goes_on(
     assert ok.state == optuna.trial.TrialState.COMPLETE
 
 
+def test_out_of_memory_fails_the_trial_with_the_reason_and_the_next_trial_runs(
+    tmp_path: Path,
+) -> None:
+    # A sampled width of 10^8 channels asks the allocator for petabytes: a real allocation
+    # failure, raised by torch when the model is built.
+    study, objective, client = _setup(
+        tmp_path, "space.width={type: categorical, choices: [100000000, 8]}"
+    )
+    study.enqueue_trial({"width": 100000000})
+    study.enqueue_trial({"width": 8})
+    study.optimize(objective, n_trials=2, catch=(Exception,))
+    oom, ok = study.trials
+    assert oom.state == optuna.trial.TrialState.FAIL
+    assert oom.user_attrs["stop_reason"].startswith("out_of_memory: ")
+    assert "can't allocate memory" in oom.user_attrs["stop_reason"]
+    assert client.get_run(oom.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert ok.state == optuna.trial.TrialState.COMPLETE
+
+
 def test_ctrl_c_fails_the_trial_and_kills_its_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
