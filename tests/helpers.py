@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -49,3 +52,33 @@ def wait_for_url(url: str, server: subprocess.Popen[bytes], *, timeout: float, w
             if time.monotonic() > deadline or server.poll() is not None:
                 raise AssertionError(f"{what} did not answer at {url}") from None
             time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def serving(
+    command: Callable[[int], list[str]],
+    *,
+    cwd: Path,
+    ready: str,
+    what: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, bytes]]:
+    """Start `command(port)` on a free loopback port in a process group of its own, wait
+    until GET `ready` (a path) answers, and yield (base URL, that answer's body). The whole
+    group is stopped afterwards: servers such as `mlflow server` start children."""
+    port = free_port()
+    server = subprocess.Popen(
+        command(port),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        yield base, wait_for_url(f"{base}{ready}", server, timeout=timeout, what=what)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, regsearch, wait_for_url
+from tests.helpers import regsearch, serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags that keep Chromium quiet on a machine with no network (and as root in CI).
@@ -50,17 +49,13 @@ def test_dashboard_page_lists_the_study_and_its_trials(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "search", "dashboard", "--port", str(port)],
+    with serving(
+        lambda port: [sys.executable, "-m", "search", "dashboard", "--port", str(port)],
         cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_url(f"{base}/api/studies", server, timeout=60, what="the dashboard")
+        ready="/api/studies",
+        what="the dashboard",
+        timeout=60,
+    ) as (base, _):
         profile = tmp_path / "chromium-profile"
         common = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}"]
         dom = subprocess.run(
@@ -85,6 +80,3 @@ def test_dashboard_page_lists_the_study_and_its_trials(tmp_path: Path) -> None:
         assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         if os.environ.get("REGSEARCH_KEEP_SCREENSHOT"):
             shutil.copy(shot, os.environ["REGSEARCH_KEEP_SCREENSHOT"])
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import free_port, regsearch, wait_for_url
+from tests.helpers import regsearch, serving
 
 CONTRACT = ("weight_decay", "dropout", "aug_strength", "mixup_alpha", "label_smoothing")
 TINY = ("--set", "train.epochs=3", "--set", "search.pruner=none", "--quiet")
@@ -261,22 +261,13 @@ def test_default_study_meets_the_acceptance_bar(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ui_serves_the_tracking_store_on_loopback(tiny_study: Path) -> None:
-    import os
-    import signal
-
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "search", "ui", "--port", str(port)],
+    alias = "/api/2.0/mlflow/registered-models/alias?name=tiny&alias=champion"
+    with serving(
+        lambda port: [sys.executable, "-m", "search", "ui", "--port", str(port)],
         cwd=tiny_study,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/alias?name=tiny&alias=champion"
-    try:
-        body = wait_for_url(url, server, timeout=150, what="regsearch ui")
+        ready=alias,
+        what="regsearch ui",
+        timeout=150,
+    ) as (_, body):
         version = json.loads(body)["model_version"]
         assert version["name"] == "tiny" and "champion" in version["aliases"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)

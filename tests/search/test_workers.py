@@ -17,7 +17,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import free_port, regsearch, wait_for_url
+from tests.helpers import regsearch, serving
 
 PG_ADMIN = os.environ.get("REGSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TINY = ("--set", "train.epochs=2", "--set", "search.pruner=none", "--quiet")
@@ -283,9 +283,8 @@ def test_two_workers_log_to_an_mlflow_server_on_postgres(
     PostgreSQL backend with a shared artifact destination, two workers logging over HTTP."""
 
     storage, backend = pg_database(), pg_database()
-    port = free_port()
-    server = subprocess.Popen(
-        [
+    with serving(
+        lambda port: [
             sys.executable,
             "-m",
             "mlflow",
@@ -303,13 +302,10 @@ def test_two_workers_log_to_an_mlflow_server_on_postgres(
         ],
         cwd=tmp_path,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_url(f"{uri}/health", server, timeout=120, what="mlflow server")
+        ready="/health",
+        what="mlflow server",
+        timeout=120,
+    ) as (uri, _):
         proc = regsearch(
             "run",
             "--study",
@@ -334,6 +330,3 @@ def test_two_workers_log_to_an_mlflow_server_on_postgres(
         version = client.get_model_version_by_alias("remote", "champion")
         assert "test_accuracy" in version.tags
         assert any((tmp_path / "shared-artifacts").rglob("MLmodel")), "artifacts went to the server"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
