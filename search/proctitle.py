@@ -20,23 +20,19 @@ if TYPE_CHECKING:
 __all__ = ["TrialTitle", "hide_secrets", "set_title"]
 
 
-def set_title(title: str) -> bool:
-    """Set this process's title (True if it could be set)."""
-    try:
-        import setproctitle
-    except ImportError:  # an optional nicety: nothing else depends on it
-        return False
+def set_title(title: str) -> None:
+    """Set this process's title (imported here: `regsearch --help` need not load it)."""
+    import setproctitle
+
     setproctitle.setproctitle(title)
-    return True
 
 
-def hide_secrets(argv: list[str]) -> bool:
-    """Rewrite the title as `regsearch ARGS` with every password replaced; True if `argv`
-    held one (and the title was rewritten)."""
+def hide_secrets(argv: list[str]) -> None:
+    """Rewrite the title as `regsearch ARGS` with every password replaced, if `argv` holds
+    one (otherwise the title stays as it is)."""
     shown = [redact_url(arg) for arg in argv]
-    if shown == argv:
-        return False
-    return set_title(shlex.join(["regsearch", *shown]))
+    if shown != argv:
+        set_title(shlex.join(["regsearch", *shown]))
 
 
 class TrialTitle:

@@ -113,9 +113,7 @@ def run_command(
 
 
 def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | None]:
-    """`CUDA_VISIBLE_DEVICES` per worker; CUDA is only asked when it can matter."""
-    if gpus is None and (workers < 2 or device not in ("auto", "cuda")):
-        return [None] * workers
+    """`CUDA_VISIBLE_DEVICES` per worker (torch is loaded already: config validation)."""
     import torch
 
     count = torch.cuda.device_count()
