@@ -22,18 +22,27 @@ DEFAULT_STD = 0.25
 # drop_path, width, mean and std (tuples of floats of length in_channels), all validated.
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULT_WIDTH: dict[str, int] = {}
+_SIZED: set[str] = set()  # builders that shape themselves to ``image_size``
 
 
 def register_model(
-    name: str, builder: Callable[..., nn.Module], *, default_width: int, **fixed: Any
+    name: str,
+    builder: Callable[..., nn.Module],
+    *,
+    default_width: int,
+    sized: bool = False,
+    **fixed: Any,
 ) -> None:
     """Register ``builder`` (a model class or function) under ``name``, with the width it
     gets when ``create_model`` is given none and any architecture arguments (``depth=16``)
-    fixed for that name. Duplicates are an error, not an override."""
+    fixed for that name. ``sized`` builders also receive ``image_size`` (the input side) and
+    choose their depth from it. Duplicates are an error, not an override."""
     if name in _MODELS:
         raise ValueError(f"model {name!r} is already registered")
     _MODELS[name] = functools.partial(builder, **fixed) if fixed else builder
     _DEFAULT_WIDTH[name] = default_width
+    if sized:
+        _SIZED.add(name)
 
 
 def list_models() -> list[str]:
@@ -68,6 +77,7 @@ def create_model(
     width: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
     """Build a registered model that maps float images in [0, 1], (N, C, H, W), to logits.
 
@@ -75,7 +85,9 @@ def create_model(
     stochastic-depth rate of the last residual block (earlier blocks get a
     linearly smaller rate), ``width`` scales the channel counts (``None`` uses
     the architecture's default), and ``mean``/``std`` are the per-channel input
-    normalization baked into the model (default 0.5 / 0.25).
+    normalization baked into the model (default 0.5 / 0.25). ``image_size`` is the side of
+    the (square) training images: size-aware models such as ``small-cnn`` add stages for larger
+    images so their receptive field covers the input (default 8); the others ignore it.
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
@@ -89,11 +101,15 @@ def create_model(
         raise ValueError(f"drop_path must be in [0, 1), got {drop_path=}")
     if width is not None and (not _is_int(width) or width < 1):
         raise ValueError(f"width must be None or an int >= 1, got {width=}")
+    if image_size is not None and (not _is_int(image_size) or image_size < 1):
+        raise ValueError(f"image_size must be None or an int >= 1, got {image_size=}")
     mean_t = _stats(mean, DEFAULT_MEAN, "mean", in_channels)
     std_t = _stats(std, DEFAULT_STD, "std", in_channels)
     if not all(s > 0 for s in std_t):
         raise ValueError(f"std must be > 0 for every channel, got {std=}")
+    sized = {"image_size": image_size} if name in _SIZED and image_size is not None else {}
     return _MODELS[name](
+        **sized,
         num_classes=num_classes,
         in_channels=in_channels,
         dropout=float(dropout),
