@@ -48,6 +48,15 @@ __all__ = [
 ]
 
 
+def _auto_or_positive_int(value: Any) -> Any:
+    """`auto` or an integer >= 1 (not a bool, not 2.5): one message for every such key."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected auto or an integer >= 1, got {value!r}")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -71,7 +80,13 @@ class DatasetConfig(_Section):
     # `synthetic` only: a learnable set of any shape, for tests and benchmarks.
     num_samples: int = Field(2000, ge=20)
     num_classes: int = Field(10, ge=2)
-    channels: int = Field(1, ge=1)
+    # Channels of the images the models see: `auto` keeps the data set's own (an ImageFolder:
+    # the majority of its images, so grayscale PNGs stay 1-channel; `synthetic`: 1); 1 or 3
+    # converts (luma, or the grey channel repeated). `synthetic` makes any count it is given.
+    channels: Literal["auto"] | int = "auto"
+    # Whether augmentation may mirror images: `auto` follows the data set (no for digits and
+    # MNIST, whose mirrored glyphs are other glyphs; yes for photos, clothes and folders).
+    flip: Literal["auto"] | bool = "auto"
     # Side of the square images of `synthetic` (default 8) and `imagefolder` (default 32, the
     # size images are resized to); filled in from the name when left out, unused by the others.
     image_size: int | None = Field(None, ge=4)
@@ -84,6 +99,18 @@ class DatasetConfig(_Section):
                 f"{self.val_fraction} + {self.test_fraction}"
             )
         return self
+
+    @field_validator("flip", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, flip: Any) -> Any:
+        if flip != "auto" and not isinstance(flip, bool):
+            raise ValueError(f"expected auto, true or false, got {flip!r}")
+        return flip
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _auto_or_channels(cls, channels: Any) -> Any:
+        return _auto_or_positive_int(channels)
 
     @model_validator(mode="after")
     def _root_and_image_size(self) -> DatasetConfig:
@@ -102,13 +129,15 @@ class DatasetConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = "small-cnn"
+    # `auto`: chosen from the data set's image size, channels and size (`search.auto`); the
+    # choice is what the study stores.
+    name: str = "auto"
     width: int | None = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str, info: ValidationInfo) -> str:
-        if info.context and not info.context.get("check_model", True):
+        if name == "auto" or (info.context and not info.context.get("check_model", True)):
             return name  # a stored config, read by a command that builds no model
         from models import list_models  # imports torch: seconds
 
@@ -121,8 +150,13 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(20, ge=1, strict=True)
+    # `auto`: from the training split's size (`search.auto.batch_size_for`), so a small split
+    # still gets several optimizer steps an epoch.
+    batch_size: Literal["auto"] | int = "auto"
+    # An epoch (the unit of pruning and early-stopping patience) repeats passes over a tiny
+    # training split until it holds at least this many optimizer steps.
+    min_steps_per_epoch: int = Field(8, ge=1)
     lr: float = Field(3e-3, gt=0.0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -134,6 +168,11 @@ class TrainConfig(_Section):
     seed: int = 0
     train_eval_size: int = Field(512, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _auto_or_size(cls, size: Any) -> Any:
+        return _auto_or_positive_int(size)
 
     @field_validator("device")
     @classmethod
@@ -358,19 +397,47 @@ def apply_overrides(data: Mapping[str, Any], assignments: Iterable[str]) -> dict
             node = child
         if _merges(node.get(path[-1]), value):
             node[path[-1]] = deep_merge(node[path[-1]], value)
+        elif _renames(path, node, value):
+            # `search.pruner.name=hyperband`: the median's options are not hyperband's. A
+            # sampler's seed is every sampler's option, and stays.
+            seed = (
+                {**node.get("options", {}), **node}.get("seed") if path[-2] == "sampler" else None
+            )
+            node.clear()
+            node["name"] = value
+            if seed is not None:
+                node["seed"] = seed
         else:
             node[path[-1]] = value
     return result
+
+
+def _renames(path: list[str], node: Mapping[str, Any], value: Any) -> bool:
+    """Whether `--set search.sampler.name=…` / `search.pruner.name=…` picks another class."""
+    return (
+        len(path) >= 2
+        and path[-1] == "name"
+        and path[-2] in ("sampler", "pruner")
+        and node.get("name") != value
+    )
 
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+_UNION_TAG = re.compile(r"literal\[.*\]|bool|int|float|str|none")
+
+
 def _format_validation_error(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     first = errors[0]
-    loc = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-"))
+    # Union members show up in the location (`flip.literal['auto']`, `flip.bool`): not keys.
+    loc = ".".join(
+        str(part)
+        for part in first["loc"]
+        if not str(part).startswith("function-") and not _UNION_TAG.fullmatch(str(part))
+    )
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -428,10 +495,13 @@ def load_config(
     *,
     overrides: Iterable[str] = (),
     flags: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> StudyConfig:
-    """Defaults, then the study file, then `--set` overrides, then dedicated command-line flags
-    (`{"search.n_trials": 5}`; None values are ignored); validated."""
-    data = deep_merge(DEFAULTS, read_study_file(path) if path else {})
+    """Defaults (or `base` over them: a study's stored config), then the study file, then
+    `--set` overrides, then dedicated command-line flags (`{"search.n_trials": 5}`; None
+    values are ignored); validated."""
+    data = deep_merge(DEFAULTS, base or {})
+    data = deep_merge(data, read_study_file(path) if path else {})
     data = apply_overrides(data, overrides)
     for dotted, value in (flags or {}).items():
         if value is not None:

@@ -61,6 +61,7 @@ class Dataset:
     classes: tuple[str, ...]
     max_value: float
     allow_flip: bool  # a mirrored digit is another glyph; a mirrored cat is still a cat
+    channel_note: str = ""  # why the images have the channels they have (for `auto`)
 
     @property
     def num_classes(self) -> int:
@@ -109,6 +110,7 @@ class Loaded(NamedTuple):
     max_value: float
     allow_flip: bool
     test_size: int | None = None
+    grey: int | None = None  # how many of the images are grayscale, where a folder mixes them
 
 
 _Result = tuple[np.ndarray, np.ndarray, tuple[str, ...], float, bool]
@@ -139,7 +141,8 @@ def _synthetic(cfg: DatasetConfig) -> _Result:
     """Learnable but not trivial: each class is a smooth random prototype; samples are the
     prototype at a random contrast plus pixel noise."""
     rng = np.random.default_rng(cfg.split_seed + 12345)
-    c, s, k, n = cfg.channels, cfg.image_size or 8, cfg.num_classes, cfg.num_samples
+    c = 1 if cfg.channels == "auto" else cfg.channels
+    s, k, n = cfg.image_size or 8, cfg.num_classes, cfg.num_samples
     coarse = rng.uniform(0, 1, size=(k, c, 4, 4))
     reps = -(-s // 4)
     protos = np.kron(coarse, np.ones((1, 1, reps, reps)))[:, :, :s, :s]
@@ -185,7 +188,9 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         loader = _LOADERS[cfg.name]
     except KeyError:
         raise UserError(f"dataset.name: unknown data set {cfg.name!r}") from None
-    x, y, classes, max_value, allow_flip, test_size = Loaded(*loader(cfg))
+    x, y, classes, max_value, allow_flip, test_size, grey = Loaded(*loader(cfg))
+    x, channel_note = _channels(cfg, x, grey)
+    allow_flip = allow_flip if cfg.flip == "auto" else bool(cfg.flip)
     if len(y) and (y.min() < 0 or y.max() >= len(classes)):
         raise UserError(
             f"dataset {cfg.name!r}: labels must lie in 0..{len(classes) - 1} "
@@ -218,7 +223,44 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         return ImageSet(torch.from_numpy(np.ascontiguousarray(x[ix])), torch.from_numpy(y[ix]))
 
     return Dataset(
-        cfg.name, subset(train), subset(val), subset(test), classes, max_value, allow_flip
+        cfg.name,
+        subset(train),
+        subset(val),
+        subset(test),
+        classes,
+        max_value,
+        allow_flip,
+        channel_note,
+    )
+
+
+_LUMA = np.asarray([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L")
+
+
+def _channels(cfg: DatasetConfig, x: np.ndarray, grey: int | None) -> tuple[np.ndarray, str]:
+    """The images with the channels `dataset.channels` asks for, and why they have them.
+    `auto` keeps the set's own, except that a folder of mostly grayscale images becomes
+    1-channel; 1 and 3 convert (luma, or the grey channel repeated)."""
+    have, n = x.shape[1], len(x)
+    if cfg.channels == "auto" or cfg.name == "synthetic":
+        if grey is None:
+            return x, f"{cfg.name} images have {have} channel{'s' if have > 1 else ''}"
+        want = 1 if 2 * grey > n else have
+        note = f"{grey:,} of {n:,} images are grayscale"
+    else:
+        want, note = cfg.channels, "dataset.channels"
+    if want == have:
+        return x, note
+    if have == 1 and want == 3:
+        return np.repeat(x, 3, axis=1), note
+    if have == 3 and want == 1:
+        grey_x = np.tensordot(x.astype(np.float32), _LUMA.astype(np.float32), axes=([1], [0]))
+        return np.clip(np.rint(grey_x), 0, max(255, int(x.max(initial=0))))[:, None].astype(
+            x.dtype
+        ), note
+    raise UserError(
+        f"dataset.channels: cannot make {want}-channel images from the {have}-channel images "
+        f"of {cfg.name} (use auto, 1 or 3)"
     )
 
 
@@ -409,7 +451,8 @@ def _atomic_file(path: Path) -> Iterator[Any]:
 
 # --------------------------------------------------------------------------- imagefolder
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: the grey flags of the images
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 def _fingerprint(
@@ -424,20 +467,24 @@ def _fingerprint(
     return h.hexdigest()
 
 
-def _decode(path: str, size: int) -> np.ndarray:
-    """One image as uint8 (3, size, size): RGB, resized (not cropped) to a square."""
+def _decode(path: str, size: int) -> tuple[np.ndarray, bool]:
+    """One image as uint8 (3, size, size): RGB, resized (not cropped) to a square; and whether
+    it is grayscale (a single-channel file, or one whose R, G and B are equal)."""
     from PIL import Image
 
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+        single = img.mode in _GREY_MODES
         rgb = img.convert("RGB")
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    array = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    grey = single or bool((array[0] == array[1]).all() and (array[1] == array[2]).all())
+    return array, grey
 
 
-def _decode_all(cfg: DatasetConfig, paths: list[str], size: int) -> np.ndarray:
-    def one(path: str) -> np.ndarray:
+def _decode_all(cfg: DatasetConfig, paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    def one(path: str) -> tuple[np.ndarray, bool]:
         try:
             return _decode(path, size)
         except Exception as exc:  # PIL.UnidentifiedImageError, OSError, DecompressionBombError
@@ -447,11 +494,14 @@ def _decode_all(cfg: DatasetConfig, paths: list[str], size: int) -> np.ndarray:
 
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
-        images = list(pool.map(one, paths))
-    return np.stack(images) if images else np.zeros((0, 3, size, size), dtype=np.uint8)
+        decoded = list(pool.map(one, paths))
+    grey = np.asarray([g for _, g in decoded], dtype=bool)
+    if not decoded:
+        return np.zeros((0, 3, size, size), dtype=np.uint8), grey
+    return np.stack([image for image, _ in decoded]), grey
 
 
-def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -461,14 +511,15 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray] |
         return None
     if not isinstance(blob, dict) or blob.get("fingerprint") != fingerprint:
         return None
-    return blob["x"].numpy(), blob["y"].numpy()
+    return blob["x"].numpy(), blob["y"].numpy(), blob["grey"].numpy()
 
 
 @register_dataset("imagefolder")
-def _imagefolder(cfg: DatasetConfig) -> _Result:
+def _imagefolder(cfg: DatasetConfig) -> Loaded:
     """One sub-folder of images per class under `dataset.root` (torchvision's ImageFolder
     layout and extensions; classes in sorted folder order). Every image is decoded once,
-    converted to RGB and resized to `image_size` x `image_size`; the result is cached in
+    converted to RGB (grayscale ones are counted: `dataset.channels: auto` follows the
+    majority) and resized to `image_size` x `image_size`; the result is cached in
     `<root>/.regsearch-cache-<size>.pt`, written atomically, and reused while the folder's file
     list, sizes and modification times are unchanged (a read-only folder is decoded each time)."""
     from torchvision.datasets import ImageFolder
@@ -494,9 +545,9 @@ def _imagefolder(cfg: DatasetConfig) -> _Result:
     cache = root / f".regsearch-cache-{size}.pt"
     cached = _read_cache(cache, fingerprint)
     if cached is not None:
-        x, y = cached
+        x, y, grey = cached
     else:
-        x = _decode_all(cfg, [p for p, _ in samples], size)
+        x, grey = _decode_all(cfg, [p for p, _ in samples], size)
         y = np.asarray([c for _, c in samples], dtype=np.int64)
         blob = {
             "format": _CACHE_FORMAT,
@@ -504,10 +555,14 @@ def _imagefolder(cfg: DatasetConfig) -> _Result:
             "classes": list(classes),
             "x": torch.from_numpy(x),
             "y": torch.from_numpy(y),
+            "grey": torch.from_numpy(grey),
         }
         try:
             with _atomic_file(cache) as f:
                 torch.save(blob, f)
         except OSError as exc:
             _log.warning("cannot write the image cache %s (%s)", cache, _one_line(exc))
-    return x, y, classes, 255.0, True
+    # No mirroring unless `dataset.flip: true`: a folder may hold digits, letters or signs,
+    # whose mirror image is another class (3 test points lost on 32 px digits), while photos
+    # gain less from it than that.
+    return Loaded(x, y, classes, 255.0, False, grey=int(grey.sum()))

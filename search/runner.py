@@ -13,8 +13,9 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from search.auto import AutoChoice, resolve
 from search.config import StudyConfig
-from search.data import load_dataset
+from search.data import Dataset, load_dataset
 from search.errors import UserError
 from search.objective import SURPLUS, Objective
 from search.proctitle import TrialTitle
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
     from search.tracking import Tracker
 
-__all__ = ["RunOptions", "run_study"]
+__all__ = ["RunOptions", "prepare", "run_study"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,12 @@ def _optimize_until_done(
             failures = 0
 
 
+def prepare(config: StudyConfig) -> tuple[AutoChoice, Dataset]:
+    """The data set and the config with every `auto` chosen for it (what the study stores)."""
+    data = load_dataset(config.dataset)
+    return resolve(config, data), data
+
+
 def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> optuna.Study:
     """Create or resume the study and run this worker's share of its trials."""
     from search.progress import RunProgress
@@ -98,16 +105,29 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         device = resolve_device(device_name)
     except RuntimeError as exc:
         raise UserError(f"train.device: {exc}") from None
-    data = load_dataset(config.dataset)
+    choice, data = prepare(config)
+    config = choice.config
+    if choice.notes and not options.quiet:
+        for note in choice.notes:
+            console.print(f"{config.study}: {note}")
     storage = open_storage(options.storage_url, config.search)
     study, _created = create_or_resume(config, storage, worker_index=options.worker_index)
     study.set_user_attr("objective_metric", config.objective.metric)
+    finished = count_trials(study, FINISHED)
+    if finished >= config.search.n_trials and not options.quiet:
+        # `--n-trials` is the study's total, not "this many more".
+        console.print(
+            f"study {config.study!r} already has {finished} finished trials (n_trials is the "
+            f"study's total); use --n-trials {finished + 6} to run 6 more"
+        )
 
     tracker: Tracker | None = None
     if config.tracking.enabled:
         from search.tracking import Tracker
 
         tracker = Tracker.for_study(study, config, tracking_uri=options.tracking_uri)
+        if choice.notes:
+            tracker.client.set_tag(tracker.parent_run_id, "auto", choice.summary)
 
     progress = RunProgress(
         n_trials=config.search.n_trials,

@@ -20,6 +20,7 @@ from torch import nn
 
 from models import create_model
 from search.augment import BatchTransform
+from search.auto import AUTO, batch_size_for, model_for
 from search.config import TrainConfig, TrialConfig
 from search.data import Dataset, ImageSet
 
@@ -29,6 +30,7 @@ __all__ = [
     "TrainResult",
     "batch",
     "build_model",
+    "epoch_plan",
     "evaluate",
     "make_optimizer",
     "resolve_device",
@@ -86,16 +88,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: TrialConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
+    """The trial's network for `data` (`model.name: auto` is chosen here when a study did not
+    resolve it already), and the `create_model` arguments that rebuild it."""
     mean, std = data.mean_std()
+    name, width = cfg.model.name, cfg.model.width
+    if name == AUTO:
+        name, auto_width, _ = model_for(data.shape, len(data.train))
+        width = width if width is not None else auto_width
     kwargs: dict[str, Any] = {
-        "name": cfg.model.name,
+        "name": name,
         "num_classes": data.num_classes,
         "in_channels": data.shape[0],
         "dropout": cfg.regularization.dropout,
         "drop_path": cfg.regularization.drop_path,
-        "width": cfg.model.width,
+        "width": width,
         "mean": mean,
         "std": std,
+        "image_size": max(data.shape[1:]),
     }
     return create_model(**kwargs), kwargs
 
@@ -182,12 +191,24 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def _batches(n: int, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    perm = torch.randperm(n, device=device)
-    for start in range(0, n, batch_size):
-        idx = perm[start : start + batch_size]
-        if idx.numel() > 1 or n == 1:  # a batch of one breaks BatchNorm
-            yield idx
+def _batches(
+    n: int, batch_size: int, device: torch.device, passes: int = 1
+) -> Iterator[torch.Tensor]:
+    """`passes` shuffled passes over `n` images in batches of `batch_size`."""
+    for _ in range(passes):
+        perm = torch.randperm(n, device=device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            if idx.numel() > 1 or n == 1:  # a batch of one breaks BatchNorm
+                yield idx
+
+
+def epoch_plan(n_train: int, batch_size: int, min_steps: int) -> tuple[int, int]:
+    """(passes over the training split per epoch, optimizer steps per epoch): enough passes
+    that an epoch holds at least `min_steps` steps."""
+    per_pass = max(1, -(-n_train // batch_size))
+    passes = max(1, -(-min_steps // per_pass))
+    return passes, passes * per_pass
 
 
 def _to_float(x: torch.Tensor, max_value: float, channels_last: bool) -> torch.Tensor:
@@ -257,7 +278,8 @@ def train(
     optimizer = make_optimizer(model, cfg)
 
     n_train = len(data.train)
-    steps_per_epoch = max(1, len(list(range(0, n_train, t.batch_size))))
+    batch_size = batch_size_for(n_train) if t.batch_size == AUTO else int(t.batch_size)
+    passes, steps_per_epoch = epoch_plan(n_train, batch_size, t.min_steps_per_epoch)
     total_steps = t.epochs * steps_per_epoch
     warmup_steps = min(total_steps, max(1, round(t.warmup_epochs * steps_per_epoch)))
     scheduler = _SCHEDULES[t.schedule](optimizer, total_steps, warmup_steps, t.lr)
@@ -288,7 +310,7 @@ def train(
         model.train()
         loss_sum = torch.zeros((), device=device)
         seen = 0
-        for idx in _batches(n_train, t.batch_size, device):
+        for idx in _batches(n_train, batch_size, device, passes):
             x, targets = transform(*batch(data.train, idx, data.max_value, channels_last))
             with _autocast(device, t.precision):
                 logits = step_model(x)

@@ -96,7 +96,12 @@ def run_command(
         "search.timeout": timeout,
         "train.device": device,
     }
-    config = load_config(config_file, overrides=overrides, flags=flags)
+    # Resume by name: without a file, an existing study's stored config is the base, and
+    # flags and --set change only what they state.
+    base = _stored(study_name, storage) if config_file is None else None
+    config = load_config(config_file, overrides=overrides, flags=flags, base=base)
+    if base is not None and not quiet:
+        _console().print(f"{config.study}: resuming with the config stored in the study")
     gpu_list = parse_gpus(gpus) if gpus is not None else None
     workers = workers if workers is not None else len(gpu_list or [0])
     if workers < 1:
@@ -105,11 +110,33 @@ def run_command(
     from search.storage import resolve_storage_url
 
     url = resolve_storage_url(storage, config.storage)
+    _check_tracking(config, tracking_uri)
     launch = _Launch(url, tracking_uri, device, threads, artifacts, quiet)
     if workers == 1 and pinned == [None]:
         _run_in_process(config, launch, title=f"regsearch run {config.study}")
         return
     _run_workers(config, launch, pinned)
+
+
+def _stored(study_name: str | None, storage: str | None) -> dict[str, Any] | None:
+    """The stored config of the study `run` names (or the default study), if it exists."""
+    from search.config import DEFAULTS
+    from search.storage import open_storage, resolve_storage_url
+    from search.study import stored_config
+
+    try:
+        opened = open_storage(resolve_storage_url(storage), create=False)
+    except UserError:  # no storage yet: a new study
+        return None
+    return stored_config(opened, study_name or DEFAULTS["study"])
+
+
+def _check_tracking(config: Any, flag: str | None) -> None:
+    """An unreachable tracking server stops the launch here, before anything is created."""
+    if config.tracking.enabled:
+        from search.urls import check_reachable
+
+        check_reachable(flag or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.uri or "")
 
 
 def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | None]:
@@ -154,17 +181,26 @@ def _run_workers(config: Any, launch: _Launch, pinned: list[str | None]) -> None
     SIGTERM is passed on to them."""
     import optuna
 
+    from search.runner import prepare
     from search.storage import open_storage
     from search.study import create_or_resume, load_existing
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    choice, _data = prepare(config)  # the workers read the choice from the study
+    config = choice.config
+    console = _console()
+    if not launch.quiet:
+        for note in choice.notes:
+            console.print(f"{config.study}: {note}")
     study, _ = create_or_resume(config, open_storage(launch.url, config.search))
     if config.tracking.enabled:
         # Create the MLflow store, experiment and parent run once, here: N workers racing
         # to run the store's schema migrations on a fresh SQLite file would break it.
         from search.tracking import Tracker
 
-        Tracker.for_study(study, config, tracking_uri=launch.tracking_uri, prewarm=False)
+        tracker = Tracker.for_study(study, config, tracking_uri=launch.tracking_uri, prewarm=False)
+        if choice.notes:
+            tracker.client.set_tag(tracker.parent_run_id, "auto", choice.summary)
     per_worker = launch.threads or max(1, (os.cpu_count() or 1) // len(pinned))
     # Through the environment, not argv: URLs may carry passwords, and `ps` shows argv.
     env = {**os.environ, "REGSEARCH_STORAGE": launch.url}
@@ -200,7 +236,7 @@ def _run_workers(config: Any, launch: _Launch, pinned: list[str | None]) -> None
     finally:
         signal.signal(signal.SIGTERM, previous)
     study, _ = load_existing(config.study, open_storage(launch.url, create=False))
-    _finish(study, config, _console())
+    _finish(study, config, console)
     bad = [c for c in codes if c != 0]
     if bad:
         raise SystemExit(bad[0])
@@ -245,6 +281,7 @@ def worker_command(
     if overrides:
         # Anything beyond machine-local keys is refused by the resume check in create_or_resume.
         config = validate_config(apply_overrides(config.model_dump(mode="json"), overrides))
+    _check_tracking(config, tracking_uri)
     # Started by `regsearch run --workers N` (which passes --worker-index and prints the
     # summary itself), or on its own, e.g. on another machine.
     spawned = worker_index is not None

@@ -40,7 +40,7 @@ def test_defaults_load() -> None:
     assert isinstance(config, StudyConfig)
     assert config.study == "digits"
     assert config.dataset.name == "digits"
-    assert config.model.name == "small-cnn"
+    assert config.model.name == "auto" and config.train.batch_size == "auto"
     assert config.train.epochs == 20
     assert config.objective.metric == "val_accuracy"
     assert config.objective.direction == "maximize"

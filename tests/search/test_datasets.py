@@ -291,7 +291,9 @@ def test_imagefolder_decodes_resizes_and_labels(tmp_path: Path) -> None:
     data = load_dataset(DatasetConfig(name="imagefolder", root=tmp_path / "imgs", image_size=16))
     _check_common(data, (3, 16, 16))
     assert data.classes == ("blue", "green", "red")  # sorted folder names
-    assert data.allow_flip is True
+    assert data.allow_flip is False, "a folder may hold glyphs: mirroring only when asked"
+    flipped = DatasetConfig(name="imagefolder", root=tmp_path / "imgs", image_size=16, flip=True)
+    assert load_dataset(flipped).allow_flip is True
     assert len(data.train) + len(data.val) + len(data.test) == 15
     greys = 0
     for split in (data.train, data.val, data.test):
