@@ -143,7 +143,7 @@ def train_images_per_second(
         transform = BatchTransform(
             cfg.regularization, num_classes=data.num_classes, allow_flip=True, colour=True
         )
-        bs = cfg.train.batch_size
+        bs = 128
         data_s = step_s = 0.0
         for step in range(steps + 1):  # step 0 warms up
             idx = torch.randint(0, len(data.train), (bs,), device=device)
@@ -416,13 +416,22 @@ def worker_scaling(*, trials: int = 8, epochs: int = 3) -> dict[str, Any]:
     }
 
 
+def _real_data() -> dict[str, Any]:
+    from search.bench_real import real_data
+
+    return real_data()
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "trial_overhead": trial_overhead,
     "train_images_per_second": train_images_per_second,
     "augment_speedup": augment_speedup,
     "storage_ms_per_trial": storage_ms_per_trial,
     "worker_scaling": worker_scaling,
+    "real_data": _real_data,
 }
+# Figures that take many minutes: run only when named with --only.
+OPT_IN = ("real_data",)
 
 
 def run_benchmarks(
@@ -432,7 +441,7 @@ def run_benchmarks(
 
     # As in `regsearch run`; DataLoader workers of the reference pipelines inherit it.
     out: dict[str, Any] = {"machine": {**machine(), "retain_freed_memory": retain_freed_memory()}}
-    for name in names or list(BENCHMARKS):
+    for name in names or [n for n in BENCHMARKS if n not in OPT_IN]:
         if echo:
             echo(f"bench: {name} …")
         out[name] = BENCHMARKS[name]()

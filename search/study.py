@@ -4,6 +4,8 @@ stored in the study, and the shared trial budget."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
 import threading
 import time
 import warnings
@@ -26,6 +28,8 @@ __all__ = [
     "load_existing",
     "make_pruner",
     "make_sampler",
+    "sampler_seed",
+    "stored_config",
 ]
 
 CONFIG_ATTR = "regsearch_config"
@@ -42,13 +46,27 @@ _MAY_DIFFER = {
 }
 
 
-def make_sampler(config: StudyConfig, *, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """Each worker gets its own seed (seed + worker index): workers with one seed would
-    propose the same points."""
+def sampler_seed(seed: int, *, worker_index: int = 0, trials_before: int = 0) -> int:
+    """The seed of one launch's sampler. A fresh study's first worker uses `seed` itself
+    (reproducible); other workers add their index (one seed would propose the same points),
+    and a launch that joins a study with trials mixes in their count, so resuming never
+    replays an earlier launch's proposals."""
+    if trials_before == 0:
+        return seed + worker_index
+    digest = hashlib.sha256(f"{seed}:{worker_index}:{trials_before}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def make_sampler(
+    config: StudyConfig, *, worker_index: int = 0, trials_before: int = 0
+) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded by `sampler_seed` when the config gives a seed."""
     options = dict(config.search.sampler.options)
     name = config.search.sampler.name
     if options.get("seed") is not None:
-        options["seed"] = int(options["seed"]) + worker_index
+        options["seed"] = sampler_seed(
+            int(options["seed"]), worker_index=worker_index, trials_before=trials_before
+        )
     factories: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
         "tpe": optuna.samplers.TPESampler,
         "random": optuna.samplers.RandomSampler,
@@ -122,12 +140,24 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     name = config.search.pruner.name
 
     def patient(
-        *, patience: int = 3, min_delta: float = 0.0, **wrapped: Any
+        *,
+        patience: int = 3,
+        min_delta: float = 0.0,
+        n_startup_trials: int = 5,
+        n_warmup_steps: int = 0,
+        interval_steps: int = 1,
+        n_min_trials: int = 1,
     ) -> optuna.pruners.BasePruner:
         # Patient pruning around a median pruner: prune only after `patience` flat epochs.
-        return optuna.pruners.PatientPruner(
-            optuna.pruners.MedianPruner(**wrapped), patience=patience, min_delta=min_delta
+        median = optuna.pruners.MedianPruner(
+            n_startup_trials=n_startup_trials,
+            n_warmup_steps=n_warmup_steps,
+            interval_steps=interval_steps,
+            n_min_trials=n_min_trials,
         )
+        with warnings.catch_warnings():  # experimental since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.PatientPruner(median, patience=patience, min_delta=min_delta)
 
     factories: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
         "median": optuna.pruners.MedianPruner,
@@ -144,6 +174,19 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def _construct(where: str, factory: Callable[..., Any], options: dict[str, Any]) -> Any:
+    """`factory(**options)`; options it does not take are named in a `UserError`."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: let the call say
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params):
+        takes = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        unknown = sorted(set(options) - set(takes))
+        if unknown:
+            raise UserError(
+                f"{where}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
+                f"; it takes {', '.join(takes) or 'no options'}"
+            )
     try:
         return factory(**options)
     except (TypeError, ValueError) as exc:
@@ -191,9 +234,12 @@ def create_or_resume(
 ) -> tuple[optuna.Study, bool]:
     """(study, created). A resumed study must have the same config except for the budget and
     per-machine keys; otherwise the user gets an error naming the differing keys."""
-    sampler, pruner = make_sampler(config, worker_index=worker_index), make_pruner(config)
+    pruner = make_pruner(config)
     portable = config.portable_dict()
     if _exists(storage, config.study):
+        study_id = storage.get_study_id_from_name(config.study)
+        before = len(storage.get_all_trials(study_id, deepcopy=False))
+        sampler = make_sampler(config, worker_index=worker_index, trials_before=before)
         study = optuna.load_study(
             study_name=config.study, storage=storage, sampler=sampler, pruner=pruner
         )
@@ -204,11 +250,13 @@ def create_or_resume(
                 shown = ", ".join(diff[:5]) + (" …" if len(diff) > 5 else "")
                 raise UserError(
                     f"study {config.study!r} exists with a different config ({shown}); "
-                    "use another --study name or the same file"
+                    "use the same file, another --study name, or "
+                    f"`regsearch worker {config.study}` to join it with its stored config"
                 )
             if stored != portable:  # only the budget changed: keep the stored copy current
                 study.set_user_attr(CONFIG_ATTR, portable)
         return study, False
+    sampler = make_sampler(config, worker_index=worker_index)
     study = optuna.create_study(
         study_name=config.study,
         storage=storage,
@@ -222,6 +270,15 @@ def create_or_resume(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([config.objective.metric])
     return study, True
+
+
+def stored_config(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
+    """The config a study was created with, as stored (None: no such study, or not ours)."""
+    if not _exists(storage, name):
+        return None
+    study_id = storage.get_study_id_from_name(name)
+    stored = storage.get_study_user_attrs(study_id).get(CONFIG_ATTR)
+    return copy.deepcopy(stored) if isinstance(stored, dict) else None
 
 
 def load_existing(

@@ -101,12 +101,27 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def table_params(study: optuna.Study) -> tuple[dict[str, Any], list[str]]:
+    """(fixed values, column names) of a study's table: the five contract regularizers (a
+    fixed one shows its value), then every other searched parameter, in space order."""
+    from search.study import CONFIG_ATTR
+
+    space = (study.user_attrs.get(CONFIG_ATTR) or {}).get("space") or {}
+    fixed = {str(k).rpartition(".")[2]: v for k, v in space.items() if not isinstance(v, dict)}
+    searched = [str(k).rpartition(".")[2] for k, v in space.items() if isinstance(v, dict)]
+    seen = {name for t in study.get_trials(deepcopy=False) for name in t.params}
+    extra = [n for n in searched if n not in CONTRACT_PARAMS]
+    extra += sorted(seen - set(CONTRACT_PARAMS) - set(extra))
+    return fixed, [*CONTRACT_PARAMS, *extra]
+
+
 def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | None = None) -> Any:
     from rich.table import Table
 
     metric = study.user_attrs.get("objective_metric", "value")
     table = Table(title=title, header_style="bold")
-    for column in ("#", "state", metric, *CONTRACT_PARAMS, "epochs", "stop reason"):
+    fixed, names = table_params(study)
+    for column in ("#", "state", metric, *names, "epochs", "stop reason"):
         table.add_column(
             column, justify="right" if column not in ("state", "stop reason") else "left"
         )
@@ -120,7 +135,7 @@ def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | 
             str(row["number"]),
             row["state"],
             format_value(row["value"]),
-            *(format_value(row["params"].get(p)) for p in CONTRACT_PARAMS),
+            *(format_value(row["params"].get(p, fixed.get(p))) for p in names),
             format_value(row["epochs"]),
             format_value(row["stop_reason"]),
             style=style,

@@ -51,6 +51,10 @@ _RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAILED": "FAILED",
 _log = logging.getLogger(__name__)
 # MLflow's tqdm bars would interleave with our progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# A tracking server that goes away mid-study costs each call seconds, not MLflow's default
+# minutes (7 retries with back-off 2, 120 s timeout); the trial's outcome stands either way.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def resolve_tracking_uri(flag: str | None, config_value: str | None) -> str:

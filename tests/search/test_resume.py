@@ -1,0 +1,180 @@
+"""Resuming a study: no replayed samples, resume by name, switching sampler or pruner by name,
+and a launch that fails fast on an unreachable tracking server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.config import load_config
+from search.errors import UserError
+from search.space import SearchSpace
+from search.storage import open_storage
+from search.study import create_or_resume, make_pruner, make_sampler, sampler_seed
+from search.summary import table_params, trials_table
+from tests.helpers import regsearch
+
+
+def _launch(config_overrides: list[str], url: str, n_trials: int) -> None:
+    """One launch as the runner makes it (create_or_resume, the service's sampler), with a
+    cheap objective that samples the real space."""
+    config = load_config(overrides=[*config_overrides, f"search.n_trials={n_trials}"])
+    study, _ = create_or_resume(config, open_storage(url, config.search))
+    space = SearchSpace.from_config(config)
+
+    def objective(trial: optuna.Trial) -> float:
+        reg = space.sample(trial).regularization
+        return reg.dropout + reg.aug_strength
+
+    done = len(study.trials)
+    study.optimize(objective, n_trials=n_trials - done)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_three_launches_of_four_trials_give_twelve_distinct_configurations(
+    tmp_path: Path, sampler: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    overrides = [f"search.sampler.name={sampler}", "search.pruner=none"]
+    for total in (4, 8, 12):
+        _launch(overrides, url, total)
+    study = optuna.load_study(study_name="digits", storage=url)
+    configs = {tuple(sorted(t.params.items())) for t in study.trials}
+    assert len(study.trials) == 12
+    assert len(configs) == 12, "a resumed launch replayed an earlier launch's samples"
+
+
+def test_a_fresh_study_is_reproducible(tmp_path: Path) -> None:
+    params = []
+    for name in ("a", "b"):
+        url = f"sqlite:///{tmp_path}/{name}.db"
+        _launch(["search.pruner=none"], url, 3)
+        params.append(
+            [t.params for t in optuna.load_study(study_name="digits", storage=url).trials]
+        )
+    assert params[0] == params[1]
+
+
+def test_sampler_seed_keeps_the_first_launch_and_mixes_in_the_trial_count() -> None:
+    assert sampler_seed(7) == 7
+    assert sampler_seed(7, worker_index=2) == 9
+    seeds = {sampler_seed(7, worker_index=w, trials_before=n) for w in (0, 1) for n in (4, 8)}
+    assert len(seeds) == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pruner"),
+    [
+        (["search.pruner.name=hyperband"], optuna.pruners.HyperbandPruner),
+        (["search.pruner.name=successive-halving"], optuna.pruners.SuccessiveHalvingPruner),
+        (["search.pruner.name=wilcoxon"], optuna.pruners.WilcoxonPruner),
+        (["search.pruner.name=none"], optuna.pruners.NopPruner),
+        (
+            ["search.pruner.name=hyperband", "search.pruner.min_resource=2"],
+            optuna.pruners.HyperbandPruner,
+        ),
+    ],
+)
+def test_switching_the_pruner_by_name_drops_the_defaults_options(
+    overrides: list[str], pruner: type
+) -> None:
+    config = load_config(overrides=overrides)
+    built = make_pruner(config)
+    assert isinstance(getattr(built, "pruner", built), pruner)
+    assert "n_startup_trials" not in config.search.pruner.options
+
+
+@pytest.mark.parametrize("name", ["random", "gp", "cmaes", "qmc"])
+def test_switching_the_sampler_by_name_keeps_only_the_seed(name: str) -> None:
+    config = load_config(overrides=[f"search.sampler.name={name}"])
+    assert config.search.sampler.options == {"seed": 0}
+    assert make_sampler(config) is not None
+
+
+def test_an_option_the_chosen_class_does_not_take_is_named() -> None:
+    with pytest.raises(UserError, match=r"search.pruner \(hyperband\): unknown option n_startup"):
+        load_config(overrides=["search.pruner.name=hyperband", "search.pruner.n_startup_trials=2"])
+    with pytest.raises(UserError, match=r"search.sampler \(random\): unknown option n_startup"):
+        load_config(overrides=["search.sampler.name=random", "search.sampler.n_startup_trials=2"])
+
+
+TINY = ("--set", "train.epochs=1", "--set", "tracking.enabled=false", "--quiet")
+
+
+def test_resume_by_name_uses_the_stored_config(tmp_path: Path) -> None:
+    first = regsearch(
+        "run",
+        "--study",
+        "quick",
+        "--n-trials",
+        "1",
+        "--set",
+        "search.pruner=none",
+        *TINY,
+        "--set",
+        "space.dropout=0.25",
+        cwd=tmp_path,
+    )
+    assert first.returncode == 0, first.stderr
+    # No --set repeated: the stored config (1 epoch, dropout 0.25, no tracking) is used.
+    again = regsearch("run", "--study", "quick", "--n-trials", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming with the config stored in the study" in again.stderr
+    study = optuna.load_study(
+        study_name="quick", storage=f"sqlite:///{tmp_path}/studies/regsearch.db"
+    )
+    assert len(study.trials) == 2
+    assert all(t.user_attrs["epochs_trained"] == 1 for t in study.trials)
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists(), "tracking stayed off"
+    # Nothing left to run: say how to run more.
+    done = regsearch("run", "--study", "quick", "--n-trials", "2", cwd=tmp_path)
+    assert done.returncode == 0
+    assert "already has 2 finished trials" in done.stderr and "--n-trials 8" in done.stderr
+    # A key outside the budget and machine-local ones still differs: exit 2, named.
+    differs = regsearch("run", "--study", "quick", "--set", "train.epochs=3", cwd=tmp_path)
+    assert differs.returncode == 2
+    assert "train.epochs" in differs.stderr and "regsearch worker quick" in differs.stderr
+
+
+def test_unreachable_tracking_server_fails_fast_and_creates_nothing(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = regsearch(
+        "run",
+        "--tracking-uri",
+        "http://someone:s3cret@127.0.0.1:1",
+        "--n-trials",
+        "1",
+        cwd=tmp_path,
+    )
+    assert time.monotonic() - start < 10 + 5  # the probe's budget plus interpreter start
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and "cannot reach tracking server http://someone:***@127.0.0.1:1" in lines[0]
+    )
+    assert "s3cret" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "no study, run or folder"
+
+
+def test_trial_tables_show_every_searched_parameter_and_fixed_values(tmp_path: Path) -> None:
+    config = load_config(
+        overrides=[
+            "space.dropout=0.3",
+            "space.lr={type: float, low: 0.001, high: 0.01, log: true}",
+            "search.pruner=none",
+        ]
+    )
+    url = f"sqlite:///{tmp_path}/t.db"
+    study, _ = create_or_resume(config, open_storage(url, config.search))
+    space = SearchSpace.from_config(config)
+    study.optimize(lambda t: space.sample(t).train.lr, n_trials=2)
+    fixed, names = table_params(study)
+    assert "lr" in names and "dropout" in names and fixed["dropout"] == 0.3
+    table = trials_table(study)
+    columns = {str(c.header): list(c._cells) for c in table.columns}
+    assert columns["dropout"] == ["0.3", "0.3"], "a fixed regularizer shows its value"
+    assert all(cell != "–" for cell in columns["lr"]), "a searched train key has a column"
