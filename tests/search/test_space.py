@@ -248,7 +248,7 @@ def test_train_and_model_keys_are_searched_into_their_sections() -> None:
         # Unsearched settings come from the study config.
         assert cfg.train.epochs == 3
         assert cfg.train.momentum == 0.8
-            assert cfg.model.name == "auto"
+        assert cfg.model.name == "auto"
         assert cfg.early_stopping.patience == 2
         assert cfg.objective == config.objective
         seen_optimizers.add(cfg.train.optimizer)
