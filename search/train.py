@@ -160,21 +160,30 @@ _SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int, int, float], Any]] =
 
 class EarlyStopping:
     """The seed's patience rule: stop after `patience` epochs without an improvement of more
-    than `min_delta` in the monitored value."""
+    than `min_delta` in the monitored value.
+
+    An optional tie-break (lower is better: the validation loss when the metric is accuracy)
+    decides between epochs of equal value. On a small validation split accuracy moves in
+    steps of 1/N and stalls for many epochs while the model still improves; without it the
+    earliest, least-trained epoch of a plateau would win and patience would end the run."""
 
     def __init__(self, *, patience: int | None, min_delta: float, maximize: bool) -> None:
         self.patience, self.min_delta, self.maximize = patience, min_delta, maximize
         self.best: float | None = None
+        self.best_tiebreak = math.inf
         self.bad_epochs = 0
 
-    def improved(self, value: float) -> bool:
-        """Record `value`; True when it is a new best."""
-        if self.best is None or (
+    def improved(self, value: float, tiebreak: float | None = None) -> bool:
+        """Record `value` (and its tie-break); True when it is a new best."""
+        better = self.best is None or (
             value > self.best + self.min_delta
             if self.maximize
             else value < self.best - self.min_delta
-        ):
+        )
+        tied = self.best is not None and value == self.best
+        if better or (tied and tiebreak is not None and tiebreak < self.best_tiebreak):
             self.best, self.bad_epochs = value, 0
+            self.best_tiebreak = math.inf if tiebreak is None else tiebreak
             return True
         self.bad_epochs += 1
         return False
@@ -349,7 +358,8 @@ def train(
         if not math.isfinite(value):
             result.stop_reason = NONFINITE
             break
-        if stopper.improved(value):
+        tiebreak = stats.val_loss if metric == "val_accuracy" else None
+        if stopper.improved(value, tiebreak):
             result.best_epoch, result.best_value, result.best_stats = epoch, value, stats
             result.state_dict = {
                 k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()

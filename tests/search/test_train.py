@@ -383,3 +383,16 @@ def test_resolve_device_cpu() -> None:
 def test_resolve_device_without_cuda() -> None:
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         resolve_device("cuda:0")
+
+
+def test_equal_accuracy_goes_to_the_epoch_with_the_lower_loss() -> None:
+    """A small validation split's accuracy plateaus while its loss still falls: the later,
+    better-fitting epoch is the best one, and the plateau does not use up patience."""
+    stopper = EarlyStopping(patience=2, min_delta=0.0, maximize=True)
+    assert stopper.improved(0.9, 0.50)
+    assert stopper.improved(0.9, 0.40), "same accuracy, lower loss: a new best"
+    assert not stopper.improved(0.9, 0.45)
+    assert stopper.improved(0.9, 0.30) and stopper.bad_epochs == 0
+    assert not stopper.improved(0.85, 0.10), "a lower accuracy never wins on loss"
+    assert not stopper.improved(0.9, None), "no tie-break: a tie is not an improvement"
+    assert stopper.should_stop
