@@ -3,12 +3,10 @@ pickled batches, MNIST idx files (plain and gzipped), class-per-folder images wi
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
 import pickle
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from search.config import (
 from search.data import Dataset, load_dataset
 from search.errors import UserError
 from search.runner import RunOptions, run_study
+from search.sample_data import write_mnist_idx
 from search.train import MAX_EPOCHS, train
 
 CIFAR10_NAMES = [f"c10-{i}" for i in range(10)]
@@ -206,30 +205,16 @@ def test_damaged_cifar_file_is_a_one_line_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- MNIST
 
 
-def _idx(array: np.ndarray) -> bytes:
-    """The idx format: magic (0, 0, type 0x08 = ubyte, ndim), big-endian dims, then the data."""
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
 def _write_mnist(root: Path, folder: str, *, gz: bool, per_class: int = 5) -> None:
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
+    """Random 28x28 images whose pixel (0, 0) is the image's id and (0, 1) its label."""
     rng = np.random.default_rng(0)
-    for prefix, labels, first_id in (
-        ("train", np.repeat(np.arange(10), per_class), 0),
-        ("t10k", np.arange(10), 100),
-    ):
-        images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
-        images[:, 0, 0] = np.arange(first_id, first_id + len(labels))
-        images[:, 0, 1] = labels
-        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
-            name = f"{prefix}-{kind}-ubyte"
-            blob = _idx(array)
-            if gz:
-                (raw / f"{name}.gz").write_bytes(gzip.compress(blob))
-            else:
-                (raw / name).write_bytes(blob)
+    splits = []
+    for labels, first_id in ((np.repeat(np.arange(10), per_class), 0), (np.arange(10), 100)):
+        images = rng.integers(0, 256, size=(len(labels), 1, 28, 28), dtype=np.uint8)
+        images[:, 0, 0, 0] = np.arange(first_id, first_id + len(labels))
+        images[:, 0, 0, 1] = labels
+        splits.append((images, labels))
+    write_mnist_idx(root, splits[0], splits[1], folder=folder, gz=gz)
 
 
 def test_mnist_reads_idx_files(tmp_path: Path) -> None:
