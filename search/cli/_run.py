@@ -186,7 +186,7 @@ def _run_workers(config: Any, launch: _Launch, pinned: list[str | None]) -> None
     from search.study import create_or_resume, load_existing
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    choice, _data = prepare(config)  # the workers read the choice from the study
+    choice = prepare(config)[0]  # the workers read the choice from the study (data freed)
     config = choice.config
     console = _console()
     if not launch.quiet:
