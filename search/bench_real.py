@@ -54,6 +54,8 @@ def _write_sets(root: Path) -> dict[str, list[str]]:
 def _run(cwd: Path, study: str, sets: list[str]) -> dict[str, Any]:
     import optuna
 
+    from search.study import best_trial
+
     cmd = [sys.executable, "-m", "search", "run", "--study", study, "--quiet"]
     for item in sets:
         cmd += ["--set", item]
@@ -67,7 +69,8 @@ def _run(cwd: Path, study: str, sets: list[str]) -> dict[str, Any]:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
         return {"error": tail[0] if tail else f"exit {done.returncode}"}
     loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{cwd}/studies/regsearch.db")
-    best = loaded.best_trial
+    best = best_trial(loaded)
+    assert best is not None
     config = loaded.user_attrs.get("regsearch_config", {})
     return {
         "test_accuracy": round(float(loaded.user_attrs["test_accuracy"]), 4),

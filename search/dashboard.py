@@ -178,9 +178,10 @@ def write_best_note(
     when no trial has completed. `model_uri` defaults to the trial's `model_uri` attribute."""
     from optuna_dashboard import save_note
 
-    try:
-        best = study.best_trial
-    except ValueError:
+    from search.study import best_trial
+
+    best = best_trial(study)
+    if best is None:
         return None
     uri = model_uri or best.user_attrs.get("model_uri") or study.user_attrs.get("champion_uri")
     body = best_note_markdown(study, best, test_accuracy=test_accuracy, model_uri=uri)

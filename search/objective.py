@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from search.config import StudyConfig, TrialConfig
 from search.data import Dataset
 from search.space import SearchSpace
+from search.study import TIEBREAK_ATTR, beats_best
 from search.train import NONFINITE, EpochStats, TrainResult, train
 from search.urls import redact_url
 
@@ -74,14 +75,6 @@ class RunListener(Protocol):
     def trial_started(self, number: int, epochs: int) -> None: ...
 
     def epoch_done(self, number: int, stats: EpochStats) -> None: ...
-
-
-def _is_new_best(study: optuna.Study, value: float) -> bool:
-    try:
-        best = study.best_value
-    except ValueError:  # no completed trial yet
-        return True
-    return value > best if study.direction == optuna.study.StudyDirection.MAXIMIZE else value < best
 
 
 def report_epoch(trial: optuna.Trial, value: float, step: int, *, can_prune: bool) -> bool:
@@ -148,12 +141,14 @@ class Objective:
         if result.best_stats is not None:
             summary["train_accuracy"] = result.best_stats.train_accuracy
             summary["val_accuracy"] = result.best_stats.val_accuracy
+            summary[TIEBREAK_ATTR] = result.best_stats.val_loss
         if result.stop_reason in (PRUNED, NONFINITE) or result.best_value is None:
             self._finish(trial, run_id, "PRUNED", summary)
             raise optuna.TrialPruned(f"{result.stop_reason} at epoch {result.epochs_trained}")
 
         value = float(result.best_value)
-        if run_id is not None and self.tracker and _is_new_best(trial.study, value):
+        tiebreak = summary.get(TIEBREAK_ATTR)
+        if run_id is not None and self.tracker and beats_best(trial.study, value, tiebreak):
             try:
                 uri = self.tracker.register_champion(
                     run_id, number=trial.number, value=value, result=result, data=self.data

@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.space import REGULARIZERS
+from search.study import best_trial
 from search.summary import format_value
 
 if TYPE_CHECKING:
@@ -550,7 +551,7 @@ def write_report(
     snap = snapshot(study)
     trials = snap.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = snap.best_trial if complete else None
+    best = best_trial(snap) if complete else None
     metric = (
         config.objective.metric
         if config

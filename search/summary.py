@@ -43,22 +43,30 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def sorted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed first (best first), then pruned (best first), then the rest by number."""
+    """Completed first (best first; equal values by validation loss, as `best_trial`), then
+    pruned (best first), then the rest by number."""
     sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
     rank = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}
 
-    def key(t: FrozenTrial) -> tuple[int, float, int]:
+    def key(t: FrozenTrial) -> tuple[int, float, float, int]:
         value = t.value if t.value is not None and math.isfinite(t.value) else math.inf * -sign
-        return rank.get(t.state, 2), sign * value if t.state in rank else 0.0, t.number
+        tiebreak = t.user_attrs.get("val_loss")  # as `search.study.best_trial`
+        return (
+            rank.get(t.state, 2),
+            sign * value if t.state in rank else 0.0,
+            math.inf if tiebreak is None else float(tiebreak),
+            t.number,
+        )
 
     return sorted(study.get_trials(deepcopy=False), key=key)
 
 
 def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     """`{study, trial, value, params, model_uri}` of the best completed trial, or None."""
-    try:
-        best = study.best_trial
-    except ValueError:
+    from search.study import best_trial
+
+    best = best_trial(study)
+    if best is None:
         return None
     # The best trial's own registered version; the alias URI only as a fallback.
     model_uri = best.user_attrs.get("model_uri") or study.user_attrs.get("champion_uri")

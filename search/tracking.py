@@ -32,6 +32,7 @@ from search.config import StudyConfig
 from search.data import Dataset
 from search.errors import UserError
 from search.objective import TRACKING_ERROR
+from search.study import best_trial
 from search.train import EpochStats, TrainResult, evaluate
 from search.urls import redact_url
 
@@ -383,11 +384,10 @@ class Tracker:
             return  # other workers still run trials; the last one finishes the parent
         now = int(time.time() * 1000)
         metrics, tags = [], []
-        try:
-            metrics.append(Metric("best_value", float(study.best_value), now, 0))
-            metrics.append(Metric("best_trial", float(study.best_trial.number), now, 0))
-        except ValueError:
-            pass
+        best = best_trial(study)
+        if best is not None and best.value is not None:
+            metrics.append(Metric("best_value", float(best.value), now, 0))
+            metrics.append(Metric("best_trial", float(best.number), now, 0))
         if data is not None and self.config.tracking.register_model:
             test = self._evaluate_champion(data)
             if test is not None:

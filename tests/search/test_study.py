@@ -90,3 +90,35 @@ def test_a_trial_finished_elsewhere_counts_once_the_snapshot_is_older_than_max_a
 def test_max_age_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="max_age=-1"):
         SnapshotPruner(optuna.pruners.NopPruner(), max_age=-1)
+
+
+def _study_with(values_and_losses: list[tuple[float, float | None]]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    for value, loss in values_and_losses:
+        attrs = {} if loss is None else {"val_loss": loss}
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs=attrs))
+    return study
+
+
+def test_best_trial_breaks_ties_by_validation_loss() -> None:
+    """Five trials reach 1.0 on a 60-image validation split: Optuna's best_trial is the first
+    of them; ours is the one that fits the validation images best."""
+    from search.study import beats_best, best_trial
+
+    study = _study_with([(0.98, 0.20), (1.0, 0.25), (1.0, 0.21), (1.0, 0.30), (0.99, 0.01)])
+    assert study.best_trial.number == 1
+    best = best_trial(study)
+    assert best is not None and best.number == 2
+    assert beats_best(study, 1.0, 0.19) and not beats_best(study, 1.0, 0.22)
+    assert not beats_best(study, 0.99, 0.0), "a lower value never wins on loss"
+    assert not beats_best(study, 1.0, None)
+    assert beats_best(optuna.create_study(direction="maximize"), 0.1, None)
+    assert best_trial(_study_with([(0.5, None), (0.5, None)])).number == 0  # type: ignore[union-attr]
+
+
+def test_status_best_and_tables_agree_on_the_tie_break() -> None:
+    from search.summary import best_summary, sorted_trials
+
+    study = _study_with([(1.0, 0.25), (1.0, 0.21)])
+    assert best_summary(study)["trial"] == 1  # type: ignore[index]
+    assert [t.number for t in sorted_trials(study)] == [1, 0]
