@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from search.config import StudyConfig
+from search.config import StudyConfig, safe_study_name
 from search.data import Dataset
 from search.errors import UserError
 from search.objective import TRACKING_ERROR
@@ -173,7 +174,9 @@ class Tracker:
                 client.restore_experiment(found.experiment_id)
             return str(found.experiment_id)
         location = (
-            (local_dir / "artifacts" / name).resolve().as_uri() if local_dir is not None else None
+            (local_dir / "artifacts" / safe_study_name(name)).resolve().as_uri()
+            if local_dir is not None
+            else None
         )
         try:
             return str(client.create_experiment(name, artifact_location=location))
@@ -317,8 +320,11 @@ class Tracker:
                 "pixel_scale": data.max_value,
             },
         )
-        version = self._create_version(info.model_uri, info.model_id, run_id, number, value, data)
-        self._move_alias(version, value)
+        tiebreak = result.best_stats.val_loss if result.best_stats is not None else math.inf
+        version = self._create_version(
+            info.model_uri, info.model_id, run_id, number, value, data, tiebreak
+        )
+        self._move_alias(version, value, tiebreak)
         return f"models:/{self.study_name}/{version}"
 
     def _log_checkpoint(self, run_id: str, result: TrainResult) -> None:
@@ -335,7 +341,14 @@ class Tracker:
             self.client.log_artifacts(run_id, tmp, CHECKPOINT_DIR)
 
     def _create_version(
-        self, source: str, model_id: str, run_id: str, number: int, value: float, data: Dataset
+        self,
+        source: str,
+        model_id: str,
+        run_id: str,
+        number: int,
+        value: float,
+        data: Dataset,
+        tiebreak: float,
     ) -> str:
         with contextlib.suppress(MlflowException):  # already registered
             self.client.create_registered_model(
@@ -350,20 +363,26 @@ class Tracker:
             tags={
                 "trial": str(number),
                 "value": repr(value),
+                "val_loss": repr(tiebreak),  # decides between equal values (`best_trial`)
                 "metric": self.config.objective.metric,
                 "classes": json.dumps(list(data.classes)),
             },
         )
         return str(mv.version)
 
-    def _move_alias(self, version: str, value: float) -> None:
-        """Move `champion` unless another worker already registered a better model."""
+    def _move_alias(self, version: str, value: float, tiebreak: float = math.inf) -> None:
+        """Move `champion` unless another worker already registered a model at least as good
+        (a better value, or the same value at a validation loss no higher: `best_trial`)."""
         try:
             current = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
             best = float(current.tags.get("value", "nan"))
+            held = float(current.tags.get("val_loss", "inf"))
             maximize = self.config.objective.direction == "maximize"
-            if best == best and (best >= value if maximize else best <= value):
-                return
+            if best == best:
+                if best != value and (best > value if maximize else best < value):
+                    return
+                if best == value and not tiebreak < held:
+                    return
         except MlflowException:
             pass  # no champion yet
         self.client.set_registered_model_alias(self.study_name, CHAMPION, version)

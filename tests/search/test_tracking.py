@@ -110,9 +110,14 @@ def test_pruned_trials_finish_with_state_tag(tracked: Path) -> None:
 def test_champion_is_registered_with_test_accuracy(tracked: Path) -> None:
     client = _client(tracked)
     study = _study(tracked)
+    from search.study import best_trial
+
     version = client.get_model_version_by_alias(STUDY, "champion")
-    assert version.tags["trial"] == str(study.best_trial.number)
+    best = best_trial(study)
+    assert best is not None
+    assert version.tags["trial"] == str(best.number), "@champion and `best` agree"
     assert float(version.tags["value"]) == pytest.approx(study.best_value)
+    assert float(version.tags["val_loss"]) == pytest.approx(best.user_attrs["val_loss"])
     assert json.loads(version.tags["classes"]) == [str(i) for i in range(10)]
     test_accuracy = float(version.tags["test_accuracy"])
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
@@ -167,3 +172,37 @@ def test_resume_reattaches_to_the_parent_run(tracked: Path) -> None:
     runs = _runs(tracked)
     assert len(runs) == 1 + 5
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_the_alias_moves_to_an_equal_value_only_at_a_lower_validation_loss(
+    tmp_path: Path,
+) -> None:
+    from search.config import load_config
+    from search.storage import open_storage
+    from search.study import create_or_resume
+    from search.tracking import Tracker
+
+    config = load_config(overrides=["study=ties"])
+    study, _ = create_or_resume(config, open_storage(f"sqlite:///{tmp_path}/o.db"))
+    tracker = Tracker.for_study(
+        study, config, tracking_uri=f"sqlite:///{tmp_path}/m.db", prewarm=False
+    )
+    client = tracker.client
+    client.create_registered_model("ties")
+
+    def version(value: float, loss: float) -> str:
+        tags = {"value": repr(value), "val_loss": repr(loss)}
+        return str(client.create_model_version("ties", source=str(tmp_path), tags=tags).version)
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("ties", "champion").version)
+
+    first = version(1.0, 0.25)
+    tracker._move_alias(first, 1.0, 0.25)
+    tracker._move_alias(version(1.0, 0.30), 1.0, 0.30)
+    assert champion() == first, "same accuracy, higher loss: stays"
+    lower = version(1.0, 0.20)
+    tracker._move_alias(lower, 1.0, 0.20)
+    assert champion() == lower, "same accuracy, lower loss: moves"
+    tracker._move_alias(version(0.99, 0.01), 0.99, 0.01)
+    assert champion() == lower, "a lower accuracy never wins on loss"
