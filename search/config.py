@@ -12,13 +12,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -44,6 +45,7 @@ __all__ = [
     "apply_overrides",
     "deep_merge",
     "load_config",
+    "safe_study_name",
     "validate_config",
 ]
 
@@ -57,8 +59,13 @@ def _auto_or_positive_int(value: Any) -> Any:
     return value
 
 
+# Integers are integers: YAML's `true` is not 1 and 2.5 is not 2.
+Int = Annotated[int, Strict()]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity in any float key: `warmup_epochs: .inf` would fail every trial.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetConfig(_Section):
@@ -76,10 +83,10 @@ class DatasetConfig(_Section):
     # official training images held out for validation.
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: Int = 0
     # `synthetic` only: a learnable set of any shape, for tests and benchmarks.
-    num_samples: int = Field(2000, ge=20)
-    num_classes: int = Field(10, ge=2)
+    num_samples: Int = Field(2000, ge=20)
+    num_classes: Int = Field(10, ge=2)
     # Channels of the images the models see: `auto` keeps the data set's own (an ImageFolder:
     # the majority of its images, so grayscale PNGs stay 1-channel; `synthetic`: 1); 1 or 3
     # converts (luma, or the grey channel repeated). `synthetic` makes any count it is given.
@@ -89,7 +96,7 @@ class DatasetConfig(_Section):
     flip: Literal["auto"] | bool = "auto"
     # Side of the square images of `synthetic` (default 8) and `imagefolder` (default 32, the
     # size images are resized to); filled in from the name when left out, unused by the others.
-    image_size: int | None = Field(None, ge=4)
+    image_size: Int | None = Field(None, ge=4)
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DatasetConfig:
@@ -132,7 +139,7 @@ class ModelConfig(_Section):
     # `auto`: chosen from the data set's image size, channels and size (`search.auto`); the
     # choice is what the study stores.
     name: str = "auto"
-    width: int | None = Field(None, ge=1)
+    width: Int | None = Field(None, ge=1)
 
     @field_validator("name")
     @classmethod
@@ -150,14 +157,14 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(20, ge=1, strict=True)
+    epochs: Int = Field(20, ge=1)
     # `auto`: from the training split's size (`search.auto.batch_size_for`), so a small split
     # still gets several optimizer steps an epoch.
     batch_size: Literal["auto"] | int = "auto"
     # An epoch (the unit of pruning and early-stopping patience) repeats passes over a tiny
     # training split until it holds at least this many optimizer steps.
-    min_steps_per_epoch: int = Field(8, ge=1)
-    lr: float = Field(3e-3, gt=0.0)
+    min_steps_per_epoch: Int = Field(8, ge=1)
+    lr: float = Field(3e-3, gt=0.0, le=10.0)  # above 10 every trial diverges
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
@@ -165,9 +172,9 @@ class TrainConfig(_Section):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False
-    seed: int = 0
-    train_eval_size: int = Field(512, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
+    seed: Int = 0
+    train_eval_size: Int = Field(512, ge=1)
+    eval_batch_size: Int = Field(1024, ge=1)
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -183,7 +190,7 @@ class TrainConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    patience: int | None = Field(6, ge=1)
+    patience: Int | None = Field(6, ge=1)
     min_delta: float = Field(0.0, ge=0.0)
 
 
@@ -239,6 +246,15 @@ class SamplerConfig(_Named):
             raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
         return name
 
+    @model_validator(mode="after")
+    def _integer_seed(self) -> SamplerConfig:
+        seed = self.options.get("seed")
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32
+        ):
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        return self
+
 
 class PrunerConfig(_Named):
     @field_validator("name")
@@ -250,15 +266,15 @@ class PrunerConfig(_Named):
 
 
 class SearchConfig(_Section):
-    n_trials: int = Field(24, ge=1)
+    n_trials: Int = Field(24, ge=1)
     timeout: float | None = Field(None, gt=0.0)
     sampler: SamplerConfig = SamplerConfig(name="tpe", options={"seed": 0})
     pruner: PrunerConfig = PrunerConfig(
         name="median", options={"n_startup_trials": 4, "n_warmup_steps": 4}
     )
-    heartbeat_interval: int | None = Field(30, ge=1)
-    grace_period: int | None = Field(None, ge=1)
-    max_retry: int = Field(2, ge=0)
+    heartbeat_interval: Int | None = Field(30, ge=1)
+    grace_period: Int | None = Field(None, ge=1)
+    max_retry: Int = Field(2, ge=0)
 
 
 class TrackingConfig(_Section):
@@ -267,7 +283,19 @@ class TrackingConfig(_Section):
     register_model: bool = True
 
 
-_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,127}")  # fullmatch: no "\n" at the end
+
+
+def safe_study_name(name: str) -> str:
+    """`name` if it is a valid study name, else a `UserError`. For names read from a storage
+    that other tools may write (`../x`, `/abs`, a trailing newline) before they become folder
+    names: `reports/<study>`, MLflow's `artifacts/<study>`."""
+    if not _STUDY_NAME.fullmatch(name):
+        raise UserError(
+            f"{name!r} is not a valid study name (letters, digits, '.', '_', '-'; "
+            "it is also the MLflow experiment and registered-model name)"
+        )
+    return name
 
 
 class StudyConfig(_Section):
@@ -285,7 +313,7 @@ class StudyConfig(_Section):
     @field_validator("study")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not _STUDY_NAME.match(name):
+        if not _STUDY_NAME.fullmatch(name):
             raise ValueError(
                 f"{name!r} is not a valid study name (letters, digits, '.', '_', '-'; "
                 "it is also the MLflow experiment and registered-model name)"

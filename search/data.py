@@ -191,6 +191,11 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     x, y, classes, max_value, allow_flip, test_size, grey = Loaded(*loader(cfg))
     x, channel_note = _channels(cfg, x, grey)
     allow_flip = allow_flip if cfg.flip == "auto" else bool(cfg.flip)
+    if len(classes) < 2:
+        raise UserError(
+            f"dataset {cfg.name!r}: found {len(classes)} class{'es' if len(classes) != 1 else ''}"
+            f" ({', '.join(classes) or 'none'}); a classifier needs at least 2"
+        )
     if len(y) and (y.min() < 0 or y.max() >= len(classes)):
         raise UserError(
             f"dataset {cfg.name!r}: labels must lie in 0..{len(classes) - 1} "

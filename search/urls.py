@@ -8,9 +8,13 @@ __all__ = ["check_reachable", "redact_url"]
 
 # scheme://user:password@host → scheme://user:***@host. A regex rather than SQLAlchemy's URL
 # parser so that it also works on http(s) URLs and on strings that do not parse. The password
-# may hold anything but '@' (users do not always percent-encode '/'): when in doubt, hide more.
-_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
-_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:password|passwd|pwd|token)=)[^&\s]*", re.IGNORECASE)
+# runs to the next '@' on the line and may hold anything else, spaces and '/' included (users
+# do not always percent-encode): when in doubt, hide more.
+_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\n]*?)@")
+# password=, sslpassword=, passwd=, pwd=, token=, secret= … in a query string.
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&](?:\w*password|passwd|pwd|\w*token|\w*secret)=)[^&\s]*", re.IGNORECASE
+)
 
 
 def redact_url(text: str) -> str:

@@ -31,7 +31,10 @@ def report_command(study_name: str, out_dir: Path | None, storage: str | None, q
     study, config = load_existing(
         study_name, open_storage(resolve_storage_url(storage), create=False)
     )
-    out = out_dir if out_dir is not None else Path("reports") / study_name
+    from search.config import safe_study_name
+
+    # The name may come from a shared storage that other tools write: never `reports/../x`.
+    out = out_dir if out_dir is not None else Path("reports") / safe_study_name(study.study_name)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -188,6 +188,12 @@ def test_storage_url_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
         ),
         ("postgresql://u@host/db?password=secret", "postgresql://u@host/db?password=***"),
         ("https://host/api?TOKEN=abc&x=1", "https://host/api?TOKEN=***&x=1"),
+        # A password with spaces (unencoded) and the sslpassword query key.
+        ("postgresql://u:pass word 2@host/db", "postgresql://u:***@host/db"),
+        (
+            "postgresql://u@host/db?sslmode=verify-full&sslpassword=k3y",
+            "postgresql://u@host/db?sslmode=verify-full&sslpassword=***",
+        ),
         (
             "error connecting to postgresql://a:one@h1/db, then mysql://b:two@h2/db",
             "error connecting to postgresql://a:***@h1/db, then mysql://b:***@h2/db",

@@ -1,0 +1,94 @@
+"""Holes found by fault injection and hostile inputs: names from a shared storage that would
+become paths, numeric values that used to create a study and then fail every trial (or give a
+traceback), a one-class folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.config import DatasetConfig, load_config, safe_study_name
+from search.data import load_dataset
+from search.errors import UserError
+from search.sample_data import digits_images, write_imagefolder
+from tests.helpers import regsearch
+
+
+@pytest.mark.parametrize(
+    ("item", "key"),
+    [
+        ("search.sampler.seed=.nan", "search.sampler: seed must be an integer"),
+        ("search.sampler.seed=1e30", "search.sampler: seed must be an integer"),
+        ("train.warmup_epochs=.inf", "train.warmup_epochs: Input should be a finite number"),
+        ("train.lr=1e308", "train.lr: Input should be less than or equal to 10"),
+        ("train.epochs=true", "train.epochs: Input should be a valid integer"),
+        ("search.n_trials=2.0", "search.n_trials: Input should be a valid integer"),
+        ("early_stopping.min_delta=.nan", "early_stopping.min_delta: Input should be a finite"),
+    ],
+)
+def test_bad_numbers_are_one_line_errors_before_anything_exists(item: str, key: str) -> None:
+    with pytest.raises(UserError, match=key.replace("(", r"\(").replace(")", r"\)")):
+        load_config(overrides=[item])
+
+
+def test_bad_numbers_through_the_cli_exit_2_and_create_nothing(tmp_path: Path) -> None:
+    proc = regsearch("run", "--set", "search.sampler.seed=.nan", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "regsearch: error: search.sampler: seed must be an integer in [0, 2**32), got nan"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_one_class_folder_is_refused_before_the_study_exists(tmp_path: Path) -> None:
+    x, y = digits_images(16)
+    write_imagefolder(tmp_path / "one", x[y == 3][:12], y[y == 3][:12])
+    with pytest.raises(UserError, match=r"found 1 class .*needs at least 2"):
+        load_dataset(DatasetConfig(name="imagefolder", root=tmp_path / "one", image_size=16))
+    proc = regsearch(
+        "run",
+        "--set",
+        "dataset.name=imagefolder",
+        "--set",
+        f"dataset.root={tmp_path / 'one'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "needs at least 2" in proc.stderr
+    assert not (tmp_path / "studies").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs/x", "ok\n", "a/b", ".hidden", ""])
+def test_unsafe_study_names_are_refused(name: str) -> None:
+    with pytest.raises(UserError, match="not a valid study name"):
+        safe_study_name(name)
+    with pytest.raises(UserError, match="not a valid study name"):
+        load_config(overrides=[], flags={"study": name})
+
+
+def test_report_never_writes_outside_reports_for_a_name_from_storage(tmp_path: Path) -> None:
+    """Another tool put a study named `../escape` in the shared storage."""
+    (tmp_path / "studies").mkdir()
+    url = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    study = optuna.create_study(study_name="../escape", storage=url, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+    proc = regsearch("report", "../escape", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "not a valid study name" in proc.stderr
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "reports").exists()
+    # With an explicit --out the report is written there (the name is only shown).
+    out = tmp_path / "out"
+    ok = regsearch("report", "../escape", "--out", str(out), "--quiet", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert (out / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "studies"]
+
+
+def test_status_hides_a_password_with_spaces(tmp_path: Path) -> None:
+    proc = regsearch(
+        "status", "--storage", "postgresql+psycopg://u:pass word@127.0.0.1:1/db", cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert "pass word" not in proc.stderr and "word" not in proc.stderr
+    assert "u:***@127.0.0.1:1" in proc.stderr
