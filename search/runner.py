@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from search.auto import AutoChoice, resolve
@@ -43,6 +43,9 @@ class RunOptions:
     artifacts: str | None = None  # --artifacts (else $REGSEARCH_ARTIFACTS, else a default)
 
 
+_WAIT_S = 2.0  # how often a launch looks again at trials running elsewhere
+
+
 class TooManyFailures(RuntimeError):
     pass
 
@@ -57,12 +60,18 @@ def _optimize_until_done(
     max_consecutive_failures: int,
 ) -> None:
     """Run trials while the study's finished (COMPLETE + PRUNED) and running trials are fewer
-    than `n_trials`: the budget is the study's, shared by every worker."""
+    than `n_trials`: the budget is the study's, shared by every worker.
+
+    With heartbeats, stale trials (their worker died) are failed, and retried, before the
+    budget is counted; while the only trials left are running elsewhere this launch waits
+    for them, so a dead worker's last trial is retried here rather than left RUNNING."""
     deadline = None if timeout is None else time.monotonic() + timeout
     failures = 0
     ran: list[FrozenTrial] = []  # this worker's trials (callbacks see every end state)
     callbacks = [*callbacks, lambda _study, trial: ran.append(trial)]
-    heartbeats = isinstance(study._storage, RDBStorage) and study._storage.get_heartbeat_interval()
+    # `study._storage` is Optuna's `_CachedStorage` around the `RDBStorage`: both heartbeat.
+    storage = study._storage
+    heartbeats = (isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval()) or 0
     while True:
         if heartbeats:  # a dead worker's RUNNING trial must not count against the budget
             with warnings.catch_warnings():
@@ -70,10 +79,14 @@ def _optimize_until_done(
                 optuna.storages.fail_stale_trials(study)
         finished = count_trials(study, FINISHED)
         running = count_trials(study, (TrialState.RUNNING,))
-        if finished + running >= n_trials:
-            return
         if deadline is not None and time.monotonic() >= deadline:
             return
+        if finished >= n_trials or (finished + running >= n_trials and not heartbeats):
+            return
+        if finished + running >= n_trials:
+            # Alive elsewhere (they finish) or dead (failed once their heartbeat is stale).
+            time.sleep(min(float(heartbeats), _WAIT_S))
+            continue
         ran.clear()
         study.optimize(
             objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False

@@ -274,6 +274,47 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params(tmp_path: Path)
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
+def test_a_killed_worker_s_last_trial_is_retried_and_the_study_finishes(tmp_path: Path) -> None:
+    """The budget's last trial: the relaunch (right away, inside the grace period) must not
+    count the dead RUNNING trial as done, but wait for it to go stale and retry it."""
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    proc = _start(
+        tmp_path,
+        "--study",
+        "last",
+        "--n-trials",
+        "1",
+        "--set",
+        "train.epochs=30",
+        "--set",
+        "search.heartbeat_interval=1",
+        "--set",
+        "search.grace_period=2",
+        "--set",
+        "early_stopping.patience=null",
+        "--quiet",
+    )
+    victim = _wait_for_running_trial(storage, "last")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    resumed = regsearch(
+        "run", "--study", "last", "--set", "train.epochs=2", cwd=tmp_path, timeout=120
+    )
+    # train.epochs differs from the stored 30: resume by name refuses it, naming the key...
+    assert resumed.returncode == 2 and "train.epochs" in resumed.stderr
+    resumed = regsearch("run", "--study", "last", "--quiet", cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = _trials(storage, "last")
+    assert trials[victim.number].state.name == "FAIL"
+    assert [t.state.name for t in trials].count("COMPLETE") == 1
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    study = optuna.load_study(study_name="last", storage=storage)
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_two_workers_log_to_an_mlflow_server_on_postgres(
