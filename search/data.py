@@ -14,12 +14,12 @@ as our test split; train / val are split from their official training images.
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -321,50 +321,117 @@ def _download(cfg: DatasetConfig, what: str, root: Path, fetch: Callable[[], Any
         ) from None
 
 
-@functools.cache
-def _cifar_reader(name: str) -> Any:
-    """torchvision's CIFAR class with the md5 of each extracted file replaced by an existence
-    check: the layout, the pickle parsing, the label/meta handling and the download (whose
-    archive md5 is still verified) are torchvision's own. Per-file checksums would reject any
-    copy but the pristine one (a converted or trimmed set, or the test fixtures); a damaged
-    file still fails to unpickle or to reshape into 3x32x32 images."""
-    from torchvision.datasets import CIFAR10, CIFAR100
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds plain data and numpy arrays and nothing else.
 
-    base = CIFAR10 if name == "cifar10" else CIFAR100
-    return type(
-        f"{base.__name__}Files",
-        (base,),
+    CIFAR's python batches are pickles, and unpickling runs whatever callables a file names:
+    a crafted `data_batch_1` in a user's folder would run code in every worker (the folder is
+    stored in the study). The official batches need only these few globals; any other one is
+    refused, so a hostile file is an error, not code execution."""
+
+    _ALLOWED = frozenset(
         {
-            "train_list": [[f, None] for f, _ in base.train_list],
-            "test_list": [[f, None] for f, _ in base.test_list],
-            "meta": {**base.meta, "md5": None},
-        },
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),  # how a Python 2 pickle's bytes arrive under latin1
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return super().find_class(module, name)
+
+
+def _load_batch(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        entry = _ArraysOnly(f, encoding="latin1").load()
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path.name} holds a {type(entry).__name__}, not a CIFAR batch")
+    return entry
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    what: str
+    folder: str
+    train: tuple[str, ...]
+    test: str
+    meta: str
+    labels: str
+    names: str
+    torchvision: str  # the class whose download (archive md5 checked) fetches the files
+
+
+_CIFAR = {
+    "cifar10": _CifarLayout(
+        "CIFAR-10",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+        "labels",
+        "label_names",
+        "CIFAR10",
+    ),
+    "cifar100": _CifarLayout(
+        "CIFAR-100",
+        "cifar-100-python",
+        ("train",),
+        "test",
+        "meta",
+        "fine_labels",
+        "fine_label_names",
+        "CIFAR100",
+    ),
+}
+
+
+def _read_cifar(root: Path, layout: _CifarLayout) -> Loaded:
+    folder = root / layout.folder
+    xs, ys = [], []
+    for name in (*layout.train, layout.test):
+        entry = _load_batch(folder / name)
+        data = np.asarray(entry["data"], dtype=np.uint8)
+        xs.append(data.reshape(-1, 3, 32, 32))  # rows of 1024 red, 1024 green, 1024 blue
+        ys.append(np.asarray(entry[layout.labels], dtype=np.int64))
+    classes = tuple(str(c) for c in _load_batch(folder / layout.meta)[layout.names])
+    return Loaded(
+        np.ascontiguousarray(np.concatenate(xs)),
+        np.concatenate(ys),
+        classes,
+        255.0,
+        True,
+        len(ys[-1]),
     )
 
 
 def _cifar(cfg: DatasetConfig) -> Loaded:
     """CIFAR-10/100 from torchvision's `cifar-10-batches-py` / `cifar-100-python` folder under
     `dataset.root`: the 50 000 training images then the official 10 000 test images, which stay
-    the test split. CIFAR-100 uses the 100 fine labels and their names from `meta`."""
-    cls = _cifar_reader(cfg.name)
-    what = "CIFAR-10" if cfg.name == "cifar10" else "CIFAR-100"
-    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    the test split. CIFAR-100 uses the 100 fine labels and their names from `meta`. The batches
+    are read with an unpickler that builds only arrays and plain data (`_ArraysOnly`), so a
+    converted or trimmed copy reads as well as the pristine one and no file can run code."""
+    layout = _CIFAR[cfg.name]
+    files = [*layout.train, layout.test, layout.meta]
 
     def present(root: Path) -> bool:
-        return all((root / cls.base_folder / f).is_file() for f in files)
+        return all((root / layout.folder / f).is_file() for f in files)
 
-    root = _locate(_root(cfg), (cls.base_folder,), present)
+    root = _locate(_root(cfg), (layout.folder,), present)
     if not present(root):
         if not cfg.download:
-            raise _missing(cfg, what, root)
-        _download(cfg, what, root, lambda: cls(str(root), train=True, download=True))
-    train = _read(cfg, what, root, lambda: cls(str(root), train=True))
-    test = _read(cfg, what, root, lambda: cls(str(root), train=False))
-    # torchvision holds (N, 32, 32, 3); we keep (N, 3, 32, 32).
-    x = np.concatenate([train.data, test.data]).transpose(0, 3, 1, 2)
-    y = np.asarray([*train.targets, *test.targets], dtype=np.int64)
-    classes = tuple(str(c) for c in train.classes)
-    return Loaded(np.ascontiguousarray(x, dtype=np.uint8), y, classes, 255.0, True, len(test))
+            raise _missing(cfg, layout.what, root)
+        import torchvision.datasets
+
+        fetch = getattr(torchvision.datasets, layout.torchvision)
+        _download(cfg, layout.what, root, lambda: fetch(str(root), train=True, download=True))
+    loaded: Loaded = _read(cfg, layout.what, root, lambda: _read_cifar(root, layout))
+    return loaded
 
 
 register_dataset("cifar10")(_cifar)

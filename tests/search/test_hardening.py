@@ -92,3 +92,61 @@ def test_status_hides_a_password_with_spaces(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "pass word" not in proc.stderr and "word" not in proc.stderr
     assert "u:***@127.0.0.1:1" in proc.stderr
+
+
+class _Payload:
+    """What a crafted CIFAR batch holds: unpickling it would run a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_cifar_batch_cannot_run_code(tmp_path: Path) -> None:
+    import pickle
+
+    from tests.search.test_datasets import _write_cifar10
+
+    _write_cifar10(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    batch = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "wb") as f:
+        pickle.dump({"data": _Payload(marker), "labels": [0]}, f, protocol=2)
+    with pytest.raises(UserError, match=r"refusing to load posix\.system") as err:
+        load_dataset(DatasetConfig(name="cifar10", root=tmp_path / "data"))
+    assert "\n" not in str(err.value)
+    assert not marker.exists(), "the payload ran"
+    # Through the CLI, as every worker of a study would load it: exit 2, still nothing ran.
+    proc = regsearch(
+        "run",
+        "--set",
+        "dataset.name=cifar10",
+        "--set",
+        f"dataset.root={tmp_path / 'data'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "refusing to load" in proc.stderr
+    assert not marker.exists()
+
+
+def test_a_study_left_without_its_config_is_completed_by_the_next_run(tmp_path: Path) -> None:
+    """A kill between `create_study` and storing the config left a bare study."""
+    (tmp_path / "studies").mkdir()
+    url = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    optuna.create_study(study_name="half", storage=url, direction="maximize")
+    refused = regsearch("worker", "half", cwd=tmp_path)
+    assert refused.returncode == 2 and "regsearch run --study half" in refused.stderr
+    args = ("--set", "train.epochs=1", "--set", "tracking.enabled=false", "--quiet")
+    first = regsearch("run", "--study", "half", "--n-trials", "1", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    study = optuna.load_study(study_name="half", storage=url)
+    assert study.user_attrs["regsearch_config"]["train"]["epochs"] == 1
+    assert study.metric_names == ["val_accuracy"]
+    joined = regsearch("worker", "half", "--quiet", cwd=tmp_path)
+    assert joined.returncode == 0, joined.stderr
+    other = regsearch("run", "--study", "half", "--set", "train.epochs=2", cwd=tmp_path)
+    assert other.returncode == 2 and "train.epochs" in other.stderr
