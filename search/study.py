@@ -258,6 +258,16 @@ def create_or_resume(
                 )
             if stored != portable:  # only the budget changed: keep the stored copy current
                 study.set_user_attr(CONFIG_ATTR, portable)
+        else:
+            # Created, but killed before its config was stored (or created by plain Optuna):
+            # complete it now, so workers can join and a different config is refused later.
+            expected = optuna.study.StudyDirection[str(config.objective.direction).upper()]
+            if study.direction != expected:
+                raise UserError(
+                    f"study {config.study!r} exists and {study.direction.name.lower()}s its "
+                    f"objective; {config.objective.metric} is {config.objective.direction}d"
+                )
+            _describe(study, config, portable)
         return study, False
     sampler = make_sampler(config, worker_index=worker_index)
     study = optuna.create_study(
@@ -268,11 +278,16 @@ def create_or_resume(
         direction=config.objective.direction,
         load_if_exists=True,  # another worker may have created it a moment ago
     )
+    _describe(study, config, portable)
+    return study, True
+
+
+def _describe(study: optuna.Study, config: StudyConfig, portable: dict[str, Any]) -> None:
+    """Store the config and the metric name in the study (what makes it a regsearch study)."""
     study.set_user_attr(CONFIG_ATTR, portable)
     with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the dashboard shows it
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([config.objective.metric])
-    return study, True
 
 
 def stored_config(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:

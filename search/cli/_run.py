@@ -277,7 +277,10 @@ def worker_command(
     url = resolve_storage_url(storage)
     _, config = load_existing(study_name, open_storage(url, create=False))
     if config is None:
-        raise UserError(f"study {study_name!r} was not created by regsearch (no stored config)")
+        raise UserError(
+            f"study {study_name!r} has no stored config (created by plain Optuna, or its "
+            f"creation was interrupted); `regsearch run --study {study_name}` completes it"
+        )
     if overrides:
         # Anything beyond machine-local keys is refused by the resume check in create_or_resume.
         config = validate_config(apply_overrides(config.model_dump(mode="json"), overrides))
