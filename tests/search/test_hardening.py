@@ -150,3 +150,50 @@ def test_a_study_left_without_its_config_is_completed_by_the_next_run(tmp_path: 
     assert joined.returncode == 0, joined.stderr
     other = regsearch("run", "--study", "half", "--set", "train.epochs=2", cwd=tmp_path)
     assert other.returncode == 2 and "train.epochs" in other.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.8, 1.6, 2.4])
+def test_a_kill_while_the_mlflow_store_is_created_leaves_none_or_a_whole_one(
+    tmp_path: Path, delay: float
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    code = (
+        "from pathlib import Path; from search.tracking import _create_store; "
+        f"_create_store(Path({str(db)!r}))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    if db.exists():  # created before the kill: whole, since it is linked in only then
+        import sqlite3
+
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+    proc = regsearch("run", "--n-trials", "1", "--set", "train.epochs=1", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert db.exists()
+
+
+def test_a_half_created_store_from_an_older_version_is_rebuilt(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as conn:  # what an interrupted migration left behind
+        conn.execute("CREATE TABLE runs (run_uuid TEXT)")
+        conn.execute("CREATE TABLE _alembic_tmp_params (key TEXT)")
+    proc = regsearch("run", "--n-trials", "1", "--set", "train.epochs=1", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in db.parent.glob("mlflow.db.broken-*")], "the old file is kept aside"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    assert client.get_experiment_by_name("digits") is not None
