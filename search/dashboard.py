@@ -183,7 +183,9 @@ def write_best_note(
     best = best_trial(study)
     if best is None:
         return None
-    uri = model_uri or best.user_attrs.get("model_uri") or study.user_attrs.get("champion_uri")
+    from search.champion import model_uri_of
+
+    uri = model_uri or model_uri_of(study, best) or study.user_attrs.get("champion_uri")
     body = best_note_markdown(study, best, test_accuracy=test_accuracy, model_uri=uri)
     save_note(_live_trial(study, best), body)
     return best.number

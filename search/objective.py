@@ -6,6 +6,7 @@ that meet here.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -64,8 +65,17 @@ class TrialTracker(Protocol):
 
     def end_trial(self, run_id: str, *, state: str, summary: Mapping[str, Any]) -> None: ...
 
-    def register_champion(
-        self, run_id: str, *, number: int, value: float, result: TrainResult, data: Dataset
+    def save_checkpoint(self, run_id: str, result: TrainResult) -> None: ...
+
+    def promote(
+        self,
+        study: optuna.Study,
+        *,
+        number: int,
+        run_id: str,
+        value: float,
+        result: TrainResult,
+        data: Dataset,
     ) -> str | None: ...
 
 
@@ -102,6 +112,9 @@ class Objective:
         self.tracker = tracker
         self.listeners = tuple(listeners)
         self.artifact_store = artifact_store  # learning-curve figures for optuna-dashboard
+        # Trials whose checkpoint is saved, waiting for Optuna's tell: number → (run, value,
+        # result); `after_tell` takes them.
+        self._candidates: dict[int, tuple[str, float, TrainResult]] = {}
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self._is_surplus(trial):
@@ -149,19 +162,40 @@ class Objective:
         value = float(result.best_value)
         tiebreak = summary.get(TIEBREAK_ATTR)
         if run_id is not None and self.tracker and beats_best(trial.study, value, tiebreak):
+            # Weights first, while the trial runs: the model is registered only once Optuna
+            # has recorded the trial COMPLETE (`after_tell`), and from this checkpoint by
+            # `search.champion.repair` if the process dies in between.
             try:
-                uri = self.tracker.register_champion(
-                    run_id, number=trial.number, value=value, result=result, data=self.data
-                )
+                self.tracker.save_checkpoint(run_id, result)
+                self._candidates[trial.number] = (run_id, value, result)
             except Exception as exc:  # the trial trained fine: keep it, report the loss
-                uri = None
                 summary["champion_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-                _log.warning("trial %d: champion not registered: %s", trial.number, exc)
-            if uri:
-                summary["model_uri"] = uri
+                _log.warning("trial %d: checkpoint not saved: %s", trial.number, exc)
         summary["value"] = value
         self._finish(trial, run_id, "COMPLETE", summary)
         return value
+
+    def after_tell(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna callback (the trial's outcome is stored): a COMPLETE candidate becomes the
+        champion if it is still the study's best. Never raises: the trial's outcome stands."""
+        candidate = self._candidates.pop(trial.number, None)
+        if candidate is None or self.tracker is None or trial.state != TrialState.COMPLETE:
+            return
+        run_id, value, result = candidate
+        try:
+            self.tracker.promote(
+                study,
+                number=trial.number,
+                run_id=run_id,
+                value=value,
+                result=result,
+                data=self.data,
+            )
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {redact_url(str(exc))}".splitlines()[0][:500]
+            _log.warning("trial %d: champion not registered: %s", trial.number, reason)
+            with contextlib.suppress(Exception):
+                study.set_user_attr("champion_error", f"trial {trial.number}: {reason}")
 
     def _upload_curve(self, trial: optuna.Trial, result: TrainResult) -> None:
         """Attach the learning curve while the trial still runs (Optuna refuses later)."""

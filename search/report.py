@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.champion import model_uri_of
 from search.space import REGULARIZERS
 from search.study import best_trial
 from search.summary import format_value
@@ -431,7 +432,9 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
-def _best_table(best: FrozenTrial | None, metric: str, budget: int | None) -> str:
+def _best_table(
+    best: FrozenTrial | None, metric: str, budget: int | None, model_uri: str | None = None
+) -> str:
     if best is None:
         return "<p class='note'>No completed trial yet.</p>"
     attrs = best.user_attrs
@@ -443,7 +446,7 @@ def _best_table(best: FrozenTrial | None, metric: str, budget: int | None) -> st
         ("stop reason", attrs.get("stop_reason")),
         ("train accuracy", attrs.get("train_accuracy")),
         ("val accuracy", attrs.get("val_accuracy")),
-        ("model URI", attrs.get("model_uri") or "(not registered)"),
+        ("model URI", model_uri or attrs.get("model_uri") or "(not registered)"),
         ("MLflow run", attrs.get("mlflow_run_id")),
     ]
     rows += [(f"param: {k}", v) for k, v in best.params.items()]
@@ -580,7 +583,10 @@ def write_report(
     import optuna.visualization as vis
 
     sections = [
-        _Section("Best trial", lambda: _best_table(best, metric, budget)),
+        _Section(
+            "Best trial",
+            lambda: _best_table(best, metric, budget, model_uri_of(snap, best) if best else None),
+        ),
         _Section(
             "Optimization history",
             lambda: _needs_complete(len(complete), lambda: vis.plot_optimization_history(snap)),

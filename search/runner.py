@@ -141,6 +141,9 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         tracker = Tracker.for_study(study, config, tracking_uri=options.tracking_uri)
         if choice.notes:
             tracker.client.set_tag(tracker.parent_run_id, "auto", choice.summary)
+        from search.champion import repair
+
+        repair(tracker, study, data)  # a kill between a trial's outcome and its alias
 
     progress = RunProgress(
         n_trials=config.search.n_trials,
@@ -168,7 +171,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
                 objective,
                 n_trials=config.search.n_trials,
                 timeout=config.search.timeout,
-                callbacks=[progress],
+                callbacks=[objective.after_tell, progress],
                 max_consecutive_failures=max(3, config.search.max_retry + 2),
             )
     except TooManyFailures as exc:

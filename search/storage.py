@@ -3,9 +3,12 @@ SQLite set up for a few concurrent local workers (WAL + busy timeout)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import sqlite3
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +20,7 @@ if TYPE_CHECKING:
 
     from search.config import SearchConfig
 
-__all__ = ["DEFAULT_STORAGE", "artifact_dir", "open_storage", "resolve_storage_url"]
+__all__ = ["DEFAULT_STORAGE", "artifact_dir", "open_storage", "resolve_storage_url", "study_lock"]
 
 DEFAULT_STORAGE = "sqlite:///studies/regsearch.db"
 STORAGE_ENV = "REGSEARCH_STORAGE"
@@ -124,3 +127,41 @@ def _sync_normal(storage: optuna.storages.RDBStorage) -> None:
 def _one_line(exc: BaseException) -> str:
     text = redact_url(str(exc)).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def study_lock(study: optuna.Study, name: str) -> Iterator[None]:
+    """Hold a lock named `name` for the study across every worker that shares its storage:
+    a file lock beside a SQLite file (workers on one machine), a PostgreSQL advisory lock
+    (any machine). Read-then-write steps such as moving the champion alias run under it;
+    other storages get no lock."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    engine: Any = getattr(backend, "engine", None)
+    url: Any = getattr(engine, "url", None)
+    kind = url.get_backend_name() if url is not None else None
+    database = url.database if url is not None else None
+    if kind == "sqlite" and database not in (None, "", ":memory:"):
+        import fcntl
+
+        path = Path(database)
+        with open(path.with_name(f"{path.name}.{name}.lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif kind == "postgresql":
+        from sqlalchemy import text
+
+        digest = hashlib.sha256(f"regsearch:{study.study_name}:{name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    else:
+        yield

@@ -68,8 +68,10 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     best = best_trial(study)
     if best is None:
         return None
+    from search.champion import model_uri_of
+
     # The best trial's own registered version; the alias URI only as a fallback.
-    model_uri = best.user_attrs.get("model_uri") or study.user_attrs.get("champion_uri")
+    model_uri = model_uri_of(study, best) or study.user_attrs.get("champion_uri")
     return {
         "study": study.study_name,
         "trial": best.number,

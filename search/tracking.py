@@ -366,8 +366,20 @@ class Tracker:
 
     # ------------------------------------------------------------------ champion
     def register_champion(
-        self, run_id: str, *, number: int, value: float, result: TrainResult, data: Dataset
+        self,
+        run_id: str,
+        *,
+        number: int,
+        value: float,
+        result: TrainResult,
+        data: Dataset,
+        checkpoint: bool = True,
+        force: bool = False,
+        tiebreak: float | None = None,
     ) -> str | None:
+        """Export, log and register the trial's model and move `@champion` to it (unless a
+        better one holds it; `force`: regardless). `checkpoint=False` when `save_checkpoint`
+        ran already. Call through `search.champion.promote`, which checks the study first."""
         if not self.config.tracking.register_model or result.state_dict is None:
             return None
         import mlflow.pytorch
@@ -385,7 +397,8 @@ class Tracker:
         with torch.no_grad():
             logits = model(example)
         signature = infer_signature(example.numpy(), logits.numpy())
-        self._log_checkpoint(run_id, result)
+        if checkpoint:
+            self.save_checkpoint(run_id, result)
         logged = self.client.create_logged_model(
             self.experiment_id, name="model", source_run_id=run_id
         )
@@ -405,14 +418,48 @@ class Tracker:
                 "pixel_scale": data.max_value,
             },
         )
-        tiebreak = result.best_stats.val_loss if result.best_stats is not None else math.inf
+        if tiebreak is None:
+            tiebreak = result.best_stats.val_loss if result.best_stats is not None else math.inf
         version = self._create_version(
             info.model_uri, info.model_id, run_id, number, value, data, tiebreak
         )
-        self._move_alias(version, value, tiebreak)
+        if force:
+            self.client.set_registered_model_alias(self.study_name, CHAMPION, version)
+        else:
+            self._move_alias(version, value, tiebreak)
         return f"models:/{self.study_name}/{version}"
 
-    def _log_checkpoint(self, run_id: str, result: TrainResult) -> None:
+    def promote(
+        self,
+        study: optuna.Study,
+        *,
+        number: int,
+        run_id: str,
+        value: float,
+        result: TrainResult,
+        data: Dataset,
+    ) -> str | None:
+        from search.champion import promote
+
+        return promote(
+            self, study, number=number, run_id=run_id, value=value, result=result, data=data
+        )
+
+    def champion_trial(self) -> int | None:
+        """The trial number of the version `@champion` points at (None: no alias yet)."""
+        try:
+            version = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
+        except MlflowException:
+            return None
+        trial = version.tags.get("trial")
+        return int(trial) if trial is not None and trial.isdigit() else None
+
+    def checkpoint_result(self, run_id: str) -> TrainResult:
+        """The weights a trial saved with `save_checkpoint`, as `register_champion` takes them."""
+        kwargs, state = _read_checkpoint(self.client, run_id)
+        return TrainResult(stop_reason="", epochs_trained=0, state_dict=state, model_kwargs=kwargs)
+
+    def save_checkpoint(self, run_id: str, result: TrainResult) -> None:
         """safetensors weights + the `create_model` arguments, to rebuild for fine-tuning."""
         from safetensors.torch import save_file
 
@@ -493,6 +540,9 @@ class Tracker:
             metrics.append(Metric("best_value", float(best.value), now, 0))
             metrics.append(Metric("best_trial", float(best.number), now, 0))
         if data is not None and self.config.tracking.register_model:
+            from search.champion import repair
+
+            repair(self, study, data)
             test = self._evaluate_champion(data)
             if test is not None:
                 metrics.append(Metric("test_accuracy", test, now, 0))
@@ -550,16 +600,23 @@ class Tracker:
         return accuracy
 
 
-def load_checkpoint(client: MlflowClient, run_id: str) -> torch.nn.Module:
-    """Rebuild a trial's model from its safetensors checkpoint (for fine-tuning or testing)."""
+def _read_checkpoint(
+    client: MlflowClient, run_id: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
-
-    from models import create_model
 
     with tempfile.TemporaryDirectory() as tmp:
         local = client.download_artifacts(run_id, CHECKPOINT_DIR, tmp)
         kwargs = json.loads(Path(local, "model_config.json").read_text())
         state = load_file(str(Path(local, "model.safetensors")))
+    return kwargs, state
+
+
+def load_checkpoint(client: MlflowClient, run_id: str) -> torch.nn.Module:
+    """Rebuild a trial's model from its safetensors checkpoint (for fine-tuning or testing)."""
+    from models import create_model
+
+    kwargs, state = _read_checkpoint(client, run_id)
     model = create_model(**kwargs)
     model.load_state_dict(state)
     return model.eval()

@@ -101,8 +101,19 @@ def test_ctrl_c_fails_the_trial_and_kills_its_run(
     assert run.info.status == "KILLED"
 
 
-def test_a_diverging_trial_is_pruned_as_nonfinite(tmp_path: Path) -> None:
-    study, objective, client = _setup(tmp_path, "space.lr=1.0e+30", "train.optimizer=sgd")
+def test_a_diverging_trial_is_pruned_as_nonfinite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loss that turns NaN (injected: `train.lr` is capped at 10, which BatchNorm nets
+    survive) ends the trial PRUNED with stop_reason nonfinite."""
+    import torch
+
+    study, objective, client = _setup(tmp_path)
+
+    def nan_loss(*_args: object, **_kwargs: object) -> torch.Tensor:
+        return torch.tensor(float("nan"), requires_grad=True)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", nan_loss)
     study.optimize(objective, n_trials=1)
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.PRUNED

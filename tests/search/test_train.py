@@ -60,7 +60,10 @@ def _cfg(
     t.update(train_kwargs)
     return TrialConfig(
         model=ModelConfig(name=model, width=width),
-        train=TrainConfig(**t),
+        # lr unvalidated: the loop's own handling of a diverging lr (1e30) is tested too.
+        train=TrainConfig(**{k: v for k, v in t.items() if k != "lr"}).model_copy(
+            update={"lr": t["lr"]}
+        ),
         regularization=regularization or Regularization(),
         early_stopping=EarlyStoppingConfig(patience=patience, min_delta=min_delta),
         objective=ObjectiveConfig(metric=metric),  # type: ignore[arg-type]

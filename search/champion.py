@@ -1,0 +1,110 @@
+"""The `@champion` alias: moved only for a trial Optuna has recorded COMPLETE, one worker at a
+time, and repaired on the next launch when a kill came in between.
+
+The order for a trial that may be a new study best: its weights are saved as a checkpoint in
+its MLflow run *before* Optuna records the outcome (so they survive a kill after it), then,
+from an Optuna callback *after* the outcome is stored, under a study-wide lock, the study is
+read again and the model is registered only if this trial is still `best_trial` — so the alias
+never points at a trial that ends FAIL, two workers never interleave their read and write, and
+a worker's first trial registers nothing unless it is the study's best. A kill between the
+two steps leaves a COMPLETE best trial without the alias; `repair` registers it from its
+checkpoint at the next launch and when the study finishes, so `best` and `@champion` agree
+once the study is idle.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import optuna
+
+from search.storage import study_lock
+from search.study import TIEBREAK_ATTR, best_trial
+
+if TYPE_CHECKING:
+    from search.data import Dataset
+    from search.tracking import Tracker
+    from search.train import TrainResult
+
+__all__ = ["CHAMPION_ATTR", "model_uri_of", "promote", "repair"]
+
+_log = logging.getLogger(__name__)
+# Study user attribute: {"trial": number, "uri": "models:/<study>/<version>"} of the champion
+# (a finished trial's own attributes can no longer be written when the alias moves).
+CHAMPION_ATTR = "champion"
+_LOCK = "champion"
+
+
+def model_uri_of(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | None:
+    """The registered model version of `trial`, if it is (or was) the champion."""
+    champion = study.user_attrs.get(CHAMPION_ATTR) or {}
+    if champion.get("trial") == trial.number:
+        return str(champion["uri"])
+    return trial.user_attrs.get("model_uri")  # studies of earlier versions
+
+
+def _record(tracker: Tracker, study: optuna.Study, number: int, run_id: str, uri: str) -> None:
+    study.set_user_attr(CHAMPION_ATTR, {"trial": number, "uri": uri})
+    tracker.client.set_tag(run_id, "model_uri", uri)
+
+
+def promote(
+    tracker: Tracker,
+    study: optuna.Study,
+    *,
+    number: int,
+    run_id: str,
+    value: float,
+    result: TrainResult,
+    data: Dataset,
+) -> str | None:
+    """Register trial `number` (already COMPLETE) and move the alias to it, if it is still the
+    study's best when read under the lock; its URI, or None."""
+    with study_lock(study, _LOCK):
+        best = best_trial(study)
+        if best is None or best.number != number:
+            return None  # another worker's trial is better by now
+        uri = tracker.register_champion(
+            run_id, number=number, value=value, result=result, data=data, checkpoint=False
+        )
+        if uri:
+            _record(tracker, study, number, run_id, uri)
+        return uri
+
+
+def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
+    """Point the alias at `best_trial` if it does not (a kill came between the trial's outcome
+    and the alias); the repaired URI, or None when nothing needed doing or could be done."""
+    if not tracker.config.tracking.register_model:
+        return None
+    with study_lock(study, _LOCK):
+        best = best_trial(study)
+        if best is None or best.value is None:
+            return None
+        current = tracker.champion_trial()
+        if current == best.number:
+            return None
+        run_id = best.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            return None
+        try:
+            result = tracker.checkpoint_result(run_id)
+        except Exception:  # never a candidate (no checkpoint): nothing to register
+            return None
+        uri = tracker.register_champion(
+            run_id,
+            number=best.number,
+            value=float(best.value),
+            result=result,
+            data=data,
+            checkpoint=False,
+            force=True,
+            tiebreak=best.user_attrs.get(TIEBREAK_ATTR),
+        )
+        if uri:
+            _record(tracker, study, best.number, run_id, uri)
+            _log.warning(
+                "@champion pointed at trial %s, not the best trial %d: moved", current, best.number
+            )
+        return uri
