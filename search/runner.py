@@ -72,6 +72,12 @@ def _optimize_until_done(
     # `study._storage` is Optuna's `_CachedStorage` around the `RDBStorage`: both heartbeat.
     storage = study._storage
     heartbeats = (isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval()) or 0
+    backend = getattr(storage, "_backend", storage)
+    # How long trials running elsewhere are waited for without any change: a dead worker's
+    # trial is failed (and retried) by then; a live one in a long trial finishes on its own.
+    patience = (getattr(backend, "grace_period", None) or 4 * heartbeats) + 2 * heartbeats
+    waited_for: tuple[int, list[int]] | None = None
+    waiting_since = 0.0
     while True:
         if heartbeats:  # a dead worker's RUNNING trial must not count against the budget
             with warnings.catch_warnings():
@@ -85,6 +91,11 @@ def _optimize_until_done(
             return
         if finished + running >= n_trials:
             # Alive elsewhere (they finish) or dead (failed once their heartbeat is stale).
+            state = (finished, [t.number for t in study.get_trials(states=(TrialState.RUNNING,))])
+            if state != waited_for:
+                waited_for, waiting_since = state, time.monotonic()
+            elif time.monotonic() - waiting_since > patience:
+                return  # e.g. a trial without heartbeats: it cannot go stale
             time.sleep(min(float(heartbeats), _WAIT_S))
             continue
         ran.clear()

@@ -575,6 +575,29 @@ class Tracker:
                 self.client.set_terminated(run_id, status=status)
             except MlflowException:
                 continue
+        self._close_unclaimed(study)
+
+    def _close_unclaimed(self, study: optuna.Study) -> None:
+        """Close trial runs that no RUNNING trial owns: a worker killed between creating a
+        trial's run and storing its id in the trial left a run that no trial points at."""
+        alive = {
+            str(t.number)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        }
+        try:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string="attributes.status = 'RUNNING'",
+                max_results=1000,
+            )
+        except MlflowException:
+            return
+        for run in runs:
+            trial = run.data.tags.get("trial")
+            if run.info.run_id == self.parent_run_id or trial is None or trial in alive:
+                continue
+            with contextlib.suppress(MlflowException):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
 
     def _evaluate_champion(self, data: Dataset) -> float | None:
         """Test accuracy of the champion, computed once per model version."""

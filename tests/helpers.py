@@ -16,7 +16,7 @@ def regsearch(
 ) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point in a subprocess (as a user would)."""
     full_env = {**os.environ, **(env or {})}
-    for var in ("REGSEARCH_STORAGE", "MLFLOW_TRACKING_URI"):
+    for var in ("REGSEARCH_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         if env is None or var not in env:
             full_env.pop(var, None)
     return subprocess.run(

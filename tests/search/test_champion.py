@@ -30,12 +30,12 @@ def _run(tmp_path: Path, n_trials: int) -> optuna.Study:
 
 
 def _alias_trial(tmp_path: Path) -> int:
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/m.db")
+    client = MlflowClient(*[f"sqlite:///{tmp_path}/mlruns/m.db"] * 2)
     return int(client.get_model_version_by_alias("digits", "champion").tags["trial"])
 
 
 def _versions(tmp_path: Path) -> list[int]:
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/m.db")
+    client = MlflowClient(*[f"sqlite:///{tmp_path}/mlruns/m.db"] * 2)
     found = client.search_model_versions("name='digits'")
     return [int(v.tags["trial"]) for v in sorted(found, key=lambda v: int(v.version))]
 
@@ -78,7 +78,7 @@ def test_an_alias_left_on_another_trial_is_moved_by_the_next_launch(tmp_path: Pa
     study = _run(tmp_path, 3)
     best = best_trial(study)
     assert best is not None
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/m.db")
+    client = MlflowClient(*[f"sqlite:///{tmp_path}/mlruns/m.db"] * 2)
     # What an older version could leave: the alias on a model of a trial that ended FAIL.
     stray = client.create_model_version(
         "digits", source=str(tmp_path), tags={"trial": "99", "value": "1.0"}
