@@ -84,7 +84,11 @@ def trial_overhead(*, repeats: int = 5, epochs: int = 20) -> dict[str, Any]:
         bare, service = [], []
         for _ in range(repeats):
             bare.append(_timed(lambda: train(trial_cfg, bare_data)))
-            service.append(_timed(lambda: study.optimize(objective, n_trials=1)))
+            service.append(
+                _timed(
+                    lambda: study.optimize(objective, n_trials=1, callbacks=[objective.after_tell])
+                )
+            )
         champion_seconds = _champion_seconds(tracker, study, config, trial_cfg, data)
         tracker.close(study, finished=True, data=data)
     ratios = [s / b for s, b in zip(service, bare, strict=True)]

@@ -21,11 +21,11 @@ import pytest
 from search.study import FINISHED, best_trial
 from tests.helpers import regsearch
 
-N_TRIALS = 3
+N_TRIALS = 2
 ROUNDS = 10
 SETTINGS = (
     "--set",
-    "train.epochs=3",
+    "train.epochs=2",
     "--set",
     "search.heartbeat_interval=1",
     "--set",
