@@ -15,6 +15,7 @@ once the study is idle.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from search.tracking import Tracker
     from search.train import TrainResult
 
-__all__ = ["CHAMPION_ATTR", "model_uri_of", "promote", "repair"]
+__all__ = ["CHAMPION_ATTR", "Candidate", "model_uri_of", "promote", "repair"]
 
 _log = logging.getLogger(__name__)
 # Study user attribute: {"trial": number, "uri": "models:/<study>/<version>"} of the champion
@@ -49,27 +50,36 @@ def _record(tracker: Tracker, study: optuna.Study, number: int, run_id: str, uri
     tracker.client.set_tag(run_id, "model_uri", uri)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A trial that was the study's best when it ended, its checkpoint saved, waiting for
+    Optuna to record it COMPLETE."""
+
+    number: int
+    run_id: str
+    value: float
+    result: TrainResult
+
+
 def promote(
-    tracker: Tracker,
-    study: optuna.Study,
-    *,
-    number: int,
-    run_id: str,
-    value: float,
-    result: TrainResult,
-    data: Dataset,
+    tracker: Tracker, study: optuna.Study, candidate: Candidate, data: Dataset
 ) -> str | None:
-    """Register trial `number` (already COMPLETE) and move the alias to it, if it is still the
+    """Register the candidate (already COMPLETE) and move the alias to it, if it is still the
     study's best when read under the lock; its URI, or None."""
     with study_lock(study, _LOCK):
         best = best_trial(study)
-        if best is None or best.number != number:
+        if best is None or best.number != candidate.number:
             return None  # another worker's trial is better by now
         uri = tracker.register_champion(
-            run_id, number=number, value=value, result=result, data=data, checkpoint=False
+            candidate.run_id,
+            number=candidate.number,
+            value=candidate.value,
+            result=candidate.result,
+            data=data,
+            checkpoint=False,
         )
         if uri:
-            _record(tracker, study, number, run_id, uri)
+            _record(tracker, study, candidate.number, candidate.run_id, uri)
         return uri
 
 

@@ -17,6 +17,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from search.champion import Candidate
 from search.config import StudyConfig, TrialConfig
 from search.data import Dataset
 from search.space import SearchSpace
@@ -67,16 +68,7 @@ class TrialTracker(Protocol):
 
     def save_checkpoint(self, run_id: str, result: TrainResult) -> None: ...
 
-    def promote(
-        self,
-        study: optuna.Study,
-        *,
-        number: int,
-        run_id: str,
-        value: float,
-        result: TrainResult,
-        data: Dataset,
-    ) -> str | None: ...
+    def promote(self, study: optuna.Study, candidate: Candidate, data: Dataset) -> str | None: ...
 
 
 class RunListener(Protocol):
@@ -112,9 +104,8 @@ class Objective:
         self.tracker = tracker
         self.listeners = tuple(listeners)
         self.artifact_store = artifact_store  # learning-curve figures for optuna-dashboard
-        # Trials whose checkpoint is saved, waiting for Optuna's tell: number → (run, value,
-        # result); `after_tell` takes them.
-        self._candidates: dict[int, tuple[str, float, TrainResult]] = {}
+        # Trials whose checkpoint is saved, waiting for Optuna's tell; `after_tell` takes them.
+        self._candidates: dict[int, Candidate] = {}
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self._is_surplus(trial):
@@ -167,7 +158,7 @@ class Objective:
             # `search.champion.repair` if the process dies in between.
             try:
                 self.tracker.save_checkpoint(run_id, result)
-                self._candidates[trial.number] = (run_id, value, result)
+                self._candidates[trial.number] = Candidate(trial.number, run_id, value, result)
             except Exception as exc:  # the trial trained fine: keep it, report the loss
                 summary["champion_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
                 _log.warning("trial %d: checkpoint not saved: %s", trial.number, exc)
@@ -181,16 +172,8 @@ class Objective:
         candidate = self._candidates.pop(trial.number, None)
         if candidate is None or self.tracker is None or trial.state != TrialState.COMPLETE:
             return
-        run_id, value, result = candidate
         try:
-            self.tracker.promote(
-                study,
-                number=trial.number,
-                run_id=run_id,
-                value=value,
-                result=result,
-                data=self.data,
-            )
+            self.tracker.promote(study, candidate, self.data)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {redact_url(str(exc))}".splitlines()[0][:500]
             _log.warning("trial %d: champion not registered: %s", trial.number, reason)

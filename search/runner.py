@@ -84,14 +84,17 @@ def _optimize_until_done(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
         finished = count_trials(study, FINISHED)
-        running = count_trials(study, (TrialState.RUNNING,))
+        running_now = [
+            t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ]
+        running = len(running_now)
         if deadline is not None and time.monotonic() >= deadline:
             return
         if finished >= n_trials or (finished + running >= n_trials and not heartbeats):
             return
         if finished + running >= n_trials:
             # Alive elsewhere (they finish) or dead (failed once their heartbeat is stale).
-            state = (finished, [t.number for t in study.get_trials(states=(TrialState.RUNNING,))])
+            state = (finished, running_now)
             if state != waited_for:
                 waited_for, waiting_since = state, time.monotonic()
             elif time.monotonic() - waiting_since > patience:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import math
 import threading
 import time
 import warnings
@@ -31,6 +32,8 @@ __all__ = [
     "load_existing",
     "make_pruner",
     "make_sampler",
+    "outranks",
+    "ranking",
     "sampler_seed",
     "stored_config",
 ]
@@ -321,26 +324,45 @@ def load_existing(
 TIEBREAK_ATTR = "val_loss"
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's best COMPLETE trial: the best value, and among equal values the lowest
-    validation loss at the best epoch, then the earliest. On a small validation split many
-    trials reach the same accuracy (60 images: steps of 1/60, often 1.0); Optuna's own
-    `best_trial` takes the first of them, which is no better than a random pick. `best`,
-    `status`, the report, the dashboard note and the `@champion` alias all use this one."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+def ranking(
+    direction: optuna.study.StudyDirection,
+) -> Callable[[optuna.trial.FrozenTrial], tuple[float, float, int]]:
+    """Sort key of trials, best first: the value (a missing or non-finite one last), equal
+    values by the lower validation loss at the best epoch, then the earlier trial."""
+    sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
 
     def key(t: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
+        value = t.value if t.value is not None and math.isfinite(t.value) else math.inf * -sign
         tiebreak = t.user_attrs.get(TIEBREAK_ATTR)
-        return (
-            sign * float(t.value or 0.0),
-            float("inf" if tiebreak is None else tiebreak),
-            t.number,
-        )
+        return sign * value, math.inf if tiebreak is None else float(tiebreak), t.number
 
-    return min(complete, key=key)
+    return key
+
+
+def outranks(
+    value: float,
+    tiebreak: float | None,
+    than_value: float,
+    than_tiebreak: float | None,
+    *,
+    maximize: bool,
+) -> bool:
+    """Whether (value, tiebreak) comes strictly before (than_value, than_tiebreak) in
+    `ranking`: a better value, or the same value at a lower validation loss."""
+    if value != than_value:
+        return value > than_value if maximize else value < than_value
+    mine = math.inf if tiebreak is None else tiebreak
+    theirs = math.inf if than_tiebreak is None else than_tiebreak
+    return mine < theirs
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's best COMPLETE trial by `ranking`. On a small validation split many trials
+    reach the same accuracy (60 images: steps of 1/60, often 1.0); Optuna's own `best_trial`
+    takes the first of them, which is no better than a random pick. `best`, `status`, the
+    report, the dashboard note and the `@champion` alias all use this one."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(complete, key=ranking(study.direction)) if complete else None
 
 
 def beats_best(study: optuna.Study, value: float, tiebreak: float | None) -> bool:
@@ -349,10 +371,9 @@ def beats_best(study: optuna.Study, value: float, tiebreak: float | None) -> boo
     if best is None or best.value is None:
         return True
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    if value != best.value:
-        return value > best.value if maximize else value < best.value
-    held = best.user_attrs.get(TIEBREAK_ATTR)
-    return tiebreak is not None and (held is None or tiebreak < held)
+    return outranks(
+        value, tiebreak, best.value, best.user_attrs.get(TIEBREAK_ATTR), maximize=maximize
+    )
 
 
 def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:

@@ -43,20 +43,16 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
 
 
 def sorted_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed first (best first; equal values by validation loss, as `best_trial`), then
-    pruned (best first), then the rest by number."""
-    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    """Completed first, then pruned, each best first by `search.study.ranking` (equal values
+    by validation loss, as `best_trial`), then the rest by number."""
+    from search.study import ranking
+
+    order = ranking(study.direction)
     rank = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}
 
     def key(t: FrozenTrial) -> tuple[int, float, float, int]:
-        value = t.value if t.value is not None and math.isfinite(t.value) else math.inf * -sign
-        tiebreak = t.user_attrs.get("val_loss")  # as `search.study.best_trial`
-        return (
-            rank.get(t.state, 2),
-            sign * value if t.state in rank else 0.0,
-            math.inf if tiebreak is None else float(tiebreak),
-            t.number,
-        )
+        value, tiebreak, number = order(t)
+        return rank.get(t.state, 2), value if t.state in rank else 0.0, tiebreak, number
 
     return sorted(study.get_trials(deepcopy=False), key=key)
 

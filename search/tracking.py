@@ -29,17 +29,17 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
+from search.champion import Candidate
 from search.config import StudyConfig, safe_study_name
 from search.data import Dataset
 from search.errors import UserError
 from search.objective import TRACKING_ERROR
-from search.study import best_trial
+from search.study import best_trial, outranks
 from search.train import EpochStats, TrainResult, evaluate
-from search.urls import redact_url
+from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri
 
 __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "load_checkpoint", "resolve_tracking_uri"]
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHAMPION = "champion"
 PARENT_ATTR = "mlflow_parent_run_id"
 CHECKPOINT_DIR = "checkpoint"
@@ -57,11 +57,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # minutes (7 retries with back-off 2, 120 s timeout); the trial's outcome stands either way.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
-def resolve_tracking_uri(flag: str | None, config_value: str | None) -> str:
-    """`--tracking-uri`, then `$MLFLOW_TRACKING_URI`, then the study file, then the default."""
-    return flag or os.environ.get("MLFLOW_TRACKING_URI") or config_value or DEFAULT_TRACKING_URI
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -429,21 +424,10 @@ class Tracker:
             self._move_alias(version, value, tiebreak)
         return f"models:/{self.study_name}/{version}"
 
-    def promote(
-        self,
-        study: optuna.Study,
-        *,
-        number: int,
-        run_id: str,
-        value: float,
-        result: TrainResult,
-        data: Dataset,
-    ) -> str | None:
+    def promote(self, study: optuna.Study, candidate: Candidate, data: Dataset) -> str | None:
         from search.champion import promote
 
-        return promote(
-            self, study, number=number, run_id=run_id, value=value, result=result, data=data
-        )
+        return promote(self, study, candidate, data)
 
     def champion_trial(self) -> int | None:
         """The trial number of the version `@champion` points at (None: no alias yet)."""
@@ -510,11 +494,8 @@ class Tracker:
             best = float(current.tags.get("value", "nan"))
             held = float(current.tags.get("val_loss", "inf"))
             maximize = self.config.objective.direction == "maximize"
-            if best == best:
-                if best != value and (best > value if maximize else best < value):
-                    return
-                if best == value and not tiebreak < held:
-                    return
+            if best == best and not outranks(value, tiebreak, best, held, maximize=maximize):
+                return
         except MlflowException:
             pass  # no champion yet
         self.client.set_registered_model_alias(self.study_name, CHAMPION, version)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 
-__all__ = ["check_reachable", "redact_url"]
+__all__ = ["DEFAULT_TRACKING_URI", "check_reachable", "redact_url", "resolve_tracking_uri"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def resolve_tracking_uri(flag: str | None, config_value: str | None) -> str:
+    """`--tracking-uri`, then `$MLFLOW_TRACKING_URI`, then the study file, then the default.
+    Here rather than in `search.tracking` so that commands can resolve it without MLflow."""
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or config_value or DEFAULT_TRACKING_URI
+
 
 # scheme://user:password@host → scheme://user:***@host. A regex rather than SQLAlchemy's URL
 # parser so that it also works on http(s) URLs and on strings that do not parse. The password

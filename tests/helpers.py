@@ -11,21 +11,38 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
-def regsearch(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """Run the real console entry point in a subprocess (as a user would)."""
+def _user_env(env: dict[str, str] | None) -> dict[str, str]:
+    """This environment without the store URLs of the test process (unless `env` sets them)."""
     full_env = {**os.environ, **(env or {})}
     for var in ("REGSEARCH_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         if env is None or var not in env:
             full_env.pop(var, None)
+    return full_env
+
+
+def regsearch(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point in a subprocess (as a user would)."""
     return subprocess.run(
         [sys.executable, "-m", "search", *args],
         cwd=cwd,
-        env=full_env,
+        env=_user_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_regsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    """`regsearch` started in the background (to be signalled or killed by the test)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "search", *args],
+        cwd=cwd,
+        env=_user_env(None),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

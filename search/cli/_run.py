@@ -134,9 +134,9 @@ def _stored(study_name: str | None, storage: str | None) -> dict[str, Any] | Non
 def _check_tracking(config: Any, flag: str | None) -> None:
     """An unreachable tracking server stops the launch here, before anything is created."""
     if config.tracking.enabled:
-        from search.urls import check_reachable
+        from search.urls import check_reachable, resolve_tracking_uri
 
-        check_reachable(flag or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking.uri or "")
+        check_reachable(resolve_tracking_uri(flag, config.tracking.uri))
 
 
 def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | None]:

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import regsearch, serving
+from tests.helpers import regsearch, serving, start_regsearch
 
 PG_ADMIN = os.environ.get("REGSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TINY = ("--set", "train.epochs=2", "--set", "search.pruner=none", "--quiet")
@@ -179,17 +179,18 @@ def test_four_local_workers_on_sqlite_do_not_lock(tmp_path: Path) -> None:
 
 
 def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("REGSEARCH_STORAGE", "MLFLOW_TRACKING_URI")
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "search", "run", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_regsearch("run", *args, cwd=tmp_path)
+
+
+# A worker's death is noticed within seconds; every epoch of a trial is trained.
+FAST_STALE = (
+    "--set",
+    "search.heartbeat_interval=1",
+    "--set",
+    "search.grace_period=2",
+    "--set",
+    "early_stopping.patience=null",
+)
 
 
 def _wait_for_running_trial(
@@ -247,12 +248,7 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params(tmp_path: Path)
         "2",
         "--set",
         "train.epochs=4",
-        "--set",
-        "search.heartbeat_interval=1",
-        "--set",
-        "search.grace_period=2",
-        "--set",
-        "early_stopping.patience=null",
+        *FAST_STALE,
         "--set",
         "search.pruner=none",
         "--quiet",
@@ -286,12 +282,7 @@ def test_a_killed_worker_s_last_trial_is_retried_and_the_study_finishes(tmp_path
         "1",
         "--set",
         "train.epochs=30",
-        "--set",
-        "search.heartbeat_interval=1",
-        "--set",
-        "search.grace_period=2",
-        "--set",
-        "early_stopping.patience=null",
+        *FAST_STALE,
         "--quiet",
     )
     victim = _wait_for_running_trial(storage, "last")
