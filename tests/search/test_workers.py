@@ -281,7 +281,7 @@ def test_a_killed_worker_s_last_trial_is_retried_and_the_study_finishes(tmp_path
         "--n-trials",
         "1",
         "--set",
-        "train.epochs=30",
+        "train.epochs=100",  # ~8 s of training: long enough to be caught RUNNING and killed
         *FAST_STALE,
         "--quiet",
     )
@@ -291,7 +291,7 @@ def test_a_killed_worker_s_last_trial_is_retried_and_the_study_finishes(tmp_path
     resumed = regsearch(
         "run", "--study", "last", "--set", "train.epochs=2", cwd=tmp_path, timeout=120
     )
-    # train.epochs differs from the stored 30: resume by name refuses it, naming the key...
+    # train.epochs differs from the stored 100: resume by name refuses it, naming the key...
     assert resumed.returncode == 2 and "train.epochs" in resumed.stderr
     resumed = regsearch("run", "--study", "last", "--quiet", cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
