@@ -21,6 +21,7 @@ from search.champion import Candidate
 from search.config import StudyConfig, TrialConfig
 from search.data import Dataset
 from search.space import SearchSpace
+from search.storage import describe_storage_error, storage_error_of
 from search.study import TIEBREAK_ATTR, beats_best
 from search.train import NONFINITE, EpochStats, TrainResult, train
 from search.urls import redact_url
@@ -40,7 +41,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 PRUNED, INTERRUPTED, SURPLUS = "pruned", "interrupted", "surplus"
-OUT_OF_MEMORY = "out_of_memory"
+OUT_OF_MEMORY, STORAGE_ERROR = "out_of_memory", "storage_error"
 # User attr of a trial whose MLflow run could not be closed; `Tracker.close` closes it later.
 TRACKING_ERROR = "tracking_error"
 
@@ -106,19 +107,23 @@ class Objective:
         self.artifact_store = artifact_store  # learning-curve figures for optuna-dashboard
         # Trials whose checkpoint is saved, waiting for Optuna's tell; `after_tell` takes them.
         self._candidates: dict[int, Candidate] = {}
+        # The trial this worker runs, until Optuna has stored its outcome (`after_tell`).
+        self.running_trial_id: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self._is_surplus(trial):
             trial.set_user_attr("stop_reason", SURPLUS)
             raise SurplusTrial(f"trial {trial.number}: the study's n_trials is already reached")
+        self.running_trial_id = trial._trial_id
         cfg = self.space.sample(trial)
         params = {**self.space.fixed_values(), **trial.params}
-        run_id = self.tracker.start_trial(trial.number, params) if self.tracker else None
-        if run_id is not None:
-            trial.set_user_attr("mlflow_run_id", run_id)
-        for listener in self.listeners:
-            listener.trial_started(trial.number, cfg.train.epochs)
+        run_id: str | None = None
         try:
+            if self.tracker:
+                run_id = self.tracker.start_trial(trial.number, params)
+                trial.set_user_attr("mlflow_run_id", run_id)
+            for listener in self.listeners:
+                listener.trial_started(trial.number, cfg.train.epochs)
             result = self._train(trial, cfg, run_id)
         except KeyboardInterrupt:
             self._finish(trial, run_id, "KILLED", {"stop_reason": INTERRUPTED})
@@ -131,9 +136,15 @@ class Objective:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 reason = f"{OUT_OF_MEMORY}: {exc}"
+            elif storage_error_of(exc) is not None:
+                reason = f"{STORAGE_ERROR}: {describe_storage_error(exc)}"
             else:
                 reason = f"error: {type(exc).__name__}: {exc}"
-            self._finish(trial, run_id, "FAILED", {"stop_reason": reason.splitlines()[0][:500]})
+            failure = {"stop_reason": reason.splitlines()[0][:500]}
+            try:
+                self._finish(trial, run_id, "FAILED", failure)
+            except Exception as finish_exc:  # the storage is down: the cause is what counts
+                _log.warning("trial %d: outcome not recorded: %s", trial.number, finish_exc)
             raise
 
         self._upload_curve(trial, result)
@@ -169,6 +180,7 @@ class Objective:
     def after_tell(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback (the trial's outcome is stored): a COMPLETE candidate becomes the
         champion if it is still the study's best. Never raises: the trial's outcome stands."""
+        self.running_trial_id = None
         candidate = self._candidates.pop(trial.number, None)
         if candidate is None or self.tracker is None or trial.state != TrialState.COMPLETE:
             return

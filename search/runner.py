@@ -3,8 +3,9 @@ shared budget of finished trials is spent (or the timeout passes)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,11 +17,17 @@ from optuna.trial import FrozenTrial, TrialState
 from search.auto import AutoChoice, resolve
 from search.config import StudyConfig
 from search.data import Dataset, load_dataset
-from search.errors import UserError
-from search.objective import SURPLUS, Objective
+from search.errors import StorageFailure, UserError
+from search.objective import STORAGE_ERROR, SURPLUS, Objective
 from search.proctitle import TrialTitle
 from search.signals import sigterm_interrupts
-from search.storage import artifact_dir, open_storage
+from search.storage import (
+    artifact_dir,
+    describe_storage_error,
+    fail_stale_trials,
+    open_storage,
+    storage_error_of,
+)
 from search.study import FINISHED, count_trials, create_or_resume
 from search.train import resolve_device
 
@@ -43,6 +50,7 @@ class RunOptions:
     artifacts: str | None = None  # --artifacts (else $REGSEARCH_ARTIFACTS, else a default)
 
 
+_log = logging.getLogger(__name__)
 _WAIT_S = 2.0  # how often a launch looks again at trials running elsewhere
 
 
@@ -80,9 +88,7 @@ def _optimize_until_done(
     waiting_since = 0.0
     while True:
         if heartbeats:  # a dead worker's RUNNING trial must not count against the budget
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
+            fail_stale_trials(study)
         finished = count_trials(study, FINISHED)
         running_now = [
             t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -111,6 +117,11 @@ def _optimize_until_done(
             failures += 1
             if failures >= max_consecutive_failures:
                 reason = ran[-1].user_attrs.get("stop_reason", "see the trial")
+                if reason.startswith(f"{STORAGE_ERROR}:"):  # the store, not the trials
+                    raise StorageFailure(
+                        f"storage failed: {failures} trials in a row could not be recorded; "
+                        f"last: {reason.removeprefix(f'{STORAGE_ERROR}: ')}"
+                    )
                 raise TooManyFailures(f"{failures} trials in a row failed; last: {reason}")
         else:
             failures = 0
@@ -189,18 +200,58 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
                 max_consecutive_failures=max(3, config.search.max_retry + 2),
             )
     except TooManyFailures as exc:
-        if tracker is not None:
-            tracker.close(study, finished=False)
+        _close_quietly(tracker, study)
         raise UserError(f"study {config.study!r} stopped: {exc}") from None
-    except BaseException:
-        if tracker is not None:
-            tracker.close(study, finished=False)
+    except StorageFailure:
+        _close_quietly(tracker, study)
         raise
-    done = count_trials(study, FINISHED) >= config.search.n_trials
-    if tracker is not None:
-        tracker.close(study, finished=done, data=data)
+    except Exception as exc:
+        if storage_error_of(exc) is None:
+            _close_quietly(tracker, study)
+            raise
+        raise _storage_failed(study, objective, tracker, exc) from None
+    except BaseException:
+        _close_quietly(tracker, study)
+        raise
+    try:
+        done = count_trials(study, FINISHED) >= config.search.n_trials
+        if tracker is not None:
+            tracker.close(study, finished=done, data=data)
+    except Exception as exc:
+        if storage_error_of(exc) is None:
+            raise
+        raise _storage_failed(study, objective, tracker, exc) from None
     if done:
         from search.dashboard import write_best_note
 
         write_best_note(study, test_accuracy=study.user_attrs.get("test_accuracy"))
     return study
+
+
+def _close_quietly(tracker: Tracker | None, study: optuna.Study) -> None:
+    """End-of-launch bookkeeping on the way out of a failed launch: never the error shown."""
+    if tracker is None:
+        return
+    try:
+        tracker.close(study, finished=False)
+    except Exception as exc:
+        _log.warning("MLflow runs not closed: %s", describe_storage_error(exc))
+
+
+def _storage_failed(
+    study: optuna.Study, objective: Objective, tracker: Tracker | None, exc: BaseException
+) -> StorageFailure:
+    """A store failed mid-run (an outage, a full disk): record the cut-off trial as FAIL
+    with its reason where the storage still takes it (else the next launch fails it as
+    stale and retries it), close what can be closed, and say so in one line."""
+    reason = describe_storage_error(exc)
+    trial_id = objective.running_trial_id
+    if trial_id is not None:
+        with contextlib.suppress(Exception):
+            study._storage.set_trial_user_attr(trial_id, "stop_reason", f"storage_error: {reason}")
+            study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    _close_quietly(tracker, study)
+    return StorageFailure(
+        f"storage failed: {reason}; what was recorded stays, and the next `regsearch run` "
+        f"retries the trial that was cut off"
+    )

@@ -4,11 +4,15 @@ SQLite set up for a few concurrent local workers (WAL + busy timeout)."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import errno
+import functools
 import hashlib
+import logging
 import os
 import sqlite3
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +21,23 @@ from search.urls import redact_url
 
 if TYPE_CHECKING:
     import optuna
+    from optuna.trial import FrozenTrial
 
     from search.config import SearchConfig
 
-__all__ = ["DEFAULT_STORAGE", "artifact_dir", "open_storage", "resolve_storage_url", "study_lock"]
+__all__ = [
+    "DEFAULT_STORAGE",
+    "LOST",
+    "artifact_dir",
+    "describe_storage_error",
+    "fail_stale_trials",
+    "open_storage",
+    "resolve_storage_url",
+    "storage_error_of",
+    "study_lock",
+]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///studies/regsearch.db"
 STORAGE_ENV = "REGSEARCH_STORAGE"
@@ -87,6 +104,7 @@ def open_storage(
         engine_kwargs["pool_pre_ping"] = True
 
     heartbeat: dict[str, Any] = {}
+    storage_class: type[RDBStorage] = RDBStorage
     if search is not None and search.heartbeat_interval:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -94,12 +112,13 @@ def open_storage(
         heartbeat = {
             "heartbeat_interval": search.heartbeat_interval,
             "grace_period": search.grace_period or 4 * search.heartbeat_interval,
-            "heartbeat_stale_trial_callback": retry,
+            "heartbeat_stale_trial_callback": _retry_without_outcome(retry),
         }
+        storage_class = _heartbeating_storage()
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.x
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+            storage = storage_class(url, engine_kwargs=engine_kwargs, **heartbeat)
     except optuna.exceptions.StorageInternalError as exc:
         cause = exc.__cause__ or exc
         raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(cause)}") from None
@@ -108,6 +127,24 @@ def open_storage(
     if sqlite_path is not None:
         _sync_normal(storage)
     return storage
+
+
+@functools.cache
+def _heartbeating_storage() -> type[optuna.storages.RDBStorage]:
+    """An `RDBStorage` whose heartbeat survives a storage outage. Optuna's heartbeat thread
+    dies (with a traceback on stderr) at the first failed write, and the trial then goes
+    stale while it still trains; here a failed beat is one warning line, and the next beat
+    tries again. (A class made on first use: optuna is imported lazily.)"""
+    from optuna.storages import RDBStorage
+
+    class HeartbeatingStorage(RDBStorage):
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                super().record_heartbeat(trial_id)
+            except Exception as exc:
+                _log.warning("trial heartbeat not recorded: %s", describe_storage_error(exc))
+
+    return HeartbeatingStorage
 
 
 def _sync_normal(storage: optuna.storages.RDBStorage) -> None:
@@ -165,3 +202,100 @@ def study_lock(study: optuna.Study, name: str) -> Iterator[None]:
                 conn.commit()
     else:
         yield
+
+
+# What ends a trial whose worker stopped sending heartbeats (`fail_stale_trials`).
+LOST = "lost"
+# User attrs that describe a trial's outcome: a retried trial starts without them (it keeps
+# the rest, e.g. a phase or a seed that made it what it is).
+OUTCOME_ATTRS = frozenset(
+    {
+        "stop_reason",
+        "mlflow_run_id",
+        "epochs_trained",
+        "best_epoch",
+        "train_accuracy",
+        "val_accuracy",
+        "val_loss",
+        "tracking_error",
+        "champion_error",
+    }
+)
+
+
+def _retry_without_outcome(
+    retry: Callable[[optuna.Study, FrozenTrial], None],
+) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna's retry callback copies every user attr into the retried trial; the outcome
+    of the lost attempt (its stop reason, its MLflow run) is not the retry's."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in OUTCOME_ATTRS}
+        retry(study, trial)
+
+    return callback
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Optuna's `fail_stale_trials`, plus a `stop_reason` on each trial it fails: RUNNING
+    trials whose worker stopped sending heartbeats (killed, or cut off from the storage)
+    become FAIL and are retried by the storage's callback. Returns the failed numbers."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.storages._heartbeat import BaseHeartbeat
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
+        return []
+    backend: Any = getattr(storage, "_backend", storage)
+    grace = getattr(backend, "grace_period", None)
+    reason = f"{LOST}: its worker sent no heartbeat for {grace} s (killed, or cut off); retried"
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:  # another worker may fail it first: then it is theirs to retry
+            storage.set_trial_user_attr(trial_id, "stop_reason", reason)
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+        except UpdateFinishedTrialError:
+            continue
+    callback = storage.get_heartbeat_stale_trial_callback()
+    numbers = []
+    for trial_id in failed:
+        trial = storage.get_trial(trial_id)
+        numbers.append(trial.number)
+        if callback is not None:
+            callback(study, copy.deepcopy(trial))
+    return numbers
+
+
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def storage_error_of(exc: BaseException) -> BaseException | None:
+    """The storage failure in `exc`'s chain (an outage, a full disk, a broken connection),
+    innermost first; None when `exc` is something else (a bug, a user error)."""
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    found: BaseException | None = None
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlite3.Error | sqlalchemy.exc.SQLAlchemyError) or (
+            isinstance(current, OSError) and current.errno in _DISK_ERRNOS
+        ):
+            found = current  # keep going: the innermost says most ("disk is full")
+        elif isinstance(current, StorageInternalError) and found is None:
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def describe_storage_error(exc: BaseException) -> str:
+    """One line for a storage failure: the innermost cause's message, password-free."""
+    cause = storage_error_of(exc) or exc
+    orig = getattr(cause, "orig", None)  # SQLAlchemy wraps the driver's exception
+    cause = orig if isinstance(orig, BaseException) else cause
+    return f"{_one_line(cause)} ({type(cause).__module__}.{type(cause).__name__})"

@@ -220,6 +220,9 @@ class Tracker:
         """The study's tracker: creates the store, experiment and parent run if needed."""
         uri = resolve_tracking_uri(tracking_uri, config.tracking.uri)
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter
+        # MLflow logs each database error with its traceback before raising it; whoever
+        # catches it reports it in one line (a full disk must not print pages).
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         local_dir, local_db = _sqlite_dir(uri), _sqlite_file(uri)
         try:
             if local_db is not None:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from search.errors import UserError
+from search.errors import StorageFailure, UserError
 from search.proctitle import hide_secrets
 from search.urls import redact_url
 
@@ -43,13 +43,16 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: user errors → one line on stderr and exit code 2."""
+    """Console-script entry point: user errors → one line on stderr and exit code 2; a store
+    that fails mid-run → one line and exit code 1."""
     if argv is None:  # a real process: no password in what `ps` shows of it
         hide_secrets(sys.argv[1:])
     try:
         code = cli.main(args=argv, prog_name="regsearch", standalone_mode=False)
     except UserError as exc:
         _fail(str(exc))
+    except StorageFailure as exc:
+        _fail(str(exc), StorageFailure.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         # Ctrl+C → 130, SIGTERM → 143 (`search.signals`): the conventional shell codes.
         click.echo("regsearch: interrupted", err=True)

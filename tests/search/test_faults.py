@@ -6,11 +6,15 @@ best COMPLETE trial's model, loadable."""
 
 from __future__ import annotations
 
+import errno
+import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -76,14 +80,20 @@ def _kill_when(
     return "killed"
 
 
-def _check_whole(root: Path, study_name: str) -> None:
+def _check_whole(root: Path, study_name: str, n_trials: int = N_TRIALS) -> None:
     import mlflow
     from mlflow import MlflowClient
 
     study = optuna.load_study(study_name=study_name, storage=_storage(root))
     states = [t.state for t in study.trials]
-    assert sum(s in FINISHED for s in states) == N_TRIALS, states
+    assert sum(s in FINISHED for s in states) == n_trials, states
     assert optuna.trial.TrialState.RUNNING not in states
+    unexplained = [
+        t.number
+        for t in study.trials
+        if t.state.name == "FAIL" and not t.user_attrs.get("stop_reason")
+    ]
+    assert not unexplained, f"FAIL trials without a stop_reason: {unexplained}"
     for db in (root / "studies" / "regsearch.db", root / "mlruns" / "mlflow.db"):
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok", db
@@ -126,3 +136,77 @@ def test_sigkill_at_random_moments_then_relaunch_leaves_a_whole_study(tmp_path: 
         assert again.returncode == 0, (round_, moment, again.stderr[-2000:])
         _check_whole(tmp_path, study)
     assert outcomes.count("killed") >= ROUNDS - 2, outcomes
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 48 MiB tmpfs: a real filesystem that the test can fill."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a full disk is made by mounting a small tmpfs, which needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Write zeros until the filesystem says ENOSPC; the file to delete to free it again."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 20))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_worker_in_one_line_and_the_next_launch_finishes(
+    small_disk: Path,
+) -> None:
+    """Both stores (Optuna and MLflow SQLite files) and the checkpoints live on a disk that
+    fills up mid-study: the worker stops with exit code 1 and one line, the cut-off trial is
+    FAIL with its reason, and a relaunch with space again finishes a whole study."""
+    n_trials = 2
+    args = ("run", "--study", "full", "--n-trials", str(n_trials), *SETTINGS)
+    args += ("--set", "train.epochs=15")  # a trial of a few seconds: the disk fills inside it
+    proc = start_regsearch(*args, cwd=small_disk)
+    deadline = time.monotonic() + 90
+
+    def training() -> bool:  # a trial that has reported epochs, after a COMPLETE one
+        trials = _trials(small_disk, "full")
+        return any(t.state.name == "COMPLETE" for t in trials) and any(
+            t.state.name == "RUNNING" and t.intermediate_values for t in trials
+        )
+
+    while not training():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    filler = _fill(small_disk)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("regsearch: error: storage failed: ")
+    assert "disk is full" in stderr or "No space left" in stderr, stderr
+
+    filler.unlink()
+    again = regsearch(*args, cwd=small_disk, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    _check_whole(small_disk, "full", n_trials)
+    study = optuna.load_study(study_name="full", storage=_storage(small_disk))
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert failed, "the trial the full disk cut off is FAIL (and retried)"
+    reasons = [t.user_attrs.get("stop_reason", "") for t in failed]
+    assert all(r.startswith(("storage_error: ", "lost: ")) for r in reasons), reasons

@@ -114,9 +114,7 @@ def test_heartbeat_from_search_config() -> None:
     storage = open_storage("sqlite:///s.db", search)
     assert storage.heartbeat_interval == 10
     assert storage.grace_period == 40  # 4 × the interval unless given
-    assert isinstance(
-        storage.failed_trial_callback, optuna.storages.RetryHeartbeatStaleTrialCallback
-    )
+    assert callable(storage.failed_trial_callback)  # retries (see the stale-trial test)
 
 
 def test_heartbeat_grace_period_and_off() -> None:
@@ -220,3 +218,48 @@ def test_redact_url_hides_passwords(url: str, expected: str) -> None:
 )
 def test_redact_url_leaves_password_less_urls_unchanged(url: str) -> None:
     assert redact_url(url) == url
+
+
+def test_an_optuna_store_whose_creation_was_cut_off_is_finished_on_the_next_open(
+    tmp_path: Path,
+) -> None:
+    """A kill while Optuna creates its schema leaves some tables and no version row (seen by
+    killing real launches: 12 of 13 tables). The next open creates the rest and works."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import create_engine
+
+    path = tmp_path / "half.db"
+    engine = create_engine(f"sqlite:///{path}")
+    some = [t for t in models.BaseModel.metadata.sorted_tables if t.name != "version_info"][:5]
+    models.BaseModel.metadata.create_all(engine, tables=some)
+    engine.dispose()
+
+    storage = open_storage(f"sqlite:///{path}")
+    study = optuna.create_study(storage=storage, study_name="whole")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="whole", storage=storage).trials) == 2
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_stale_trial_is_failed_with_its_reason_and_retried_without_its_outcome(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from search.config import SearchConfig
+    from search.storage import LOST, fail_stale_trials
+
+    search = SearchConfig(heartbeat_interval=1, grace_period=1)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", search)
+    study = optuna.create_study(storage=storage, study_name="stale")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("phase", "confirm")
+    trial.set_user_attr("stop_reason", "max_epochs")
+    storage.record_heartbeat(trial._trial_id)  # then its worker dies
+    time.sleep(2.2)
+    assert fail_stale_trials(study) == [trial.number]
+    lost, retry = study.get_trials()
+    assert lost.state.name == "FAIL" and lost.user_attrs["stop_reason"].startswith(f"{LOST}: ")
+    assert retry.state.name == "WAITING" and retry.params == lost.params
+    assert retry.user_attrs == {"phase": "confirm"}  # what it is, not how the lost one ended
