@@ -307,8 +307,16 @@ class StudyConfig(_Section):
     objective: ObjectiveConfig = ObjectiveConfig()
     search: SearchConfig = SearchConfig()
     space: dict[str, Any] = Field(default_factory=dict)
+    # The hand-set recipe every study is compared with (an enqueued, unpruned trial with
+    # phase "baseline"); regularizers not named are off, or their fixed value in `space`.
+    baseline: dict[str, float] | None = Field(default_factory=lambda: dict(DEFAULT_BASELINE))
     storage: str | None = None
     tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _baseline_off(cls, value: Any) -> Any:
+        return None if value is None or str(value).lower() in ("none", "off", "false") else value
 
     @field_validator("study")
     @classmethod
@@ -328,6 +336,16 @@ class StudyConfig(_Section):
         data["train"].pop("device", None)
         return data
 
+
+# The seed's hand-set recipe: AdamW weight decay 0.01, dropout 0.5, medium augmentation, MixUp
+# 0.2, label smoothing 0.1.
+DEFAULT_BASELINE: dict[str, float] = {
+    "weight_decay": 0.01,
+    "dropout": 0.5,
+    "aug_strength": 0.5,
+    "mixup_alpha": 0.2,
+    "label_smoothing": 0.1,
+}
 
 # The built-in default study: the seed's five regularizers searched on digits; CutMix, Cutout
 # and stochastic depth are available but fixed off (turn them on in a study file).

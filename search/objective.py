@@ -22,7 +22,7 @@ from search.config import StudyConfig, TrialConfig
 from search.data import Dataset
 from search.space import SearchSpace
 from search.storage import describe_storage_error, storage_error_of
-from search.study import TIEBREAK_ATTR, beats_best
+from search.study import BASELINE, PHASE_ATTR, SEARCH, TIEBREAK_ATTR, beats_best
 from search.train import NONFINITE, EpochStats, TrainResult, train
 from search.urls import redact_url
 
@@ -61,7 +61,7 @@ class SurplusTrial(Exception):
 class TrialTracker(Protocol):
     """What the objective needs from experiment tracking (implemented with MLflow)."""
 
-    def start_trial(self, number: int, params: Mapping[str, Any]) -> str: ...
+    def start_trial(self, number: int, params: Mapping[str, Any], *, phase: str) -> str: ...
 
     def log_epoch(self, run_id: str, stats: EpochStats) -> None: ...
 
@@ -115,16 +115,22 @@ class Objective:
             trial.set_user_attr("stop_reason", SURPLUS)
             raise SurplusTrial(f"trial {trial.number}: the study's n_trials is already reached")
         self.running_trial_id = trial._trial_id
-        cfg = self.space.sample(trial)
+        phase = trial.user_attrs.get(PHASE_ATTR)
+        if phase is None:
+            phase = SEARCH
+            trial.set_user_attr(PHASE_ATTR, phase)
+        overrides = self.space.baseline_values() if phase == BASELINE else None
+        cfg = self.space.sample(trial, overrides)
         params = {**self.space.fixed_values(), **trial.params}
         run_id: str | None = None
         try:
             if self.tracker:
-                run_id = self.tracker.start_trial(trial.number, params)
+                run_id = self.tracker.start_trial(trial.number, params, phase=phase)
                 trial.set_user_attr("mlflow_run_id", run_id)
             for listener in self.listeners:
                 listener.trial_started(trial.number, cfg.train.epochs)
-            result = self._train(trial, cfg, run_id)
+            # The baseline's value is the yardstick: it always trains to the end.
+            result = self._train(trial, cfg, run_id, can_prune=phase == SEARCH)
         except KeyboardInterrupt:
             self._finish(trial, run_id, "KILLED", {"stop_reason": INTERRUPTED})
             raise
@@ -210,9 +216,11 @@ class Objective:
         ahead = trial.study.get_trials(deepcopy=False, states=states)
         return sum(t.number < trial.number for t in ahead) >= self.config.search.n_trials
 
-    def _train(self, trial: optuna.Trial, cfg: TrialConfig, run_id: str | None) -> TrainResult:
+    def _train(
+        self, trial: optuna.Trial, cfg: TrialConfig, run_id: str | None, *, can_prune: bool
+    ) -> TrainResult:
         metric = cfg.objective.metric
-        can_prune = self.config.search.pruner.name != "none"
+        can_prune = can_prune and self.config.search.pruner.name != "none"
 
         def on_epoch(stats: EpochStats) -> str | None:
             stop = report_epoch(trial, getattr(stats, metric), stats.epoch, can_prune=can_prune)

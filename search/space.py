@@ -233,7 +233,39 @@ class SearchSpace:
                 else:
                     _check_section_value(config, str(key), entry, value)
             entries.append(entry)
+        for name, value in (config.baseline or {}).items():
+            if name not in REGULARIZERS:
+                raise UserError(
+                    f"baseline.{name}: not a regularizer (one of {', '.join(REGULARIZERS)})"
+                )
+            try:
+                _check_regularizer(name, name, value)
+            except UserError as exc:
+                raise UserError(str(exc).replace("space.", "baseline.", 1)) from None
         return cls(config, entries)
+
+    def baseline_values(self) -> dict[str, Scalar] | None:
+        """Every regularizer of the baseline trial: the recipe's value, else the space's fixed
+        value, else off (0). None when the study has no baseline."""
+        if self.config.baseline is None:
+            return None
+        fixed = self.fixed_values()
+        values: dict[str, Scalar] = {}
+        for entry in self.entries:
+            if entry.section == "regularization":
+                default = fixed.get(entry.name, 0.0)
+                values[entry.name] = self.config.baseline.get(entry.name, default)
+            elif entry.searched:  # e.g. a searched `lr`: the recipe trains with the file's
+                section = self.config.train if entry.section == "train" else self.config.model
+                values[entry.name] = getattr(section, entry.name)
+        return values
+
+    def baseline_params(self) -> dict[str, Scalar] | None:
+        """The baseline's values of the searched parameters (what its trial is enqueued with)."""
+        values = self.baseline_values()
+        if values is None:
+            return None
+        return {e.name: values[e.name] for e in self.searched if e.name in values}
 
     @property
     def searched(self) -> tuple[SpaceEntry, ...]:
@@ -253,7 +285,11 @@ class SearchSpace:
                 raise UserError(f"space.{entry.name}: {exc}") from None
         return grid
 
-    def sample(self, trial: optuna.Trial) -> TrialConfig:
+    def sample(
+        self, trial: optuna.Trial, overrides: Mapping[str, Scalar] | None = None
+    ) -> TrialConfig:
+        """The trial's config; `overrides` (the baseline's values) replace what is sampled
+        or fixed (the trial was enqueued with them, so its params say the same)."""
         values: dict[str, Any] = {}
         for entry in self.entries:
             spec = entry.value
@@ -269,6 +305,7 @@ class SearchSpace:
                 values[entry.name] = trial.suggest_categorical(entry.name, spec.choices)
             else:
                 values[entry.name] = spec
+        values.update(overrides or {})
         return self.resolve(values)
 
     def resolve(self, values: Mapping[str, Any]) -> TrialConfig:

@@ -286,11 +286,40 @@ def create_or_resume(
 
 
 def _describe(study: optuna.Study, config: StudyConfig, portable: dict[str, Any]) -> None:
-    """Store the config and the metric name in the study (what makes it a regsearch study)."""
+    """Store the config and the metric name in the study (what makes it a regsearch study),
+    and enqueue its baseline trial."""
     study.set_user_attr(CONFIG_ATTR, portable)
     with warnings.catch_warnings():  # "experimental" since Optuna 3.2; the dashboard shows it
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([config.objective.metric])
+    enqueue_baseline(study, config)
+
+
+PHASE_ATTR = "phase"
+SEARCH, BASELINE = "search", "baseline"
+
+
+def enqueue_baseline(study: optuna.Study, config: StudyConfig) -> bool:
+    """Enqueue the study's baseline recipe once (under the study's lock: workers that create
+    the study together enqueue it once). Grid studies run their grid only. True if added."""
+    from search.storage import study_lock
+
+    params = SearchSpace.from_config(config).baseline_params()
+    if params is None or config.search.sampler.name == "grid":
+        return False
+    with study_lock(study, "baseline"):
+        if any(t.user_attrs.get(PHASE_ATTR) == BASELINE for t in study.get_trials(deepcopy=False)):
+            return False
+        study.enqueue_trial(params, user_attrs={PHASE_ATTR: BASELINE})
+    return True
+
+
+def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's COMPLETE baseline trial (the first, should a retry repeat it)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get(PHASE_ATTR) == BASELINE:
+            return t
+    return None
 
 
 def stored_config(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:

@@ -58,8 +58,10 @@ def sorted_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def best_summary(study: optuna.Study) -> dict[str, Any] | None:
-    """`{study, trial, value, params, model_uri}` of the best completed trial, or None."""
-    from search.study import best_trial
+    """`{study, trial, value, params, model_uri, champion_uri, test_accuracy, baseline, gain}`
+    of the best completed trial, or None. `baseline` is the study's baseline-recipe trial
+    (`{trial, value, params}`) and `gain` the best value minus its value (None without one)."""
+    from search.study import PHASE_ATTR, baseline_trial, best_trial
 
     best = best_trial(study)
     if best is None:
@@ -67,14 +69,40 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     from search.champion import model_uri_of
 
     # The best trial's own registered version; the alias URI only as a fallback.
-    model_uri = model_uri_of(study, best) or study.user_attrs.get("champion_uri")
+    champion_uri = study.user_attrs.get("champion_uri")
+    model_uri = model_uri_of(study, best) or champion_uri
+    base = baseline_trial(study)
+    gain = None
+    if base is not None and base.value is not None and best.value is not None:
+        gain = _json_number(best.value - base.value)
     return {
         "study": study.study_name,
         "trial": best.number,
+        "phase": best.user_attrs.get(PHASE_ATTR),
         "value": _json_number(best.value),
         "params": dict(best.params),
         "model_uri": model_uri,
+        "champion_uri": champion_uri,
+        "test_accuracy": _json_number(study.user_attrs.get("test_accuracy")),
+        "baseline": None
+        if base is None
+        else {"trial": base.number, "value": _json_number(base.value), "params": dict(base.params)},
+        "gain": gain,
     }
+
+
+def verdict(best: dict[str, Any], metric: str) -> str:
+    """One line: the best trial against the baseline recipe (gain in points of the metric)."""
+    line = f"best: trial {best['trial']} {metric}={best['value']:.4f}"
+    if best.get("test_accuracy") is not None:
+        line += f", test_accuracy={best['test_accuracy']:.4f}"
+    base = best.get("baseline")
+    if base is not None and best.get("gain") is not None:
+        line += (
+            f" — baseline recipe (trial {base['trial']}) {base['value']:.4f}, "
+            f"gain {100 * best['gain']:+.1f} pt"
+        )
+    return line
 
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:

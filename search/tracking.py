@@ -34,7 +34,7 @@ from search.config import StudyConfig, safe_study_name
 from search.data import Dataset
 from search.errors import UserError
 from search.objective import TRACKING_ERROR
-from search.study import best_trial, outranks
+from search.study import baseline_trial, best_trial, outranks
 from search.train import EpochStats, TrainResult, evaluate
 from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri
 
@@ -300,14 +300,15 @@ class Tracker:
         return str(run.info.run_id)
 
     # ------------------------------------------------------------------ TrialTracker
-    def start_trial(self, number: int, params: Mapping[str, Any]) -> str:
+    def start_trial(self, number: int, params: Mapping[str, Any], *, phase: str = "search") -> str:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{number}",
+            run_name=f"trial-{number}" if phase == "search" else f"trial-{number}-{phase}",
             tags={
                 "mlflow.parentRunId": self.parent_run_id,
                 "study": self.study_name,
                 "trial": str(number),
+                "phase": phase,
                 "state": "RUNNING",
             },
         )
@@ -523,6 +524,10 @@ class Tracker:
         if best is not None and best.value is not None:
             metrics.append(Metric("best_value", float(best.value), now, 0))
             metrics.append(Metric("best_trial", float(best.number), now, 0))
+            base = baseline_trial(study)
+            if base is not None and base.value is not None:
+                metrics.append(Metric("baseline_value", float(base.value), now, 0))
+                metrics.append(Metric("gain", float(best.value - base.value), now, 0))
         if data is not None and self.config.tracking.register_model:
             from search.champion import repair
 

@@ -34,17 +34,16 @@ class _Launch:
 
 
 def _finish(study: Any, config: Any, console: Any) -> None:
-    from search.summary import best_summary, trials_table
+    from search.summary import best_summary, trials_table, verdict
 
     console.print(trials_table(study, limit=10, title=f"study {study.study_name} — top 10"))
     best = best_summary(study)
     if best is None:
         console.print("no trial completed yet")
         return
-    console.print(
-        f"best: trial {best['trial']} {config.objective.metric}={best['value']:.4f}"
-        + (f"  model: {best['model_uri']}" if best["model_uri"] else "")
-    )
+    console.print(verdict(best, config.objective.metric))
+    if best["model_uri"]:
+        console.print(f"model: {best['model_uri']}")
 
 
 @click.command("run")

@@ -72,6 +72,12 @@ def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
     for key, value in best["params"].items():
         click.echo(f"  {key} = {value}")
     click.echo(f"model:  {best['model_uri'] or '(not registered)'}")
+    base = best["baseline"]
+    if base is not None and best["gain"] is not None:
+        click.echo(
+            f"baseline recipe: trial {base['trial']} value {base['value']:.6g}, "
+            f"gain {100 * best['gain']:+.1f} pt"
+        )
 
 
 COMMANDS = [status_command, best_command]

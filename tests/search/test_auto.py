@@ -157,6 +157,7 @@ def test_grayscale_folder_study_gives_a_one_channel_champion(tmp_path: Path) -> 
     assert "grey: model small-cnn (auto: 28 px, 1 channel" in proc.stderr
     assert "channels 1 (auto: 30 of 30 images are grayscale)" in proc.stderr
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")  # not an earlier test's
     model = mlflow.pytorch.load_model("models:/grey@champion")
     with torch.no_grad():
         logits = model(torch.rand(4, 1, 28, 28))

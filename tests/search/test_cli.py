@@ -55,11 +55,48 @@ def test_best_json_has_the_contract_keys(tiny_study: Path) -> None:
     proc = regsearch("best", "tiny", "--json", cwd=tiny_study)
     assert proc.returncode == 0, proc.stderr
     best = json.loads(proc.stdout)
-    assert set(best) == {"study", "trial", "value", "params", "model_uri"}
+    assert set(best) == {
+        "study",
+        "trial",
+        "phase",
+        "value",
+        "params",
+        "model_uri",
+        "champion_uri",
+        "test_accuracy",
+        "baseline",
+        "gain",
+    }
     assert best["study"] == "tiny"
     assert best["model_uri"].startswith("models:/tiny/")
+    assert best["champion_uri"] == "models:/tiny@champion"
+    assert 0.0 <= best["test_accuracy"] <= 1.0
     status = json.loads(regsearch("status", "tiny", "--json", cwd=tiny_study).stdout)
     assert best["value"] == max(r["value"] for r in status)
+
+
+def test_every_study_runs_the_baseline_recipe_first_and_reports_the_gain(
+    tiny_study: Path,
+) -> None:
+    from mlflow import MlflowClient
+
+    best = json.loads(regsearch("best", "tiny", "--json", cwd=tiny_study).stdout)
+    baseline = best["baseline"]
+    assert baseline["trial"] == 0
+    recipe = {"weight_decay": 0.01, "dropout": 0.5, "aug_strength": 0.5}
+    assert baseline["params"] == {**recipe, "mixup_alpha": 0.2, "label_smoothing": 0.1}
+    assert best["gain"] == pytest.approx(best["value"] - baseline["value"])
+    assert best["gain"] >= 0  # the best trial is at least as good as the baseline
+    uri = f"sqlite:///{tiny_study}/mlruns/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], "tags.phase = 'baseline'")
+    assert [r.data.tags["trial"] for r in runs] == ["0"]
+    parent = client.search_runs([experiment.experiment_id], "tags.role = 'study'")
+    assert parent[0].data.metrics["gain"] == pytest.approx(best["gain"])
+    text = regsearch("best", "tiny", cwd=tiny_study).stdout
+    assert f"baseline recipe: trial 0 value {baseline['value']:.6g}" in text
 
 
 def test_status_without_study_lists_studies(tiny_study: Path) -> None:

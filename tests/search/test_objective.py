@@ -27,6 +27,7 @@ def _setup(tmp_path: Path, *overrides: str) -> tuple[optuna.Study, Objective, Ml
         overrides=[
             SYNTHETIC,
             "train.epochs=2",
+            "baseline=none",
             "search.pruner=none",
             "tracking.register_model=false",
             *overrides,

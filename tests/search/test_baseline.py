@@ -1,0 +1,80 @@
+"""The baseline recipe: what it trains, how it is enqueued, how a bad one is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search.config import DEFAULT_BASELINE, load_config
+from search.errors import UserError
+from search.space import SearchSpace
+from search.study import BASELINE, PHASE_ATTR, baseline_trial, create_or_resume, enqueue_baseline
+
+
+def test_the_default_baseline_is_the_seed_recipe_with_the_other_regularizers_off() -> None:
+    config = load_config()
+    assert config.baseline == DEFAULT_BASELINE
+    values = SearchSpace.from_config(config).baseline_values()
+    assert values == {**DEFAULT_BASELINE, "cutmix_alpha": 0.0, "cutout": 0.0, "drop_path": 0.0}
+
+
+def test_a_fixed_regularizer_keeps_its_value_and_a_searched_lr_the_file_s() -> None:
+    config = load_config(
+        overrides=[
+            "space.cutout=0.2",
+            "space.lr={type: float, low: 1.0e-4, high: 1.0e-2, log: true}",
+            "train.lr=0.002",
+            "baseline.dropout=0.3",
+        ]
+    )
+    space = SearchSpace.from_config(config)
+    values = space.baseline_values()
+    assert values is not None
+    assert values["cutout"] == 0.2 and values["dropout"] == 0.3 and values["lr"] == 0.002
+    assert values["mixup_alpha"] == DEFAULT_BASELINE["mixup_alpha"]  # merged with the recipe
+    params = space.baseline_params()
+    assert params is not None and set(params) == {e.name for e in space.searched}
+
+
+@pytest.mark.parametrize("off", ["none", "off", "null"])
+def test_baseline_none_turns_it_off(off: str) -> None:
+    config = load_config(overrides=[f"baseline={off}"])
+    assert config.baseline is None
+    assert SearchSpace.from_config(config).baseline_values() is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("baseline.dropout=1.5", "baseline.dropout: 1.5 is outside the allowed range [0, 1)"),
+        ("baseline.lr=0.1", "baseline.lr: not a regularizer"),
+    ],
+)
+def test_a_bad_baseline_names_the_key(override: str, message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        SearchSpace.from_config(load_config(overrides=[override]))
+
+
+def test_the_baseline_is_enqueued_once_and_first(tmp_path: Path) -> None:
+    from search.storage import open_storage
+
+    config = load_config(overrides=["study=b"])
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study, created = create_or_resume(config, storage)
+    assert created
+    assert not enqueue_baseline(study, config), "a second worker does not enqueue it again"
+    (waiting,) = study.get_trials()
+    assert waiting.state.name == "WAITING" and waiting.number == 0
+    assert waiting.user_attrs == {PHASE_ATTR: BASELINE}
+    assert waiting.system_attrs["fixed_params"] == DEFAULT_BASELINE  # Optuna keeps them here
+    assert baseline_trial(study) is None  # not run yet
+
+
+def test_a_grid_study_runs_its_grid_only(tmp_path: Path) -> None:
+    from search.storage import open_storage
+
+    repo = Path(__file__).resolve().parents[2]
+    config = load_config(repo / "studies" / "exercise-dropout.yaml")
+    study, _ = create_or_resume(config, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    assert study.get_trials() == []
