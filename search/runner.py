@@ -242,14 +242,19 @@ def _storage_failed(
     study: optuna.Study, objective: Objective, tracker: Tracker | None, exc: BaseException
 ) -> StorageFailure:
     """A store failed mid-run (an outage, a full disk): record the cut-off trial as FAIL
-    with its reason where the storage still takes it (else the next launch fails it as
-    stale and retries it), close what can be closed, and say so in one line."""
+    with its reason and enqueue its retry where the storage still takes the writes (else the
+    next launch fails it as stale and retries it), close what can be closed, and say so in
+    one line."""
     reason = describe_storage_error(exc)
     trial_id = objective.running_trial_id
+    storage = study._storage
     if trial_id is not None:
         with contextlib.suppress(Exception):
-            study._storage.set_trial_user_attr(trial_id, "stop_reason", f"storage_error: {reason}")
-            study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            storage.set_trial_user_attr(trial_id, "stop_reason", f"{STORAGE_ERROR}: {reason}")
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+                if retry is not None:  # the same retry as a stale trial's (same params, phase)
+                    retry(study, storage.get_trial(trial_id))
     _close_quietly(tracker, study)
     return StorageFailure(
         f"storage failed: {reason}; what was recorded stays, and the next `regsearch run` "
