@@ -148,9 +148,13 @@ def best_note_markdown(
     rows.append(("MLflow model", model_uri or "(not registered)"))
     if attrs.get("mlflow_run_id"):
         rows.append(("MLflow run", attrs["mlflow_run_id"]))
+    from search.summary import best_summary, verdict
+
+    summary = best_summary(study)
     lines = [
         f"## Best trial of study `{study.study_name}`: #{best.number}",
         "",
+        *([verdict(summary, metric), ""] if summary is not None else []),
         f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by regsearch; a later best trial gets "
         "its own note.",
         "",

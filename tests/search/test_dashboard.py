@@ -132,6 +132,8 @@ def test_best_note_is_written_on_the_best_trial(study: optuna.Study) -> None:
     for value in (0.91, 0.97, 0.93):
         trial = study.ask()
         _sample(trial)
+        if value == 0.91:
+            trial.set_user_attr("phase", "baseline")
         if value == 0.97:
             trial.set_user_attr("model_uri", "models:/dash/2")
             trial.set_user_attr("best_epoch", 14)
@@ -139,6 +141,7 @@ def test_best_note_is_written_on_the_best_trial(study: optuna.Study) -> None:
     assert write_best_note(study, test_accuracy=0.9612) == 1
     note = get_note(optuna.Trial(study, study.trials[1]._trial_id))
     assert "#1" in note
+    assert "baseline recipe (trial 0) 0.9100, gain +6.0 pt" in note  # as `best` says it
     for text in ("dropout", "weight_decay", "0.97", "0.9612", "models:/dash/2", "14"):
         assert text in note
     assert get_note(optuna.Trial(study, study.trials[0]._trial_id)) == ""
