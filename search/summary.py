@@ -60,7 +60,8 @@ def sorted_trials(study: optuna.Study) -> list[FrozenTrial]:
 def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     """`{study, trial, value, params, model_uri, champion_uri, test_accuracy, baseline, gain}`
     of the best completed trial, or None. `baseline` is the study's baseline-recipe trial
-    (`{trial, value, params}`) and `gain` the best value minus its value (None without one)."""
+    (`{trial, value, params}`) and `gain` how much better the best value is than its value
+    (positive = better, also for a minimised metric; None without a baseline)."""
     from search.study import PHASE_ATTR, baseline_trial, best_trial
 
     best = best_trial(study)
@@ -74,7 +75,9 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     base = baseline_trial(study)
     gain = None
     if base is not None and base.value is not None and best.value is not None:
-        gain = _json_number(best.value - base.value)
+        # Positive when the best trial is better: a minimised metric (val_loss) counts down.
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        gain = _json_number(sign * (best.value - base.value))
     return {
         "study": study.study_name,
         "trial": best.number,
@@ -92,16 +95,15 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
 
 
 def verdict(best: dict[str, Any], metric: str) -> str:
-    """One line: the best trial against the baseline recipe (gain in points of the metric)."""
+    """One line: the best trial against the baseline recipe (an accuracy's gain in points)."""
     line = f"best: trial {best['trial']} {metric}={best['value']:.4f}"
     if best.get("test_accuracy") is not None:
         line += f", test_accuracy={best['test_accuracy']:.4f}"
     base = best.get("baseline")
     if base is not None and best.get("gain") is not None:
-        line += (
-            f" — baseline recipe (trial {base['trial']}) {base['value']:.4f}, "
-            f"gain {100 * best['gain']:+.1f} pt"
-        )
+        gain = best["gain"]
+        shown = f"{100 * gain:+.1f} pt" if metric.endswith("accuracy") else f"{gain:+.4g}"
+        line += f" — baseline recipe (trial {base['trial']}) {base['value']:.4f}, gain {shown}"
     return line
 
 

@@ -527,7 +527,9 @@ class Tracker:
             base = baseline_trial(study)
             if base is not None and base.value is not None:
                 metrics.append(Metric("baseline_value", float(base.value), now, 0))
-                metrics.append(Metric("gain", float(best.value - base.value), now, 0))
+                sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+                gain = sign * (best.value - base.value)  # positive: better than the recipe
+                metrics.append(Metric("gain", float(gain), now, 0))
         if data is not None and self.config.tracking.register_model:
             from search.champion import repair
 

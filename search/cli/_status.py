@@ -76,7 +76,7 @@ def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
     if base is not None and best["gain"] is not None:
         click.echo(
             f"baseline recipe: trial {base['trial']} value {base['value']:.6g}, "
-            f"gain {100 * best['gain']:+.1f} pt"
+            f"gain {best['gain']:+.4g} (positive: the best trial is better)"
         )
 
 

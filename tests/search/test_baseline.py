@@ -78,3 +78,32 @@ def test_a_grid_study_runs_its_grid_only(tmp_path: Path) -> None:
     config = load_config(repo / "studies" / "exercise-dropout.yaml")
     study, _ = create_or_resume(config, open_storage(f"sqlite:///{tmp_path}/s.db"))
     assert study.get_trials() == []
+
+
+@pytest.mark.parametrize(
+    ("direction", "best_value", "base_value", "gain"),
+    [("maximize", 0.97, 0.91, 0.06), ("minimize", 0.20, 0.35, 0.15)],
+)
+def test_the_gain_is_positive_when_the_best_trial_beats_the_recipe(
+    tmp_path: Path, direction: str, best_value: float, base_value: float, gain: float
+) -> None:
+    import optuna
+
+    from search.storage import open_storage
+    from search.summary import best_summary, verdict
+
+    study = optuna.create_study(
+        storage=open_storage(f"sqlite:///{tmp_path}/g.db"), direction=direction
+    )
+    for value, phase in ((base_value, BASELINE), (best_value, "search")):
+        trial = study.ask()
+        trial.suggest_float("dropout", 0.0, 0.6)
+        trial.set_user_attr(PHASE_ATTR, phase)
+        study.tell(trial, value)
+    summary = best_summary(study)
+    assert summary is not None and summary["trial"] == 1
+    assert summary["gain"] == pytest.approx(gain)
+    assert summary["baseline"]["trial"] == 0
+    metric = "val_accuracy" if direction == "maximize" else "val_loss"
+    shown = "gain +6.0 pt" if direction == "maximize" else "gain +0.15"
+    assert shown in verdict(summary, metric)

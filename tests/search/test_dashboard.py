@@ -129,6 +129,7 @@ def test_best_note_is_written_on_the_best_trial(study: optuna.Study) -> None:
     from optuna_dashboard import get_note
 
     assert write_best_note(study) is None, "no completed trial yet"
+    study.set_user_attr("objective_metric", "val_accuracy")  # as `run` stores it
     for value in (0.91, 0.97, 0.93):
         trial = study.ask()
         _sample(trial)
