@@ -24,6 +24,7 @@ from search.signals import sigterm_interrupts
 from search.storage import (
     artifact_dir,
     describe_storage_error,
+    fail_and_retry,
     fail_stale_trials,
     open_storage,
     storage_error_of,
@@ -247,14 +248,9 @@ def _storage_failed(
     one line."""
     reason = describe_storage_error(exc)
     trial_id = objective.running_trial_id
-    storage = study._storage
-    if trial_id is not None:
+    if trial_id is not None:  # the same retry as a stale trial's (same params, phase)
         with contextlib.suppress(Exception):
-            storage.set_trial_user_attr(trial_id, "stop_reason", f"{STORAGE_ERROR}: {reason}")
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-                if retry is not None:  # the same retry as a stale trial's (same params, phase)
-                    retry(study, storage.get_trial(trial_id))
+            fail_and_retry(study, trial_id, f"{STORAGE_ERROR}: {reason}")
     _close_quietly(tracker, study)
     return StorageFailure(
         f"storage failed: {reason}; what was recorded stays, and the next `regsearch run` "

@@ -30,6 +30,7 @@ __all__ = [
     "LOST",
     "artifact_dir",
     "describe_storage_error",
+    "fail_and_retry",
     "fail_stale_trials",
     "open_storage",
     "resolve_storage_url",
@@ -237,13 +238,31 @@ def _retry_without_outcome(
     return callback
 
 
+def fail_and_retry(study: optuna.Study, trial_id: int, reason: str) -> bool:
+    """End a RUNNING trial FAIL with `reason` as its `stop_reason` and enqueue its retry with
+    the storage's stale-trial callback (same params, same phase). False when another worker
+    ended it first: then it is theirs to retry."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial_id, "stop_reason", reason)
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:
+        return False
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if callback is not None:
+        callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    return True
+
+
 def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Optuna's `fail_stale_trials`, plus a `stop_reason` on each trial it fails: RUNNING
     trials whose worker stopped sending heartbeats (killed, or cut off from the storage)
     become FAIL and are retried by the storage's callback. Returns the failed numbers."""
-    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.storages._heartbeat import BaseHeartbeat
-    from optuna.trial import TrialState
 
     storage = study._storage
     if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
@@ -251,22 +270,9 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     backend: Any = getattr(storage, "_backend", storage)
     grace = getattr(backend, "grace_period", None)
     reason = f"{LOST}: its worker sent no heartbeat for {grace} s (killed, or cut off); retried"
-    failed = []
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        try:  # another worker may fail it first: then it is theirs to retry
-            storage.set_trial_user_attr(trial_id, "stop_reason", reason)
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                failed.append(trial_id)
-        except UpdateFinishedTrialError:
-            continue
-    callback = storage.get_heartbeat_stale_trial_callback()
-    numbers = []
-    for trial_id in failed:
-        trial = storage.get_trial(trial_id)
-        numbers.append(trial.number)
-        if callback is not None:
-            callback(study, copy.deepcopy(trial))
-    return numbers
+    stale = storage._get_stale_trial_ids(study._study_id)
+    failed = [trial_id for trial_id in stale if fail_and_retry(study, trial_id, reason)]
+    return [storage.get_trial(trial_id).number for trial_id in failed]
 
 
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
