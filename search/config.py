@@ -30,6 +30,7 @@ from search.errors import UserError
 
 __all__ = [
     "DEFAULTS",
+    "ConfirmConfig",
     "DatasetConfig",
     "EarlyStoppingConfig",
     "ModelConfig",
@@ -265,6 +266,16 @@ class PrunerConfig(_Named):
         return name
 
 
+class ConfirmConfig(_Section):
+    """The confirm phase after the search budget: the `top_k` best distinct configurations
+    and the baseline retrained with `seeds` fresh training seeds, then the champion's
+    ablation (each active regularizer off, the same seeds) when `ablation` is on."""
+
+    top_k: Int = Field(3, ge=1)
+    seeds: Int = Field(3, ge=1)
+    ablation: bool = True
+
+
 class SearchConfig(_Section):
     n_trials: Int = Field(24, ge=1)
     timeout: float | None = Field(None, gt=0.0)
@@ -275,6 +286,12 @@ class SearchConfig(_Section):
     heartbeat_interval: Int | None = Field(30, ge=1)
     grace_period: Int | None = Field(None, ge=1)
     max_retry: Int = Field(2, ge=0)
+    confirm: ConfirmConfig | None = ConfirmConfig()
+
+    @field_validator("confirm", mode="before")
+    @classmethod
+    def _confirm_off(cls, value: Any) -> Any:
+        return None if value is None or str(value).lower() in ("none", "off", "false") else value
 
 
 class TrackingConfig(_Section):

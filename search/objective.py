@@ -11,6 +11,7 @@ import gc
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
@@ -20,9 +21,17 @@ from optuna.trial import TrialState
 from search.champion import Candidate
 from search.config import StudyConfig, TrialConfig
 from search.data import Dataset
+from search.evidence import CONFIRM, OVERRIDES_ATTR
 from search.space import SearchSpace
 from search.storage import describe_storage_error, storage_error_of
-from search.study import BASELINE, PHASE_ATTR, SEARCH, TIEBREAK_ATTR, beats_best
+from search.study import (
+    BASELINE,
+    PHASE_ATTR,
+    SEARCH,
+    TIEBREAK_ATTR,
+    beats_best,
+    is_budget_trial,
+)
 from search.train import NONFINITE, EpochStats, TrainResult, train
 from search.urls import redact_url
 
@@ -119,9 +128,7 @@ class Objective:
         if phase is None:
             phase = SEARCH
             trial.set_user_attr(PHASE_ATTR, phase)
-        overrides = self.space.baseline_values() if phase == BASELINE else None
-        cfg = self.space.sample(trial, overrides)
-        params = {**self.space.fixed_values(), **trial.params}
+        cfg, params = self._trial_config(trial, phase)
         run_id: str | None = None
         try:
             if self.tracker:
@@ -129,7 +136,7 @@ class Objective:
                 trial.set_user_attr("mlflow_run_id", run_id)
             for listener in self.listeners:
                 listener.trial_started(trial.number, cfg.train.epochs)
-            # The baseline's value is the yardstick: it always trains to the end.
+            # The baseline and the confirm phase's retrains are yardsticks: never pruned.
             result = self._train(trial, cfg, run_id, can_prune=phase == SEARCH)
         except KeyboardInterrupt:
             self._finish(trial, run_id, "KILLED", {"stop_reason": INTERRUPTED})
@@ -169,7 +176,12 @@ class Objective:
 
         value = float(result.best_value)
         tiebreak = summary.get(TIEBREAK_ATTR)
-        if run_id is not None and self.tracker and beats_best(trial.study, value, tiebreak):
+        # The baseline and confirm retrains keep their weights: the confirmed champion and
+        # the recipe it is compared with are evaluated on the test split from them.
+        keep = phase in (BASELINE, CONFIRM) or (
+            phase == SEARCH and beats_best(trial.study, value, tiebreak)
+        )
+        if run_id is not None and self.tracker and keep:
             # Weights first, while the trial runs: the model is registered only once Optuna
             # has recorded the trial COMPLETE (`after_tell`), and from this checkpoint by
             # `search.champion.repair` if the process dies in between.
@@ -182,6 +194,21 @@ class Objective:
         summary["value"] = value
         self._finish(trial, run_id, "COMPLETE", summary)
         return value
+
+    def _trial_config(self, trial: optuna.Trial, phase: str) -> tuple[TrialConfig, dict[str, Any]]:
+        """The trial's config and the values it trains with (what MLflow records): sampled or
+        enqueued params, then the trial's overrides (the baseline recipe; a retrain's seed and
+        the regularizer its ablation switches off)."""
+        overrides = dict(trial.user_attrs.get(OVERRIDES_ATTR) or {})
+        if not overrides and phase == BASELINE:  # studies from before overrides were stored
+            overrides = dict(self.space.baseline_values() or {})
+        seed = overrides.pop("seed", None)
+        cfg = self.space.sample(trial, overrides)
+        params = {**self.space.fixed_values(), **trial.params, **overrides}
+        if seed is not None:
+            cfg = replace(cfg, train=cfg.train.model_copy(update={"seed": int(seed)}))
+            params["seed"] = int(seed)
+        return cfg, params
 
     def after_tell(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback (the trial's outcome is stored): a COMPLETE candidate becomes the
@@ -212,9 +239,13 @@ class Objective:
             _log.warning("trial %d: learning-curve upload failed: %s", trial.number, exc)
 
     def _is_surplus(self, trial: optuna.Trial) -> bool:
+        """A search trial beyond the budget (a confirm-phase retrain never is)."""
+        if trial.user_attrs.get(PHASE_ATTR, SEARCH) != SEARCH:
+            return False
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         ahead = trial.study.get_trials(deepcopy=False, states=states)
-        return sum(t.number < trial.number for t in ahead) >= self.config.search.n_trials
+        below = sum(t.number < trial.number and is_budget_trial(t) for t in ahead)
+        return below >= self.config.search.n_trials
 
     def _train(
         self, trial: optuna.Trial, cfg: TrialConfig, run_id: str | None, *, can_prune: bool

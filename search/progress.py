@@ -100,4 +100,8 @@ class RunProgress:
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
         )
         head = f"trial {trial.number:>3} {trial.state.name:<8}{shown}"
+        phase = attrs.get("phase")
+        if phase in ("confirm", "ablation"):  # a retrain: say of what, and with which seed
+            what = f"{attrs.get('ablate')} off" if phase == "ablation" else "retrain"
+            params = f"[{phase}: {what} of #{attrs.get('source')}, seed {attrs.get('seed')}]"
         return f"{head} epochs={epochs} ({reason}) {params}"

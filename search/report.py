@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.champion import model_uri_of
 from search.space import REGULARIZERS
-from search.study import best_trial
+from search.study import best_trial, is_budget_trial
 from search.summary import format_value
 
 if TYPE_CHECKING:
@@ -70,15 +70,18 @@ class _Section:
 
 
 def snapshot(study: optuna.Study) -> optuna.Study:
-    """An in-memory copy of the study's finished trials: RUNNING (and FAIL) trials are left
-    out, and the figures all see the same trials even while workers keep adding more."""
+    """An in-memory copy of the study's finished search trials: RUNNING (and FAIL) trials and
+    the confirm phase's retrains are left out (the verdict section shows those), and the
+    figures all see the same trials even while workers keep adding more."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory"
     try:
         copy = optuna.create_study(direction=study.direction, study_name=study.study_name)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    copy.add_trials(study.get_trials(deepcopy=False, states=FINISHED))
+    copy.add_trials(
+        [t for t in study.get_trials(deepcopy=False, states=FINISHED) if is_budget_trial(t)]
+    )
     for key, value in study.user_attrs.items():
         copy.set_user_attr(key, value)
     return copy
@@ -404,7 +407,15 @@ def _importances(snap: optuna.Study, n_complete: int) -> str:
         fig = vis.plot_param_importances(snap, evaluator=evaluator)
     except Exception as exc:  # e.g. all params constant, or a single distinct value
         raise _Skip(f"parameter importances failed: {exc}") from None
-    return _plotly_html(fig, height=360)
+    why = (
+        "<p>fANOVA (Optuna's <code>FanovaImportanceEvaluator</code>, 16 trees, seed 0) over the "
+        "search trials: how much of the variance of the objective across the searched range "
+        "each parameter explains. It is not the same question as the ablation in the verdict "
+        "(what switching a regularizer off costs <i>the champion</i>), which is the answer to "
+        '"which regularizer mattered"; optuna-dashboard\'s own importance chart uses '
+        "another method and may rank differently.</p>"
+    )
+    return why + _plotly_html(fig, height=360)
 
 
 def _intermediate_values(snap: optuna.Study) -> str:
@@ -430,6 +441,79 @@ def _table(rows: Sequence[tuple[str, Any]]) -> str:
         for k, v in rows
     )
     return f"<table>{body}</table>"
+
+
+def contributions_figure(
+    contributions: Mapping[str, Mapping[str, Any]], metric: str, *, dpi: int = 100
+) -> bytes:
+    """Each regularizer's contribution to the champion (its ablation: the champion's value
+    minus the value with it off, paired by seed) with its 95% interval over seeds."""
+    scale, unit = (100.0, "points") if metric.endswith("accuracy") else (1.0, metric)
+    items = sorted(contributions.items(), key=lambda kv: kv[1]["mean"])
+    fig, ax = _new_figure(6.4, 0.5 + 0.45 * max(1, len(items)))
+    names = [name for name, _ in items]
+    means = [scale * c["mean"] for _, c in items]
+    low = [scale * (c["mean"] - c["low"]) if c["low"] is not None else 0.0 for _, c in items]
+    high = [scale * (c["high"] - c["mean"]) if c["high"] is not None else 0.0 for _, c in items]
+    colours = ["#3a7d44" if m > 0 else "#b5533c" for m in means]
+    ax.barh(names, means, xerr=[low, high], color=colours, capsize=4, height=0.6)
+    ax.axvline(0.0, color="#444", linewidth=0.8)
+    n = max((c["n"] for _, c in items), default=0)
+    ax.set_xlabel(f"contribution to the champion's {metric} ({unit}), 95% interval, {n} seeds")
+    ax.set_title("What each regularizer contributed (ablation: champion − it switched off)")
+    return _png(fig, dpi=dpi)
+
+
+def _verdict_section(best: Mapping[str, Any] | None, metric: str) -> str:
+    """The study's answer: the same line as `run`, `best` and the dashboard note, then the
+    configurations the confirm phase compared and the held-out test evaluation."""
+    from search.summary import verdict
+
+    if best is None:
+        return "<p class='note'>No completed trial yet.</p>"
+    parts = [f"<p class='verdict'><b>{html.escape(verdict(best, metric))}</b></p>"]
+    champion, test = best.get("champion"), best.get("test")
+    if champion is None:
+        parts.append(
+            "<p class='note'>No confirm phase yet (or `search.confirm: none`): the best trial "
+            "is one trial with one seed, scored on the split it was chosen on. "
+            "<code>regsearch confirm STUDY</code> retrains the top configurations with fresh "
+            "seeds.</p>"
+        )
+    rows: list[tuple[str, Any]] = []
+    if champion is not None:
+        val = champion["val"]
+        interval = "" if val["low"] is None else f" [{val['low']:.4f}, {val['high']:.4f}]"
+        rows.append(("champion configuration", f"of trial {champion['source']}"))
+        rows.append((f"{metric}, mean over seeds", f"{val['mean']:.4f}{interval} (n={val['n']})"))
+        rows.append(("seeds", ", ".join(map(str, champion["seeds"]))))
+        if best.get("gain_interval"):
+            g = best["gain_interval"]
+            shown = f"{g['mean']:+.4f}" + (
+                "" if g["low"] is None else f" [{g['low']:+.4f}, {g['high']:+.4f}]"
+            )
+            rows.append((f"gain over the baseline on {metric} (paired by seed)", shown))
+    if test is not None:
+        for who in ("champion", "baseline"):
+            if test.get(who):
+                t = test[who]
+                rows.append(
+                    (
+                        f"test: {who}",
+                        f"accuracy {t['accuracy']:.4f}, ECE {t['ece']:.4f}, NLL {t['nll']:.4f}",
+                    )
+                )
+        if test.get("gain"):
+            g = test["gain"]
+            rows.append(
+                (
+                    "test gain (95% interval)",
+                    f"{g['mean']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] — {g['method']}",
+                )
+            )
+    rows.append(("champion model", best.get("champion_uri") or best.get("model_uri") or "–"))
+    parts.append(_table(rows))
+    return "".join(parts)
 
 
 def _best_table(
@@ -554,7 +638,8 @@ def write_report(
     snap = snapshot(study)
     trials = snap.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = best_trial(snap) if complete else None
+    best = best_trial(snap) if complete else None  # of the search (curves, figures)
+    champion = best_trial(study)  # the confirmed champion's retrain once there is one
     metric = (
         config.objective.metric
         if config
@@ -582,16 +667,37 @@ def write_report(
 
     import optuna.visualization as vis
 
-    sections = [
+    from search.summary import best_summary
+
+    summary = best_summary(study)
+    sections = [_Section("Verdict", lambda: _verdict_section(summary, metric))]
+    if summary is not None and summary.get("contributions"):
+        contributions = summary["contributions"]
+        sections.append(
+            _Section(
+                "Contributions (ablation of the champion)",
+                png_section(
+                    "contributions.png",
+                    "each regularizer's contribution with its interval",
+                    lambda: contributions_figure(contributions, metric),
+                ),
+            )
+        )
+    sections += [
         _Section(
-            "Best trial",
-            lambda: _best_table(best, metric, budget, model_uri_of(snap, best) if best else None),
+            "Champion trial",
+            lambda: _best_table(
+                champion, metric, budget, model_uri_of(snap, champion) if champion else None
+            ),
         ),
         _Section(
             "Optimization history",
             lambda: _needs_complete(len(complete), lambda: vis.plot_optimization_history(snap)),
         ),
-        _Section("Parameter importances (fANOVA)", lambda: _importances(snap, len(complete))),
+        _Section(
+            "Parameter importances (fANOVA, search trials)",
+            lambda: _importances(snap, len(complete)),
+        ),
     ]
     for name in _searched_regularizers(trials):
         file = f"regularizer-{name}.png"

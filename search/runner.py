@@ -29,7 +29,7 @@ from search.storage import (
     open_storage,
     storage_error_of,
 )
-from search.study import FINISHED, count_trials, create_or_resume
+from search.study import FINISHED, count_trials, create_or_resume, is_budget_trial
 from search.train import resolve_device
 
 if TYPE_CHECKING:
@@ -92,7 +92,9 @@ def _optimize_until_done(
             fail_stale_trials(study)
         finished = count_trials(study, FINISHED)
         running_now = [
-            t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            t.number
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if is_budget_trial(t)
         ]
         running = len(running_now)
         if deadline is not None and time.monotonic() >= deadline:
@@ -124,6 +126,77 @@ def _optimize_until_done(
                         f"last: {reason.removeprefix(f'{STORAGE_ERROR}: ')}"
                     )
                 raise TooManyFailures(f"{failures} trials in a row failed; last: {reason}")
+        else:
+            failures = 0
+
+
+def _confirm_until_done(
+    study: optuna.Study,
+    objective: Objective,
+    config: StudyConfig,
+    *,
+    deadline: float | None,
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
+    max_consecutive_failures: int,
+    on_plan: Callable[[dict[str, int]], None] = lambda added: None,
+) -> bool:
+    """The confirm phase (`search.evidence`): enqueue its retrains, run them with the other
+    workers, enqueue the champion's ablation once they have ended, run that. True when every
+    planned retrain has ended (False: the deadline came first)."""
+    from search.evidence import enqueue_plan, evidence, plan
+
+    storage = study._storage
+    heartbeats = (isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval()) or 0
+    backend = getattr(storage, "_backend", storage)
+    patience = (getattr(backend, "grace_period", None) or 4 * heartbeats) + 2 * heartbeats
+    failures = 0
+    ran: list[FrozenTrial] = []
+    callbacks = [*callbacks, lambda _study, trial: ran.append(trial)]
+    waited_for: tuple[int, ...] | None = None
+    waiting_since = 0.0
+    while True:
+        if heartbeats:
+            fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        if plan(trials, config, study.direction):  # checked first without the lock
+            added = enqueue_plan(study, config)
+            if added:
+                on_plan(added)
+            trials = study.get_trials(deepcopy=False)
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        running = tuple(t.number for t in trials if t.state == TrialState.RUNNING)
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        if not waiting:
+            ev = evidence(trials, config, study.direction)
+            if ev is None or ev.pending == 0:
+                return True
+            if not running or not heartbeats:  # nothing that can still end: stop here
+                return False
+            if running != waited_for:
+                waited_for, waiting_since = running, time.monotonic()
+            elif time.monotonic() - waiting_since > patience:
+                return False
+            time.sleep(min(float(heartbeats), _WAIT_S))
+            continue
+        ran.clear()
+        study.optimize(
+            objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
+        )
+        if (
+            ran
+            and ran[-1].state == TrialState.FAIL
+            and ran[-1].user_attrs.get("stop_reason") != SURPLUS
+        ):
+            failures += 1
+            if failures >= max_consecutive_failures:
+                reason = ran[-1].user_attrs.get("stop_reason", "see the trial")
+                if reason.startswith(f"{STORAGE_ERROR}:"):
+                    raise StorageFailure(
+                        f"storage failed: {failures} trials in a row could not be recorded; "
+                        f"last: {reason.removeprefix(f'{STORAGE_ERROR}: ')}"
+                    )
+                raise TooManyFailures(f"{failures} retrains in a row failed; last: {reason}")
         else:
             failures = 0
 
@@ -189,6 +262,10 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         listeners=(progress, TrialTitle(options.title)) if options.title else (progress,),
         artifact_store=FileSystemArtifactStore(str(artifacts)),
     )
+    started = time.monotonic()
+    deadline = None if config.search.timeout is None else started + config.search.timeout
+    max_failures = max(3, config.search.max_retry + 2)
+    confirmed = config.search.confirm is None
     try:
         with sigterm_interrupts(), progress:
             progress.start(study)
@@ -198,8 +275,36 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
                 n_trials=config.search.n_trials,
                 timeout=config.search.timeout,
                 callbacks=[objective.after_tell, progress],
-                max_consecutive_failures=max(3, config.search.max_retry + 2),
+                max_consecutive_failures=max_failures,
             )
+            if not confirmed and count_trials(study, FINISHED) >= config.search.n_trials:
+
+                def announce(added: dict[str, int]) -> None:
+                    if options.quiet:
+                        return
+                    confirm = config.search.confirm
+                    assert confirm is not None
+                    if added.get("confirm"):
+                        console.print(
+                            f"{config.study}: confirm phase — {added['confirm']} retrains: the "
+                            f"top {confirm.top_k} configurations and the baseline recipe, "
+                            f"{confirm.seeds} fresh seeds each, unpruned"
+                        )
+                    if added.get("ablation"):
+                        console.print(
+                            f"{config.study}: ablation — {added['ablation']} retrains of the "
+                            "champion, each active regularizer off in turn, the same seeds"
+                        )
+
+                confirmed = _confirm_until_done(
+                    study,
+                    objective,
+                    config,
+                    deadline=deadline,
+                    callbacks=[objective.after_tell, progress],
+                    max_consecutive_failures=max_failures,
+                    on_plan=announce,
+                )
     except TooManyFailures as exc:
         _close_quietly(tracker, study)
         raise UserError(f"study {config.study!r} stopped: {exc}") from None
@@ -215,7 +320,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         _close_quietly(tracker, study)
         raise
     try:
-        done = count_trials(study, FINISHED) >= config.search.n_trials
+        done = count_trials(study, FINISHED) >= config.search.n_trials and confirmed
         if tracker is not None:
             tracker.close(study, finished=done, data=data)
     except Exception as exc:

@@ -29,6 +29,7 @@ __all__ = [
     "best_trial",
     "count_trials",
     "create_or_resume",
+    "is_budget_trial",
     "load_existing",
     "make_pruner",
     "make_sampler",
@@ -44,6 +45,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _MAY_DIFFER = {
     "search.n_trials",
     "search.timeout",
+    "search.confirm",  # `regsearch confirm --top-k/--seeds` extends the phase
+    "search.confirm.top_k",
+    "search.confirm.seeds",
+    "search.confirm.ablation",
     "train.device",
     "storage",
     "tracking.uri",
@@ -304,13 +309,16 @@ def enqueue_baseline(study: optuna.Study, config: StudyConfig) -> bool:
     the study together enqueue it once). Grid studies run their grid only. True if added."""
     from search.storage import study_lock
 
-    params = SearchSpace.from_config(config).baseline_params()
+    space = SearchSpace.from_config(config)
+    params = space.baseline_params()
     if params is None or config.search.sampler.name == "grid":
         return False
     with study_lock(study, "baseline"):
         if any(t.user_attrs.get(PHASE_ATTR) == BASELINE for t in study.get_trials(deepcopy=False)):
             return False
-        study.enqueue_trial(params, user_attrs={PHASE_ATTR: BASELINE})
+        # What it trains with beyond its params (a regularizer fixed in the space, say).
+        recipe = space.baseline_values() or {}
+        study.enqueue_trial(params, user_attrs={PHASE_ATTR: BASELINE, "overrides": recipe})
     return True
 
 
@@ -386,12 +394,21 @@ def outranks(
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's best COMPLETE trial by `ranking`. On a small validation split many trials
+    """The study's best trial: once its confirm phase is complete, the champion's best-seed
+    retrain (`search.evidence`); before, the best COMPLETE search or baseline trial by
+    `ranking`. On a small validation split many trials
     reach the same accuracy (60 images: steps of 1/60, often 1.0); Optuna's own `best_trial`
     takes the first of them, which is no better than a random pick. `best`, `status`, the
     report, the dashboard note and the `@champion` alias all use this one."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return min(complete, key=ranking(study.direction)) if complete else None
+    if any(not is_budget_trial(t) for t in complete):  # a confirm phase has run
+        from search.evidence import confirmed_champion
+
+        champion = confirmed_champion(study)
+        if champion is not None:
+            return champion
+    searched = [t for t in complete if is_budget_trial(t)]
+    return min(searched, key=ranking(study.direction)) if searched else None
 
 
 def beats_best(study: optuna.Study, value: float, tiebreak: float | None) -> bool:
@@ -405,5 +422,12 @@ def beats_best(study: optuna.Study, value: float, tiebreak: float | None) -> boo
     )
 
 
+def is_budget_trial(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts against `search.n_trials`: search and baseline trials do, the
+    confirm phase's retrains (`search.evidence`) do not."""
+    return trial.user_attrs.get(PHASE_ATTR, SEARCH) in (SEARCH, BASELINE)
+
+
 def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
+    """Trials in `states` that count against the search budget (`is_budget_trial`)."""
+    return sum(map(is_budget_trial, study.get_trials(deepcopy=False, states=states)))

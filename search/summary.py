@@ -16,6 +16,8 @@ __all__ = [
     "study_rows",
     "trial_row",
     "trials_table",
+    "verdict",
+    "verdict_metrics",
 ]
 
 CONTRACT_PARAMS = ("weight_decay", "dropout", "aug_strength", "mixup_alpha", "label_smoothing")
@@ -26,12 +28,20 @@ def _json_number(value: float | None) -> float | None:
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    """One trial as JSON; `params` are what it trained with (an ablation's regularizer off, a
+    retrain's seed), `phase` is search, baseline, confirm or ablation."""
     attrs = trial.user_attrs
+    trained = {k: v for k, v in (attrs.get("overrides") or {}).items() if k in trial.params}
+    if "seed" in (attrs.get("overrides") or {}):
+        trained["seed"] = attrs["overrides"]["seed"]
     return {
         "number": trial.number,
         "state": trial.state.name,
+        "phase": attrs.get("phase", "search"),
+        "ablate": attrs.get("ablate"),
+        "source": attrs.get("source"),
         "value": _json_number(trial.value) if trial.state != TrialState.FAIL else None,
-        "params": dict(trial.params),
+        "params": {**trial.params, **trained},
         "epochs": attrs.get("epochs_trained", len(trial.intermediate_values) or None),
         "best_epoch": attrs.get("best_epoch"),
         "stop_reason": attrs.get("stop_reason"),
@@ -57,11 +67,23 @@ def sorted_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.get_trials(deepcopy=False), key=key)
 
 
+def _interval(iv: Any) -> dict[str, Any] | None:
+    if iv is None:
+        return None
+    return {k: _json_number(v) if isinstance(v, float) else v for k, v in iv.as_dict().items()}
+
+
 def best_summary(study: optuna.Study) -> dict[str, Any] | None:
-    """`{study, trial, value, params, model_uri, champion_uri, test_accuracy, baseline, gain}`
-    of the best completed trial, or None. `baseline` is the study's baseline-recipe trial
-    (`{trial, value, params}`) and `gain` how much better the best value is than its value
-    (positive = better, also for a minimised metric; None without a baseline)."""
+    """The study's answer, or None before any trial completed. Keys: `study`, `trial` (the
+    champion's trial: the best-seed retrain once confirmed), `phase`, `value`, `params`,
+    `model_uri`, `champion_uri`, `test_accuracy`; `baseline` (`{trial, value, params}`, the
+    recipe's value: its mean over seeds once confirmed); `gain` (champion − baseline on
+    validation, positive = better also for a minimised metric) and `gain_interval`; `champion`
+    (the confirmed configuration: `{source, val: {mean, low, high, n}, seeds}`, None before);
+    `contributions` (`{regularizer: {mean, low, high, n}}` from the ablation); `test` (the
+    held-out evaluation: accuracy, ECE and NLL of both models, the gain with its interval);
+    `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early stopping."""
+    from search.evidence import TEST_ATTR, epochs_saved, study_config, study_evidence
     from search.study import PHASE_ATTR, baseline_trial, best_trial
 
     best = best_trial(study)
@@ -72,12 +94,39 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     # The best trial's own registered version; the alias URI only as a fallback.
     champion_uri = study.user_attrs.get("champion_uri")
     model_uri = model_uri_of(study, best) or champion_uri
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     base = baseline_trial(study)
-    gain = None
-    if base is not None and base.value is not None and best.value is not None:
-        # Positive when the best trial is better: a minimised metric (val_loss) counts down.
-        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    ev = study_evidence(study)
+    baseline = None
+    if base is not None:
+        baseline = {
+            "trial": base.number,
+            "value": _json_number(base.value),
+            "params": dict(base.params),
+        }
+    gain: float | None = None
+    gain_interval = None
+    champion = None
+    contributions: dict[str, Any] = {}
+    if ev is not None and ev.champion is not None and ev.champion.interval is not None:
+        champion = {
+            "source": ev.champion.source,
+            "params": dict(ev.champion.params),
+            "val": _interval(ev.champion.interval),
+            "seeds": ev.seeds,
+            "is_baseline": ev.champion.baseline,
+        }
+        if baseline is not None and ev.baseline is not None and ev.baseline.interval:
+            baseline["val"] = _interval(ev.baseline.interval)
+        if ev.gain is not None:
+            gain = _json_number(ev.gain.mean)
+            gain_interval = _interval(ev.gain)
+        contributions = {k: _interval(v) for k, v in ev.contributions.items()}
+    elif base is not None and base.value is not None and best.value is not None:
         gain = _json_number(sign * (best.value - base.value))
+    test = study.user_attrs.get(TEST_ATTR)
+    if isinstance(test, dict) and test.get("champion_trial") != best.number:
+        test = None  # of an earlier champion: the study was extended since
     return {
         "study": study.study_name,
         "trial": best.number,
@@ -86,25 +135,110 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
         "params": dict(best.params),
         "model_uri": model_uri,
         "champion_uri": champion_uri,
-        "test_accuracy": _json_number(study.user_attrs.get("test_accuracy")),
-        "baseline": None
-        if base is None
-        else {"trial": base.number, "value": _json_number(base.value), "params": dict(base.params)},
+        "test_accuracy": _json_number(test["champion"]["accuracy"]) if test else None,
+        "baseline": baseline,
         "gain": gain,
+        "gain_interval": gain_interval,
+        "champion": champion,
+        "contributions": contributions,
+        "test": test,
+        "confirm": None
+        if ev is None
+        else {
+            "complete": ev.confirm_complete and ev.pending == 0,
+            "pending": ev.pending,
+        },
+        "epochs_saved": epochs_saved(study, study_config(study)),
     }
 
 
+def _points(value: float, metric: str) -> str:
+    return f"{100 * value:+.1f} pt" if metric.endswith("accuracy") else f"{value:+.4g}"
+
+
 def verdict(best: dict[str, Any], metric: str) -> str:
-    """One line: the best trial against the baseline recipe (an accuracy's gain in points)."""
-    line = f"best: trial {best['trial']} {metric}={best['value']:.4f}"
-    if best.get("test_accuracy") is not None:
-        line += f", test_accuracy={best['test_accuracy']:.4f}"
-    base = best.get("baseline")
-    if base is not None and best.get("gain") is not None:
-        gain = best["gain"]
-        shown = f"{100 * gain:+.1f} pt" if metric.endswith("accuracy") else f"{gain:+.4g}"
-        line += f" — baseline recipe (trial {base['trial']}) {base['value']:.4f}, gain {shown}"
+    """The study's answer in one line, the same in `run`, `best`, the report, the dashboard
+    note and the MLflow parent run (an accuracy's differences in points)."""
+    champion, base, test = best.get("champion"), best.get("baseline"), best.get("test")
+    if champion is not None:
+        val = champion["val"]
+        spread = "" if val["low"] is None else f" ± {(val['high'] - val['low']) / 2:.3f}"
+        seeds = f"{val['n']} seed{'s' if val['n'] != 1 else ''}"
+        what = (
+            "the baseline recipe itself"
+            if champion.get("is_baseline")
+            else (f"trial {champion['source']}'s configuration")
+        )
+        line = f"champion: {what}, {metric} {val['mean']:.3f}{spread} ({seeds})"
+        if champion.get("is_baseline"):
+            base = None  # nothing searched beat it on the mean over seeds: no gain to state
+    else:
+        line = f"best: trial {best['trial']} {metric} {best['value']:.4f}"
+    if test is not None:
+        line += f", test {test['champion']['accuracy']:.3f}"
+    if champion is not None and champion.get("is_baseline"):
+        line += " — no searched configuration beat it on the mean over seeds"
+    if base is not None:
+        shown = base.get("val", {}).get("mean", base["value"]) if champion else base["value"]
+        if shown is not None:
+            line += f" — baseline recipe {shown:.3f}"
+        if test is not None and test.get("baseline") is not None:
+            line += f" (test {test['baseline']['accuracy']:.3f})"
+        gains = []
+        if best.get("gain") is not None:
+            iv = best.get("gain_interval") or {}
+            where = "val " if test is not None else ""
+            shown_gain = f"{where}{_points(best['gain'], metric)}"
+            if iv.get("low") is not None:
+                shown_gain += f" [{_points(iv['low'], metric)}, {_points(iv['high'], metric)}]"
+            gains.append(shown_gain)
+        if test is not None and test.get("gain") is not None:
+            g = test["gain"]
+            low, high = _points(g["low"], "accuracy"), _points(g["high"], "accuracy")
+            gains.append(f"test {_points(g['mean'], 'accuracy')} [{low}, {high}]")
+        if gains:
+            line += f", gain {', '.join(gains)}"
+    contributions = best.get("contributions") or {}
+    if contributions:
+        ranked = sorted(contributions.items(), key=lambda kv: -(kv[1]["mean"] or 0.0))
+        parts = [f"{name} {_points(c['mean'], metric)}" for name, c in ranked]
+        line += f"; contributions: {', '.join(parts)}"
+    confirm = best.get("confirm")
+    if confirm is not None and confirm.get("pending"):
+        line += f"; confirm phase: {confirm['pending']} retrains to go"
+    if best.get("epochs_saved") is not None:
+        line += f"; pruning and early stopping saved {100 * best['epochs_saved']:.0f}% of epochs"
     return line
+
+
+def verdict_metrics(best: dict[str, Any]) -> dict[str, float]:
+    """The verdict's numbers as MLflow metrics of the parent run."""
+    out: dict[str, Any] = {"best_value": best.get("value"), "best_trial": best.get("trial")}
+    base = best.get("baseline") or {}
+    out["baseline_value"] = (base.get("val") or {}).get("mean", base.get("value"))
+    out["gain"] = best.get("gain")
+    iv = best.get("gain_interval") or {}
+    out["gain_low"], out["gain_high"] = iv.get("low"), iv.get("high")
+    champion = best.get("champion")
+    if champion is not None:
+        out["champion_val_mean"] = champion["val"]["mean"]
+        out["champion_seeds"] = champion["val"]["n"]
+    test = best.get("test")
+    if test is not None:
+        for who, prefix in (("champion", "test_"), ("baseline", "baseline_test_")):
+            for key, value in (test.get(who) or {}).items():
+                out[f"{prefix}{key}"] = value
+        g = test.get("gain") or {}
+        out["test_gain"], out["test_gain_low"], out["test_gain_high"] = (
+            g.get("mean"),
+            g.get("low"),
+            g.get("high"),
+        )
+    for name, c in (best.get("contributions") or {}).items():
+        out[f"contribution_{name}"] = c["mean"]
+        out[f"contribution_{name}_low"], out[f"contribution_{name}_high"] = c["low"], c["high"]
+    out["epochs_saved"] = best.get("epochs_saved")
+    return {k: float(v) for k, v in out.items() if isinstance(v, int | float) and math.isfinite(v)}
 
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
@@ -157,9 +291,9 @@ def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | 
     metric = study.user_attrs.get("objective_metric", "value")
     table = Table(title=title, header_style="bold")
     fixed, names = table_params(study)
-    for column in ("#", "state", metric, *names, "epochs", "stop reason"):
+    for column in ("#", "state", "phase", metric, *names, "epochs", "stop reason"):
         table.add_column(
-            column, justify="right" if column not in ("state", "stop reason") else "left"
+            column, justify="left" if column in ("state", "phase", "stop reason") else "right"
         )
     trials = sorted_trials(study)
     for trial in trials[:limit] if limit else trials:
@@ -167,9 +301,15 @@ def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | 
         style = {"COMPLETE": None, "PRUNED": "dim", "FAIL": "red", "RUNNING": "cyan"}.get(
             row["state"]
         )
+        phase = {"search": "", "confirm": f"retrain #{row['source']}"}.get(
+            row["phase"], row["phase"]
+        )
+        if row["phase"] == "ablation":
+            phase = f"#{row['source']} −{row['ablate']}"
         table.add_row(
             str(row["number"]),
             row["state"],
+            phase,
             format_value(row["value"]),
             *(format_value(row["params"].get(p, fixed.get(p))) for p in names),
             format_value(row["epochs"]),

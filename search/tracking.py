@@ -34,8 +34,8 @@ from search.config import StudyConfig, safe_study_name
 from search.data import Dataset
 from search.errors import UserError
 from search.objective import TRACKING_ERROR
-from search.study import baseline_trial, best_trial, outranks
-from search.train import EpochStats, TrainResult, evaluate
+from search.study import best_trial, outranks
+from search.train import EpochStats, TrainResult
 from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri
 
 __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "load_checkpoint", "resolve_tracking_uri"]
@@ -519,28 +519,24 @@ class Tracker:
         if running:
             return  # other workers still run trials; the last one finishes the parent
         now = int(time.time() * 1000)
-        metrics, tags = [], []
-        best = best_trial(study)
-        if best is not None and best.value is not None:
-            metrics.append(Metric("best_value", float(best.value), now, 0))
-            metrics.append(Metric("best_trial", float(best.number), now, 0))
-            base = baseline_trial(study)
-            if base is not None and base.value is not None:
-                metrics.append(Metric("baseline_value", float(base.value), now, 0))
-                sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-                gain = sign * (best.value - base.value)  # positive: better than the recipe
-                metrics.append(Metric("gain", float(gain), now, 0))
+        metrics: list[Metric] = []
+        tags: list[RunTag] = []
         if data is not None and self.config.tracking.register_model:
             from search.champion import repair
 
             repair(self, study, data)
-            test = self._evaluate_champion(data)
+            test = self._held_out(study, data)
             if test is not None:
-                metrics.append(Metric("test_accuracy", test, now, 0))
                 uri = f"models:/{self.study_name}@{CHAMPION}"
                 tags.append(RunTag("champion_uri", uri))
                 study.set_user_attr("champion_uri", uri)
-                study.set_user_attr("test_accuracy", test)
+                study.set_user_attr("test_accuracy", test["champion"]["accuracy"])
+        from search.summary import best_summary, verdict, verdict_metrics
+
+        best = best_summary(study)
+        if best is not None:
+            metrics += [Metric(k, v, now, 0) for k, v in verdict_metrics(best).items()]
+            tags.append(RunTag("verdict", verdict(best, self.config.objective.metric)[:5000]))
         self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(
             self.parent_run_id, status=RunStatus.to_string(RunStatus.FINISHED)
@@ -590,17 +586,48 @@ class Tracker:
             with contextlib.suppress(MlflowException):
                 self.client.set_terminated(run.info.run_id, status="KILLED")
 
-    def _evaluate_champion(self, data: Dataset) -> float | None:
-        """Test accuracy of the champion, computed once per model version."""
+    def _held_out(self, study: optuna.Study, data: Dataset) -> dict[str, Any] | None:
+        """The champion's and the baseline recipe's one evaluation on the test split
+        (`search.evidence.held_out`), kept in the study; computed again only when the
+        champion or the baseline's model changes (a study extended later)."""
+        from search.evidence import TEST_ATTR, baseline_model_trial, held_out
+
+        champion = best_trial(study)
+        if champion is None or not champion.user_attrs.get("mlflow_run_id"):
+            return None
+        base = baseline_model_trial(study)
+        key = {
+            "champion_trial": champion.number,
+            "baseline_trial": None if base is None else base.number,
+        }
+        stored = study.user_attrs.get(TEST_ATTR)
+        if isinstance(stored, dict) and all(stored.get(k) == v for k, v in key.items()):
+            return stored
+        try:
+            model = load_checkpoint(self.client, champion.user_attrs["mlflow_run_id"])
+        except (MlflowException, OSError) as exc:
+            _log.warning("champion not evaluated on the test split: %s", exc)
+            return None
+        base_model = None
+        if base is not None and base.number != champion.number:
+            try:
+                base_model = load_checkpoint(self.client, base.user_attrs["mlflow_run_id"])
+            except (KeyError, MlflowException, OSError):  # e.g. a run of an older version
+                base_model = None
+        result = {**key, **held_out(model, base_model, data)}
+        if base is not None and base.number == champion.number:  # the recipe won
+            result["baseline"] = dict(result["champion"])
+            result["gain"] = {"mean": 0.0, "low": 0.0, "high": 0.0, "method": "same model"}
+        study.set_user_attr(TEST_ATTR, result)
+        self._describe_champion(result["champion"]["accuracy"], len(data.test))
+        return result
+
+    def _describe_champion(self, accuracy: float, images: int) -> None:
+        """Tag and describe the `@champion` version with its test accuracy."""
         try:
             mv = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
         except MlflowException:
-            return None
-        if "test_accuracy" in mv.tags:
-            return float(mv.tags["test_accuracy"])
-        model = load_checkpoint(self.client, str(mv.run_id))
-        device = data.test.x.device
-        _, accuracy = evaluate(model.to(device), data.test, max_value=data.max_value)
+            return
         self.client.set_model_version_tag(
             self.study_name, mv.version, "test_accuracy", repr(accuracy)
         )
@@ -609,9 +636,9 @@ class Tracker:
             mv.version,
             description=f"Trial {mv.tags.get('trial')}: {self.config.objective.metric} "
             f"{float(mv.tags.get('value', 'nan')):.4f}, test accuracy {accuracy:.4f} "
-            f"({len(data.test)} held-out images).",
+            f"({images} held-out images). Input: float32 images in [0, 1], shape "
+            "(N, C, H, W); returns logits.",
         )
-        return accuracy
 
 
 def _read_checkpoint(

@@ -32,7 +32,10 @@ __all__ = [
     "build_model",
     "epoch_plan",
     "evaluate",
+    "evaluate_full",
+    "expected_calibration_error",
     "make_optimizer",
+    "predict",
     "resolve_device",
     "train",
 ]
@@ -51,6 +54,7 @@ class EpochStats:
     fit_loss: float  # mean loss of the augmented/mixed batches the optimizer saw
     lr: float
     epoch_seconds: float
+    val_ece: float = math.nan  # expected calibration error on the validation split (15 bins)
 
     def metrics(self) -> dict[str, float]:
         return {k: v for k, v in asdict(self).items() if k != "epoch"}
@@ -235,7 +239,77 @@ def batch(
     return x, images.y.index_select(0, idx)
 
 
+ECE_BINS = 15
+
+
+def expected_calibration_error(
+    confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS
+) -> float:
+    """ECE (Guo et al. 2017): the gap between confidence and accuracy, averaged over `bins`
+    equal-width confidence bins weighted by their share of the images."""
+    if confidence.numel() == 0:
+        return math.nan
+    confidence = confidence.float()
+    which = (confidence * bins).long().clamp_(0, bins - 1)
+    conf_sum = torch.bincount(which, weights=confidence, minlength=bins)
+    acc_sum = torch.bincount(which, weights=correct.float(), minlength=bins)
+    return float((conf_sum - acc_sum).abs().sum().item() / confidence.numel())
+
+
 @torch.no_grad()
+def predict(
+    model: nn.Module,
+    images: ImageSet,
+    *,
+    max_value: float,
+    batch_size: int = 1024,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """The model's float32 logits for every image (eval mode), on the images' device."""
+    was_training = model.training
+    model.eval()
+    device = images.x.device
+    channels_last = device.type == "cuda"
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = _to_float(images.x[start : start + batch_size], max_value, channels_last)
+        with _autocast(device, precision):
+            out.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0, device=device)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float  # mean cross-entropy (the NLL)
+    accuracy: float
+    ece: float  # expected calibration error, `ECE_BINS` bins
+    correct: torch.Tensor  # bool per image: for paired comparisons of two models
+
+
+def evaluate_full(
+    model: nn.Module,
+    images: ImageSet,
+    *,
+    max_value: float,
+    batch_size: int = 1024,
+    precision: str = "fp32",
+) -> Evaluation:
+    """Loss, accuracy, calibration and per-image correctness of `model` on `images`."""
+    logits = predict(model, images, max_value=max_value, batch_size=batch_size, precision=precision)
+    if len(images) == 0:
+        return Evaluation(math.nan, math.nan, math.nan, torch.zeros(0, dtype=torch.bool))
+    loss = F.cross_entropy(logits, images.y).item()
+    confidence, predicted = logits.softmax(dim=1).max(dim=1)
+    correct = predicted == images.y
+    return Evaluation(
+        loss=loss,
+        accuracy=correct.float().mean().item(),
+        ece=expected_calibration_error(confidence, correct),
+        correct=correct.cpu(),
+    )
+
+
 def evaluate(
     model: nn.Module,
     images: ImageSet,
@@ -245,22 +319,10 @@ def evaluate(
     precision: str = "fp32",
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` in eval mode on `images`."""
-    was_training = model.training
-    model.eval()
-    device = images.x.device
-    channels_last = device.type == "cuda"
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for start in range(0, len(images), batch_size):
-        x = _to_float(images.x[start : start + batch_size], max_value, channels_last)
-        y = images.y[start : start + batch_size]
-        with _autocast(device, precision):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
-    model.train(was_training)
-    n = max(1, len(images))
-    return loss_sum.item() / n, correct.item() / n
+    full = evaluate_full(
+        model, images, max_value=max_value, batch_size=batch_size, precision=precision
+    )
+    return full.loss, full.accuracy
 
 
 def train(
@@ -342,16 +404,17 @@ def train(
             "precision": t.precision,
         }
         train_loss, train_acc = evaluate(model, clean_train, **eval_kwargs)  # type: ignore[arg-type]
-        val_loss, val_acc = evaluate(model, data.val, **eval_kwargs)  # type: ignore[arg-type]
+        val = evaluate_full(model, data.val, **eval_kwargs)  # type: ignore[arg-type]
         stats = EpochStats(
             epoch=epoch,
             train_loss=train_loss,
             train_accuracy=train_acc,
-            val_loss=val_loss,
-            val_accuracy=val_acc,
+            val_loss=val.loss,
+            val_accuracy=val.accuracy,
             fit_loss=fit_loss,
             lr=optimizer.param_groups[0]["lr"],
             epoch_seconds=time.perf_counter() - started,
+            val_ece=val.ece,
         )
         result.history.append(stats)
         value = getattr(stats, metric)

@@ -20,12 +20,26 @@ def _user_env(env: dict[str, str] | None) -> dict[str, str]:
     return full_env
 
 
+def _without_confirm(args: tuple[str, ...], confirm: bool) -> list[str]:
+    """`regsearch run` without the confirm phase (top configurations retrained with fresh
+    seeds, then the champion's ablation) unless a test asks for it: it multiplies a tiny
+    study's trials, and tests/search/test_evidence.py and test_confirm.py cover it."""
+    if confirm or not args or args[0] != "run" or any("search.confirm" in a for a in args):
+        return list(args)
+    return [args[0], "--set", "search.confirm=none", *args[1:]]
+
+
 def regsearch(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    confirm: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real console entry point in a subprocess (as a user would)."""
+    """Run the real console entry point in a subprocess (as a user would); a `run` has no
+    confirm phase unless `confirm` (see `_without_confirm`)."""
     return subprocess.run(
-        [sys.executable, "-m", "search", *args],
+        [sys.executable, "-m", "search", *_without_confirm(args, confirm)],
         cwd=cwd,
         env=_user_env(env),
         capture_output=True,
@@ -34,10 +48,10 @@ def regsearch(
     )
 
 
-def start_regsearch(*args: str, cwd: Path) -> subprocess.Popen[str]:
+def start_regsearch(*args: str, cwd: Path, confirm: bool = False) -> subprocess.Popen[str]:
     """`regsearch` started in the background (to be signalled or killed by the test)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "search", *args],
+        [sys.executable, "-m", "search", *_without_confirm(args, confirm)],
         cwd=cwd,
         env=_user_env(None),
         stdout=subprocess.PIPE,

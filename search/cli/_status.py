@@ -57,7 +57,8 @@ def status_command(study_name: str | None, storage: str | None, as_json: bool) -
 @storage_option
 @json_option
 def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
-    """The best trial: value, params and the MLflow model URI."""
+    """The study's answer: the verdict line (champion, baseline, gain, contributions), then the
+    champion trial's value, params and MLflow model URI (--json: all of it)."""
     from search.study import load_existing
     from search.summary import best_summary
 
@@ -68,16 +69,16 @@ def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(best, indent=2))
         return
-    click.echo(f"study:  {best['study']}\ntrial:  {best['trial']}\nvalue:  {best['value']:.6g}")
+    from search.summary import verdict
+
+    metric = study.user_attrs.get("objective_metric", "value")
+    click.echo(verdict(best, metric))
+    click.echo(f"study:  {best['study']}\ntrial:  {best['trial']}\n{metric}:  {best['value']:.6g}")
     for key, value in best["params"].items():
         click.echo(f"  {key} = {value}")
     click.echo(f"model:  {best['model_uri'] or '(not registered)'}")
-    base = best["baseline"]
-    if base is not None and best["gain"] is not None:
-        click.echo(
-            f"baseline recipe: trial {base['trial']} value {base['value']:.6g}, "
-            f"gain {best['gain']:+.4g} (positive: the best trial is better)"
-        )
+    if best["champion_uri"]:
+        click.echo(f"champion: {best['champion_uri']}")
 
 
 COMMANDS = [status_command, best_command]

@@ -66,7 +66,10 @@ def test_the_baseline_is_enqueued_once_and_first(tmp_path: Path) -> None:
     assert not enqueue_baseline(study, config), "a second worker does not enqueue it again"
     (waiting,) = study.get_trials()
     assert waiting.state.name == "WAITING" and waiting.number == 0
-    assert waiting.user_attrs == {PHASE_ATTR: BASELINE}
+    assert waiting.user_attrs[PHASE_ATTR] == BASELINE
+    # What it trains with: the recipe, and the fixed-off regularizers the recipe leaves out.
+    off = {"cutmix_alpha": 0.0, "cutout": 0.0, "drop_path": 0.0}
+    assert waiting.user_attrs["overrides"] == {**DEFAULT_BASELINE, **off}
     assert waiting.system_attrs["fixed_params"] == DEFAULT_BASELINE  # Optuna keeps them here
     assert baseline_trial(study) is None  # not run yet
 

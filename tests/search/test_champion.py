@@ -18,7 +18,12 @@ from search.runner import RunOptions, run_study
 from search.storage import open_storage, study_lock
 from search.study import best_trial
 
-ARGS = ["train.epochs=2", "search.pruner=none", "early_stopping.patience=null"]
+ARGS = [
+    "train.epochs=2",
+    "search.pruner=none",
+    "early_stopping.patience=null",
+    "search.confirm=none",
+]
 
 
 def _run(tmp_path: Path, n_trials: int) -> optuna.Study:

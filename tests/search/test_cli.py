@@ -285,7 +285,7 @@ def test_default_study_meets_the_acceptance_bar(tmp_path: Path) -> None:
     import time
 
     start = time.monotonic()
-    proc = regsearch("run", cwd=tmp_path, timeout=400)
+    proc = regsearch("run", cwd=tmp_path, timeout=400, confirm=True)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(regsearch("status", "digits", "--json", cwd=tmp_path).stdout)

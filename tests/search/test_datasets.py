@@ -480,6 +480,7 @@ def test_a_study_runs_on_each_data_set(tmp_path: Path, name: str) -> None:
             "train.device=cpu",
             "search.n_trials=1",
             "search.pruner=none",
+            "search.confirm=none",
             "tracking.enabled=false",
         ]
     )

@@ -1,0 +1,193 @@
+"""The confirm phase end to end, as a user runs it: `regsearch confirm` on a finished study,
+the verdict the same in the CLI, `best --json`, the report, the dashboard note and the MLflow
+parent run; `@champion` on the confirmed winner; and a worker killed in the middle of it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.helpers import regsearch, start_regsearch
+
+# Two searched regularizers and a two-value recipe keep the ablation to ≤ 2 × seeds retrains.
+SMALL = (
+    "--set", "train.epochs=2",
+    "--set", "search.pruner=none",
+    "--set", "early_stopping.patience=null",
+    "--set", "space={dropout: {type: float, low: 0.0, high: 0.5}, "
+    "aug_strength: {type: float, low: 0.0, high: 1.0}, weight_decay: 0.0, mixup_alpha: 0.0, "
+    "label_smoothing: 0.0}",
+    "--set", "baseline={dropout: 0.5, aug_strength: 0.5}",
+    "--quiet",
+)  # fmt: skip
+
+
+def _study(root: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{root}/studies/regsearch.db")
+
+
+def _phases(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials():
+        phase = t.user_attrs.get("phase", "search")
+        out[phase] = out.get(phase, 0) + 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-trial study run without a confirm phase, then `regsearch confirm` on it."""
+    root = tmp_path_factory.mktemp("confirm")
+    first = regsearch("run", "--study", "c", "--n-trials", "3", *SMALL, cwd=root)
+    assert first.returncode == 0, first.stderr[-2000:]
+    proc = regsearch("confirm", "c", "--top-k", "1", "--seeds", "2", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (root / "confirm.out").write_text(proc.stdout + proc.stderr)
+    return root
+
+
+def test_confirm_retrains_the_top_configuration_and_the_baseline_then_ablates(
+    confirmed: Path,
+) -> None:
+    study = _study(confirmed, "c")
+    states = {t.state.name for t in study.get_trials()}
+    assert states == {"COMPLETE"}, "nothing left RUNNING or WAITING"
+    phases = _phases(study)
+    assert phases["search"] + phases["baseline"] == 3, "n_trials unchanged by the retrains"
+    assert phases["confirm"] == 4, "(top 1 + baseline) × 2 seeds"
+    best = json.loads(regsearch("best", "c", "--json", cwd=confirmed).stdout)
+    champion = best["champion"]
+    assert champion["val"]["n"] == 2 and champion["seeds"] == [1000, 1001]
+    active = {k for k, v in champion["params"].items() if v != 0.0}
+    if champion["is_baseline"]:
+        active = {"dropout", "aug_strength"}
+    assert phases.get("ablation", 0) == 2 * len(active)
+    assert set(best["contributions"]) == active
+    for c in best["contributions"].values():
+        assert c["n"] == 2 and c["low"] <= c["mean"] <= c["high"]
+    # The champion trial is the best-seed retrain of the configuration with the best mean.
+    winner = study.trials[best["trial"]]
+    assert winner.user_attrs["phase"] == "confirm"
+    assert winner.user_attrs["source"] == champion["source"]
+    assert best["confirm"] == {"complete": True, "pending": 0}
+    test = best["test"]
+    for who in ("champion", "baseline"):
+        assert 0 <= test[who]["accuracy"] <= 1 and 0 <= test[who]["ece"] <= 1
+        assert test[who]["nll"] > 0
+    assert test["gain"]["low"] <= test["gain"]["mean"] <= test["gain"]["high"]
+    assert best["test_accuracy"] == test["champion"]["accuracy"]
+
+
+def test_the_champion_alias_points_at_the_confirmed_winner(confirmed: Path) -> None:
+    from mlflow import MlflowClient
+
+    best = json.loads(regsearch("best", "c", "--json", cwd=confirmed).stdout)
+    assert best["champion_uri"] == "models:/c@champion"
+    client = MlflowClient(registry_uri=f"sqlite:///{confirmed}/mlruns/mlflow.db")
+    version = client.get_model_version_by_alias("c", "champion")
+    assert version.tags["trial"] == str(best["trial"])
+    assert best["model_uri"] == f"models:/c/{version.version}"
+
+
+def test_the_verdict_is_the_same_in_the_cli_the_parent_run_the_report_and_the_note(
+    confirmed: Path,
+) -> None:
+    from mlflow import MlflowClient
+
+    text = regsearch("best", "c", cwd=confirmed).stdout
+    line = text.splitlines()[0]
+    assert line.startswith("champion: ") and "(2 seeds)" in line and "contributions:" in line
+    assert ", test " in line and ("gain val " in line or "the baseline recipe itself" in line)
+    assert line in (confirmed / "confirm.out").read_text(), "the end of the run says the same"
+    client = MlflowClient(f"sqlite:///{confirmed}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("c")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.role = 'study'")
+    assert parent.data.tags["verdict"] == line
+    best = json.loads(regsearch("best", "c", "--json", cwd=confirmed).stdout)
+    assert parent.data.metrics["champion_val_mean"] == pytest.approx(
+        best["champion"]["val"]["mean"]
+    )
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(best["test_accuracy"])
+    for name, c in best["contributions"].items():
+        assert parent.data.metrics[f"contribution_{name}"] == pytest.approx(c["mean"])
+    retrains = client.search_runs([experiment.experiment_id], "tags.phase = 'confirm'")
+    assert len(retrains) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in retrains} == {parent.info.run_id}
+
+    proc = regsearch("report", "c", "--out", str(confirmed / "report"), cwd=confirmed)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = (confirmed / "report" / "index.html").read_text()
+    first = page.index("<section>")
+    assert page.index("<h2>Verdict</h2>") == first + len("<section>"), "the first section"
+    import html
+
+    assert html.escape(line) in page
+    assert (confirmed / "report" / "contributions.png").stat().st_size > 1000
+
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    study = _study(confirmed, "c")
+    winner = study.trials[best["trial"]]
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    note = get_note_from_system_attrs(attrs, winner._trial_id)["body"]
+    assert line in note
+
+
+@pytest.mark.slow
+def test_a_worker_killed_in_the_confirm_phase_is_resumed_and_the_phase_finishes(
+    tmp_path: Path,
+) -> None:
+    args = (
+        "run", "--study", "k", "--n-trials", "2", *SMALL,
+        "--set", "search.confirm={top_k: 1, seeds: 2}",
+        "--set", "search.heartbeat_interval=1",
+        "--set", "search.grace_period=2",
+    )  # fmt: skip
+    proc = start_regsearch(*args, cwd=tmp_path, confirm=True)
+    deadline = time.monotonic() + 180
+    killed_in = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                trials = _study(tmp_path, "k").get_trials()
+            except Exception:
+                trials = []
+            running = [
+                t
+                for t in trials
+                if t.state.name == "RUNNING" and t.user_attrs.get("phase") == "confirm"
+            ]
+            if running:
+                proc.send_signal(signal.SIGKILL)
+                killed_in = running[0].number
+                break
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert killed_in is not None, "the run never reached its confirm phase"
+
+    again = regsearch(*args, cwd=tmp_path, timeout=300, confirm=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    study = _study(tmp_path, "k")
+    lost = study.trials[killed_in]
+    assert lost.state.name == "FAIL" and lost.user_attrs["stop_reason"].startswith("lost:")
+    retried = [
+        t
+        for t in study.get_trials()
+        if t.number > killed_in
+        and t.user_attrs.get("phase") == "confirm"
+        and t.user_attrs.get("source") == lost.user_attrs["source"]
+        and t.user_attrs.get("seed") == lost.user_attrs["seed"]
+    ]
+    assert [t.state.name for t in retried] == ["COMPLETE"], "retried once, same seed and config"
+    assert not [t for t in study.get_trials() if t.state.name in ("RUNNING", "WAITING")]
+    best = json.loads(regsearch("best", "k", "--json", cwd=tmp_path).stdout)
+    assert best["confirm"] == {"complete": True, "pending": 0}
+    assert best["champion"]["val"]["n"] == 2 and best["contributions"]
+    assert best["test"] is not None and best["champion_uri"] == "models:/k@champion"

@@ -1,0 +1,242 @@
+"""The confirm phase's planning and arithmetic, on deterministic fake training outcomes: the
+champion is the best mean over seeds (not the luckiest single trial), the gain and each
+regularizer's contribution are paired over seeds with a Student-t interval."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from search.config import load_config
+from search.evidence import (
+    ABLATE_ATTR,
+    ABLATION,
+    CONFIRM,
+    SEED_ATTR,
+    SOURCE_ATTR,
+    confirm_seeds,
+    evidence,
+    mean_interval,
+    paired_bootstrap,
+    plan,
+)
+from search.study import BASELINE, PHASE_ATTR, SEARCH, best_trial, count_trials
+from search.summary import best_summary, verdict
+from search.train import expected_calibration_error
+
+_DISTS = {
+    "weight_decay": FloatDistribution(1e-5, 0.1, log=True),
+    "dropout": FloatDistribution(0.0, 0.6),
+    "aug_strength": FloatDistribution(0.0, 1.0),
+    "mixup_alpha": FloatDistribution(0.0, 1.0),
+    "label_smoothing": FloatDistribution(0.0, 0.3),
+}
+# Two searched configurations: A has the luckiest search trial, B is better on average.
+A = {"weight_decay": 1e-4, "dropout": 0.1, "aug_strength": 0.0, "mixup_alpha": 0.3,
+     "label_smoothing": 0.05}  # fmt: skip
+B = {"weight_decay": 1e-3, "dropout": 0.2, "aug_strength": 0.6, "mixup_alpha": 0.0,
+     "label_smoothing": 0.1}  # fmt: skip
+RECIPE = {"weight_decay": 0.01, "dropout": 0.5, "aug_strength": 0.5, "mixup_alpha": 0.2,
+          "label_smoothing": 0.1}  # fmt: skip
+
+
+def _config(direction_metric: str = "val_accuracy", **confirm: object):
+    settings = {"top_k": 2, "seeds": 3, **confirm}
+    sets = [f"search.confirm.{k}={str(v).lower()}" for k, v in settings.items()]
+    return load_config(overrides=[*sets, f"objective.metric={direction_metric}"])
+
+
+def _study(config, direction: str = "maximize") -> optuna.Study:
+    """An in-memory study holding `config` (as `create_or_resume` stores it)."""
+    from search.study import CONFIG_ATTR
+
+    study = optuna.create_study(direction=direction)
+    study.set_user_attr(CONFIG_ATTR, config.portable_dict())
+    return study
+
+
+def _add(study, value, params, **attrs) -> int:
+    study.add_trial(
+        create_trial(
+            state=TrialState.COMPLETE,
+            value=value,
+            params=params,
+            distributions=_DISTS,
+            user_attrs=attrs,
+        )
+    )
+    return study.trials[-1].number
+
+
+def _searched(study) -> tuple[int, int, int]:
+    base = _add(study, 0.95, RECIPE, **{PHASE_ATTR: BASELINE})
+    a = _add(study, 0.99, A, **{PHASE_ATTR: SEARCH})  # the maximum: partly luck
+    b = _add(study, 0.97, B, **{PHASE_ATTR: SEARCH})
+    _add(study, 0.90, {**B, "dropout": 0.5}, **{PHASE_ATTR: SEARCH})  # not in the top 2
+    return base, a, b
+
+
+def _run_plan(study, config, outcome) -> list[int]:
+    """Add every planned retrain as COMPLETE with `outcome(attrs)`; their numbers."""
+    added = []
+    for item in plan(study.get_trials(), config, study.direction):
+        added.append(_add(study, outcome(item.user_attrs), item.params, **item.user_attrs))
+    return added
+
+
+CONFIRMED = {  # source label → value per seed index
+    "base": [0.93, 0.94, 0.95],
+    "a": [0.90, 0.91, 0.92],
+    "b": [0.95, 0.96, 0.97],
+}
+
+
+def test_the_champion_is_the_best_mean_over_seeds_not_the_best_single_trial() -> None:
+    config = _config()
+    seeds = confirm_seeds(config, 3)
+    study = _study(config)
+    base, a, b = _searched(study)
+    assert best_trial(study).number == a  # before the confirm phase: the search maximum
+    label = {base: "base", a: "a", b: "b"}
+
+    first = plan(study.get_trials(), config, study.direction)
+    assert {(i.user_attrs[SOURCE_ATTR], i.user_attrs[SEED_ATTR]) for i in first} == {
+        (s, seed) for s in (base, a, b) for seed in seeds
+    }, "the top 2 distinct search configurations and the baseline, 3 fresh seeds each"
+    assert all(i.user_attrs[PHASE_ATTR] == CONFIRM for i in first)
+    # The baseline's retrains train with its recipe; every retrain with its own seed.
+    assert all(i.user_attrs["overrides"]["seed"] == i.user_attrs[SEED_ATTR] for i in first)
+    added = _run_plan(
+        study,
+        config,
+        lambda attrs: CONFIRMED[label[attrs[SOURCE_ATTR]]][seeds.index(attrs[SEED_ATTR])],
+    )
+    assert len(added) == 9
+    assert count_trials(study, (TrialState.COMPLETE,)) == 4, "retrains are outside n_trials"
+
+    ev = evidence(study.get_trials(), config, study.direction)
+    assert ev is not None and ev.confirm_complete
+    assert ev.champion is not None and ev.champion.source == b  # mean 0.96 beats A's 0.91
+    # Student-t 95% interval over 3 seeds: mean ± t(0.975, 2) · sd / √3, sd = 0.01.
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert ev.champion.interval.mean == pytest.approx(0.96)
+    assert ev.champion.interval.low == pytest.approx(0.96 - half)
+    assert ev.champion.interval.high == pytest.approx(0.96 + half)
+    # Gain: paired by seed, B − baseline = +0.02 on every seed → an interval of width 0.
+    assert ev.gain.mean == pytest.approx(0.02) and ev.gain.low == pytest.approx(0.02)
+    # @champion goes to the champion configuration's best-seed retrain (0.97).
+    champion = best_trial(study)
+    assert champion.user_attrs[SOURCE_ATTR] == b and champion.value == pytest.approx(0.97)
+
+
+def test_ablation_turns_each_active_regularizer_off_and_measures_its_contribution() -> None:
+    config = _config()
+    seeds = confirm_seeds(config, 3)
+    study = _study(config)
+    base, a, b = _searched(study)
+    label = {base: "base", a: "a", b: "b"}
+    _run_plan(
+        study,
+        config,
+        lambda attrs: CONFIRMED[label[attrs[SOURCE_ATTR]]][seeds.index(attrs[SEED_ATTR])],
+    )
+    ablation = plan(study.get_trials(), config, study.direction)
+    # B has mixup_alpha 0 (already off); the other four are ablated, 3 seeds each.
+    assert {i.user_attrs[ABLATE_ATTR] for i in ablation} == {
+        "weight_decay", "dropout", "aug_strength", "label_smoothing"
+    }  # fmt: skip
+    assert len(ablation) == 12 and all(i.user_attrs[PHASE_ATTR] == ABLATION for i in ablation)
+    for item in ablation:
+        assert item.user_attrs["overrides"][item.user_attrs[ABLATE_ATTR]] == 0.0
+        assert item.params == B  # the champion's configuration, one regularizer overridden
+    # aug_strength off costs 4, 5 and 6 points on the three seeds; the rest cost nothing.
+    drop = {"aug_strength": [0.04, 0.05, 0.06]}
+    _run_plan(
+        study,
+        config,
+        lambda attrs: (
+            CONFIRMED["b"][seeds.index(attrs[SEED_ATTR])]
+            - drop.get(attrs[ABLATE_ATTR], [0.0] * 3)[seeds.index(attrs[SEED_ATTR])]
+        ),
+    )
+    assert plan(study.get_trials(), config, study.direction) == [], "nothing left to plan"
+    ev = evidence(study.get_trials(), config, study.direction)
+    assert ev.ablation_complete and ev.pending == 0
+    aug = ev.contributions["aug_strength"]
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert (aug.mean, aug.low, aug.high) == pytest.approx((0.05, 0.05 - half, 0.05 + half))
+    assert ev.contributions["dropout"].mean == pytest.approx(0.0)
+
+    best = best_summary(study)
+    line = verdict(best, "val_accuracy")
+    assert line.startswith(f"champion: trial {b}'s configuration, val_accuracy 0.960 ± 0.025")
+    assert "contributions: aug_strength +5.0 pt" in line
+
+
+def test_a_minimised_metric_counts_a_lower_mean_as_better_and_its_gain_positive() -> None:
+    config = _config("val_loss", ablation=False)
+    seeds = confirm_seeds(config, 3)
+    study = _study(config, "minimize")
+    base = _add(study, 0.30, RECIPE, **{PHASE_ATTR: BASELINE})
+    a = _add(study, 0.10, A, **{PHASE_ATTR: SEARCH})
+    b = _add(study, 0.20, B, **{PHASE_ATTR: SEARCH})
+    losses = {base: [0.30, 0.32, 0.34], a: [0.25, 0.26, 0.27], b: [0.20, 0.22, 0.24]}
+    _run_plan(study, config, lambda at: losses[at[SOURCE_ATTR]][seeds.index(at[SEED_ATTR])])
+    ev = evidence(study.get_trials(), config, study.direction)
+    assert ev.champion.source == b
+    assert ev.gain.mean == pytest.approx(0.10), "0.32 → 0.22: positive means better"
+    assert plan(study.get_trials(), config, study.direction) == [], "ablation: off"
+
+
+def test_a_larger_seed_count_plans_only_the_missing_retrains() -> None:
+    config = _config(seeds=2, ablation=False)
+    study = _study(config)
+    _searched(study)
+    _run_plan(study, config, lambda attrs: 0.9)
+    assert plan(study.get_trials(), config, study.direction) == []
+    more = plan(study.get_trials(), _config(seeds=3, ablation=False), study.direction)
+    assert len(more) == 3, "one more seed for each of the three configurations"
+    assert {i.user_attrs[SEED_ATTR] for i in more} == {confirm_seeds(config, 3)[2]}
+
+
+def test_an_unfinished_retrain_leaves_the_phase_incomplete() -> None:
+    config = _config(ablation=False)
+    study = _study(config)
+    _searched(study)
+    items = plan(study.get_trials(), config, study.direction)
+    for item in items[:-1]:
+        _add(study, 0.9, item.params, **item.user_attrs)
+    study.enqueue_trial(items[-1].params, user_attrs=items[-1].user_attrs)  # WAITING
+    ev = evidence(study.get_trials(), config, study.direction)
+    assert not ev.confirm_complete and ev.champion is None and ev.pending == 1
+    assert best_trial(study).user_attrs[PHASE_ATTR] == SEARCH, "still the search's best"
+
+
+def test_intervals_and_the_paired_bootstrap() -> None:
+    assert mean_interval([0.5]).low is None, "one seed: no interval"
+    assert mean_interval([]) is None
+    iv = mean_interval([1.0, 2.0, 3.0, 4.0])
+    assert iv.mean == 2.5 and iv.high - 2.5 == pytest.approx(3.182446305284263 * 1.2909944 / 2)
+    a = [True] * 100
+    b = [True, False] * 50
+    gain, low, high = paired_bootstrap(a, b)
+    assert gain == 0.5 and 0.38 < low < 0.5 < high < 0.62
+    assert paired_bootstrap(a, b) == (gain, low, high), "seeded: the same interval every time"
+    gain, low, high = paired_bootstrap(a, a)
+    assert (gain, low, high) == (0.0, 0.0, 0.0)
+
+
+def test_expected_calibration_error_on_known_cases() -> None:
+    confident_right = expected_calibration_error(torch.full((10,), 0.95), torch.ones(10))
+    assert confident_right == pytest.approx(0.05, abs=1e-6)
+    confident_wrong = expected_calibration_error(torch.ones(10), torch.zeros(10))
+    assert confident_wrong == pytest.approx(1.0)
+    # Half at 0.6 (60% right), half at 0.9 (90% right): calibrated.
+    conf = torch.tensor([0.6] * 10 + [0.9] * 10)
+    right = torch.tensor([1] * 6 + [0] * 4 + [1] * 9 + [0])
+    assert expected_calibration_error(conf, right) == pytest.approx(0.0, abs=1e-6)
