@@ -151,10 +151,35 @@ def best_note_markdown(
     from search.summary import best_summary, verdict
 
     summary = best_summary(study)
+    confirmed = summary is not None and summary.get("champion") is not None
+    heading = (
+        f"## Champion of study `{study.study_name}`: #{best.number} (best seed of trial "
+        f"{summary['champion']['source']}'s configuration)"
+        if confirmed and summary is not None
+        else f"## Best trial of study `{study.study_name}`: #{best.number}"
+    )
+    contributions = (summary or {}).get("contributions") or {}
     lines = [
-        f"## Best trial of study `{study.study_name}`: #{best.number}",
+        heading,
         "",
         *([verdict(summary, metric), ""] if summary is not None else []),
+        *(
+            [
+                "### Contributions (ablation: champion − regularizer off, 95% interval over seeds)",
+                "",
+                "| regularizer | contribution | interval |",
+                "|---|---|---|",
+                *(
+                    f"| {name} | {_fmt(c['mean'])} | "
+                    + ("–" if c["low"] is None else f"[{_fmt(c['low'])}, {_fmt(c['high'])}]")
+                    + " |"
+                    for name, c in contributions.items()
+                ),
+                "",
+            ]
+            if contributions
+            else []
+        ),
         f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by regsearch; a later best trial gets "
         "its own note.",
         "",

@@ -159,7 +159,8 @@ def _sign(direction: optuna.study.StudyDirection) -> float:
 
 
 def _key(params: Mapping[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
+    """A configuration's identity: its params without a searched training seed."""
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
 
 
 def _candidates(
@@ -207,9 +208,10 @@ def _planned_key(attrs: Mapping[str, Any]) -> tuple[Any, ...]:
 def evidence(
     trials: Sequence[FrozenTrial], config: StudyConfig, direction: optuna.study.StudyDirection
 ) -> Evidence | None:
-    """The confirm phase as far as it has run (None when the study has none)."""
+    """The confirm phase as far as it has run (None when the study has none: `confirm: none`,
+    or a grid study, which runs its grid only, as it has no baseline trial)."""
     confirm = config.search.confirm
-    if confirm is None:
+    if confirm is None or config.search.sampler.name == "grid":
         return None
     space = SearchSpace.from_config(config)
     seeds = confirm_seeds(config, confirm.seeds)

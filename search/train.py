@@ -304,24 +304,16 @@ def evaluate_full(
     correct = predicted == images.y
     return Evaluation(
         loss=loss,
-        accuracy=correct.float().mean().item(),
+        accuracy=int(correct.sum().item()) / len(images),
         ece=expected_calibration_error(confidence, correct),
         correct=correct.cpu(),
     )
 
 
-def evaluate(
-    model: nn.Module,
-    images: ImageSet,
-    *,
-    max_value: float,
-    batch_size: int = 1024,
-    precision: str = "fp32",
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` in eval mode on `images`."""
-    full = evaluate_full(
-        model, images, max_value=max_value, batch_size=batch_size, precision=precision
-    )
+def evaluate(model: nn.Module, images: ImageSet, **options: Any) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` in eval mode on `images` (`options`: those
+    of `evaluate_full`)."""
+    full = evaluate_full(model, images, **options)
     return full.loss, full.accuracy
 
 

@@ -142,7 +142,7 @@ def test_best_note_is_written_on_the_best_trial(study: optuna.Study) -> None:
     assert write_best_note(study, test_accuracy=0.9612) == 1
     note = get_note(optuna.Trial(study, study.trials[1]._trial_id))
     assert "#1" in note
-    assert "baseline recipe (trial 0) 0.9100, gain +6.0 pt" in note  # as `best` says it
+    assert "best: trial 1 val_accuracy 0.9700 — baseline recipe 0.910, gain +6.0 pt" in note
     for text in ("dropout", "weight_decay", "0.97", "0.9612", "models:/dash/2", "14"):
         assert text in note
     assert get_note(optuna.Trial(study, study.trials[0]._trial_id)) == ""

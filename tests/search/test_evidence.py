@@ -5,6 +5,7 @@ regularizer's contribution are paired over seeds with a Student-t interval."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -240,3 +241,12 @@ def test_expected_calibration_error_on_known_cases() -> None:
     conf = torch.tensor([0.6] * 10 + [0.9] * 10)
     right = torch.tensor([1] * 6 + [0] * 4 + [1] * 9 + [0])
     assert expected_calibration_error(conf, right) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_grid_study_runs_its_grid_only() -> None:
+    config = load_config(Path(__file__).parents[2] / "studies" / "exercise-augmentation.yaml")
+    assert config.search.confirm is not None, "confirm is on by default…"
+    study = _study(config)
+    _add(study, 0.9, A, **{PHASE_ATTR: SEARCH})
+    assert evidence(study.get_trials(), config, study.direction) is None, "…but not for a grid"
+    assert plan(study.get_trials(), config, study.direction) == []

@@ -54,7 +54,7 @@ def test_report_page_names_every_searched_parameter(reported: Path) -> None:
     assert page.count("Plotly.newPlot") >= 4, "history, importances, parallel, slices, curves"
     assert "1 running trial(s) are not included" in page
     assert "<script src=" not in page, "plotly.js is inlined: the page works offline"
-    assert "Best trial" in page and "best epoch" in page
+    assert "Champion trial" in page and "best epoch" in page
 
 
 def test_report_writes_real_pngs_named_after_the_parameters(reported: Path) -> None:
@@ -109,8 +109,8 @@ def test_one_completed_trial_skips_importances_with_a_note(tmp_path: Path) -> No
     study = optuna.create_study(direction="maximize", study_name="one")
     study.add_trials([_trial(0, 0.3), _trial(1, 0.5, state=TrialState.PRUNED, epochs=2)])
     result = write_report(study, tmp_path / "out")
-    assert "Parameter importances (fANOVA)" in result.notes
-    assert "at least 2 completed trials" in result.notes["Parameter importances (fANOVA)"]
+    title = "Parameter importances (fANOVA, search trials)"
+    assert "at least 2 completed trials" in result.notes[title]
     page = result.index.read_text(encoding="utf-8")
     assert "Not shown: needs at least 2 completed trials" in page
     assert sorted(p.name for p in result.pngs) == [

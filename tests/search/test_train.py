@@ -216,7 +216,9 @@ def test_on_epoch_called_once_per_epoch(data: Dataset) -> None:
         "fit_loss",
         "lr",
         "epoch_seconds",
+        "val_ece",
     }
+    assert all(0.0 <= s.val_ece <= 1.0 for s in seen)
 
 
 def test_callback_can_prune(data: Dataset) -> None:
