@@ -450,7 +450,7 @@ def contributions_figure(
     minus the value with it off, paired by seed) with its 95% interval over seeds."""
     scale, unit = (100.0, "points") if metric.endswith("accuracy") else (1.0, metric)
     items = sorted(contributions.items(), key=lambda kv: kv[1]["mean"])
-    fig, ax = _new_figure(6.4, 0.5 + 0.45 * max(1, len(items)))
+    fig, ax = _new_figure(7.2, 1.2 + 0.45 * max(1, len(items)))
     names = [name for name, _ in items]
     means = [scale * c["mean"] for _, c in items]
     low = [scale * (c["mean"] - c["low"]) if c["low"] is not None else 0.0 for _, c in items]
@@ -459,8 +459,8 @@ def contributions_figure(
     ax.barh(names, means, xerr=[low, high], color=colours, capsize=4, height=0.6)
     ax.axvline(0.0, color="#444", linewidth=0.8)
     n = max((c["n"] for _, c in items), default=0)
-    ax.set_xlabel(f"contribution to the champion's {metric} ({unit}), 95% interval, {n} seeds")
-    ax.set_title("What each regularizer contributed (ablation: champion − it switched off)")
+    ax.set_xlabel(f"champion − champion with it off: {metric} ({unit}); 95% interval, {n} seeds")
+    ax.set_title("What each regularizer contributed to the champion")
     return _png(fig, dpi=dpi)
 
 

@@ -41,6 +41,9 @@ from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri
 __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "load_checkpoint", "resolve_tracking_uri"]
 
 CHAMPION = "champion"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, "Detect
+# issues"); with it, on the runs table and their charts.
+EXPERIMENT_KIND_TAG, _TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARENT_ATTR = "mlflow_parent_run_id"
 CHECKPOINT_DIR = "checkpoint"
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
@@ -255,6 +258,8 @@ class Tracker:
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 client.restore_experiment(found.experiment_id)
+            if EXPERIMENT_KIND_TAG not in found.tags:  # stores of earlier versions
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, _TRAINING)
             return str(found.experiment_id)
         location = (
             (local_dir / "artifacts" / safe_study_name(name)).resolve().as_uri()
@@ -262,7 +267,13 @@ class Tracker:
             else None
         )
         try:
-            return str(client.create_experiment(name, artifact_location=location))
+            return str(
+                client.create_experiment(
+                    name,
+                    artifact_location=location,
+                    tags={EXPERIMENT_KIND_TAG: _TRAINING},  # the UI opens on training runs
+                )
+            )
         except MlflowException:  # another worker created it a moment ago
             found = client.get_experiment_by_name(name)
             if found is None:

@@ -86,6 +86,13 @@ def test_one_parent_run_and_one_nested_run_per_trial(tracked: Path) -> None:
             assert run.data.params[fixed] == "0.0"
 
 
+def test_the_mlflow_ui_opens_the_experiment_on_its_training_runs(tracked: Path) -> None:
+    """MLflow 3 opens an experiment without a kind in its GenAI view (traces, "Detect
+    issues"); the kind tag makes it open on the runs table."""
+    experiment = _client(tracked).get_experiment_by_name(STUDY)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_per_epoch_curves_match_the_optuna_reports(tracked: Path) -> None:
     client = _client(tracked)
     for trial in _study(tracked).trials:
