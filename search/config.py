@@ -492,6 +492,29 @@ def _first_line(exc: BaseException) -> str:
 _UNION_TAG = re.compile(r"literal\[.*\]|bool|int|float|str|none")
 
 
+def _did_you_mean(loc: list[str]) -> str | None:
+    """The known key closest to a misspelt one (`search.n_trals` → `n_trials`), if any."""
+    import difflib
+    import types
+    import typing
+
+    model: Any = StudyConfig
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+            members = [a for a in typing.get_args(annotation) if hasattr(a, "model_fields")]
+            annotation = members[0] if members else None
+        model = annotation
+    fields = getattr(model, "model_fields", None)
+    if not fields:
+        return None
+    close = difflib.get_close_matches(loc[-1], list(fields), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _format_validation_error(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     first = errors[0]
@@ -504,6 +527,9 @@ def _format_validation_error(exc: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+        near = _did_you_mean([str(p) for p in first["loc"]])
+        if near:
+            msg += f"; did you mean {near!r}?"
     elif first["type"] not in ("value_error", "assertion_error") and "input" in first:
         msg = f"{msg} (got {first['input']!r})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

@@ -123,6 +123,8 @@ def open_storage(
     except optuna.exceptions.StorageInternalError as exc:
         cause = exc.__cause__ or exc
         raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(cause)}") from None
+    except ImportError:  # Optuna's "Failed to import DB access module …"
+        raise UserError(_missing_driver(url)) from None
     except Exception as exc:  # SQLAlchemy's ArgumentError, NoSuchModuleError, OperationalError…
         raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(exc)}") from None
     if sqlite_path is not None:
@@ -160,6 +162,22 @@ def _sync_normal(storage: optuna.storages.RDBStorage) -> None:
 
     event.listen(storage.engine, "connect", on_connect)
     storage.engine.dispose()  # connections opened while Optuna set up the schema lack it
+
+
+def _missing_driver(url: str) -> str:
+    """One line naming what to install when the URL's database driver is missing."""
+    scheme = url.split("://", 1)[0]
+    dialect, _, driver = scheme.partition("+")
+    if dialect in ("postgresql", "postgres"):
+        fix = (
+            "pip install 'regsearch[postgres]' (psycopg 3) and use a postgresql+psycopg:// URL"
+            if driver in ("", "psycopg")
+            else f"install the {driver!r} package, or pip install 'regsearch[postgres]' and "
+            "use postgresql+psycopg://"
+        )
+    else:
+        fix = f"install the Python driver for {scheme}:// (SQLAlchemy names it in its docs)"
+    return f"cannot open storage {redact_url(url)}: its database driver is not installed; {fix}"
 
 
 def _one_line(exc: BaseException) -> str:

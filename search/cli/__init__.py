@@ -55,7 +55,14 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc), StorageFailure.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         # Ctrl+C → 130, SIGTERM → 143 (`search.signals`): the conventional shell codes.
-        click.echo("regsearch: interrupted", err=True)
+        args = sys.argv[1:] if argv is None else argv
+        command = next((a for a in args if not a.startswith("-")), "")
+        hint = (
+            "; finished trials are kept, and the same command resumes the study"
+            if command in ("run", "worker", "confirm")
+            else ""
+        )
+        click.echo(f"regsearch: interrupted{hint}", err=True)
         # click turns KeyboardInterrupt into Abort; the original is its __cause__.
         sys.exit(getattr(exc.__cause__ or exc, "exit_code", 130))
     except click.ClickException as exc:

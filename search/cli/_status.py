@@ -39,7 +39,11 @@ def status_command(study_name: str | None, storage: str | None, as_json: bool) -
         for r in rows:
             best = "–" if r["best_value"] is None else f"{r['best_value']:.4f}"
             table.add_row(
-                r["study"], str(r["direction"]), str(r["trials"]), best, str(r["best_trial"])
+                r["study"],
+                str(r["direction"]),
+                str(r["trials"]),
+                best,
+                "–" if r["best_trial"] is None else str(r["best_trial"]),
             )
         make_console().print(table)
         return

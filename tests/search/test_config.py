@@ -118,7 +118,14 @@ def test_non_mapping_study_file(tmp_path: Path, text: str, kind: str) -> None:
 
 def test_unknown_key_in_study_file(tmp_path: Path) -> None:
     path = _write(tmp_path / "s.yaml", "train:\n  epoch: 3\n")
-    assert _error(path=path) == "train.epoch: unknown key"
+    assert _error(path=path) == "train.epoch: unknown key; did you mean 'epochs'?"
+
+
+def test_a_misspelt_key_is_named_with_the_nearest_known_one(tmp_path: Path) -> None:
+    assert _error(overrides=["search.confirm.topk=2"]) == (
+        "search.confirm.topk: unknown key; did you mean 'top_k'?"
+    )
+    assert _error(overrides=["zzz=1"]) == "zzz: unknown key", "nothing close: no guess"
 
 
 # --------------------------------------------------------------------------- --set overrides

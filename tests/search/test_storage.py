@@ -146,6 +146,13 @@ def test_unreachable_storage_error_hides_the_password(url: str) -> None:
     assert "***" in message
 
 
+def test_a_missing_database_driver_names_what_to_install() -> None:
+    message = _storage_error("postgresql+pg8000://u:secret@127.0.0.1:1/x")
+    assert "secret" not in message
+    assert "its database driver is not installed" in message
+    assert "pip install 'regsearch[postgres]'" in message
+
+
 def test_unparsable_url() -> None:
     message = _storage_error("not a url")
     assert message.startswith("cannot open storage not a url:")

@@ -233,6 +233,9 @@ def test_sigterm_ends_the_running_trial_cleanly(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "regsearch: interrupted; finished trials are kept, and the same command resumes the study"
+    )
     trial = _trials(storage, "term")[running.number]
     assert trial.state.name == "FAIL"
     assert trial.user_attrs["stop_reason"] == "interrupted"
