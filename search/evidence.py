@@ -264,8 +264,8 @@ def evidence(
 
         def order(a: Arm) -> tuple[float, float, int]:
             assert a.interval is not None
-            losses = [t.user_attrs.get(TIEBREAK_ATTR) for t in a.trials.values()]
-            losses = [float(v) for v in losses if v is not None]
+            attrs = [t.user_attrs.get(TIEBREAK_ATTR) for t in a.trials.values()]
+            losses = [float(v) for v in attrs if v is not None]
             loss = math.fsum(losses) / len(losses) if losses else math.inf
             return -sign * a.interval.mean, loss, a.source  # best mean; then lower val loss
 

@@ -471,7 +471,7 @@ def _verdict_section(best: Mapping[str, Any] | None, metric: str) -> str:
 
     if best is None:
         return "<p class='note'>No completed trial yet.</p>"
-    parts = [f"<p class='verdict'><b>{html.escape(verdict(best, metric))}</b></p>"]
+    parts = [f"<p class='verdict'><b>{html.escape(verdict(dict(best), metric))}</b></p>"]
     champion, test = best.get("champion"), best.get("test")
     if champion is None:
         parts.append(

@@ -395,7 +395,7 @@ def train(
             "batch_size": t.eval_batch_size,
             "precision": t.precision,
         }
-        train_loss, train_acc = evaluate(model, clean_train, **eval_kwargs)  # type: ignore[arg-type]
+        train_loss, train_acc = evaluate(model, clean_train, **eval_kwargs)
         val = evaluate_full(model, data.val, **eval_kwargs)  # type: ignore[arg-type]
         stats = EpochStats(
             epoch=epoch,
