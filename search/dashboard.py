@@ -49,6 +49,11 @@ class _CurveCanvas:
             "val_loss": self.loss.plot([], [], marker=".", label="validation")[0],
             "fit_loss": self.loss.plot([], [], ls=":", color="grey", label="fit (augmented)")[0],
         }
+        # The epoch whose weights the trial kept (its value, its checkpoint).
+        self.best = [
+            ax.axvline(1, color="#3a7d44", ls="--", lw=1, alpha=0.8) for ax in (self.acc, self.loss)
+        ]
+        self.best[1].set_label("best epoch")
         self.loss.legend(fontsize="x-small", loc="upper right")
         self.acc.set_ylabel("accuracy")
         self.loss.set_ylabel("loss")
@@ -63,18 +68,24 @@ class _CurveCanvas:
         self.title = fig.suptitle("", fontsize="medium")
         self.lock = threading.Lock()
 
-    def png(self, history: Sequence[EpochStats], title: str) -> bytes:
+    def png(self, history: Sequence[EpochStats], title: str, best_epoch: int | None) -> bytes:
         epochs = [s.epoch for s in history]
         with self.lock:
             for key, line in self.lines.items():
                 line.set_data(epochs, [getattr(s, key) for s in history])
+            for marker in self.best:
+                marker.set_visible(best_epoch is not None)
+                marker.set_xdata([best_epoch or 1] * 2)
             for ax in (self.acc, self.loss):
                 ax.relim()
                 ax.autoscale_view()
             self.title.set_text(title)
             buf = io.BytesIO()
-            self.figure.savefig(buf, format="png", dpi=72)
+            self.figure.savefig(buf, format="png", dpi=DPI)
         return buf.getvalue()
+
+
+DPI = 110  # 704 × 275 px: legible on the dashboard's trial page
 
 
 @functools.cache
@@ -82,11 +93,14 @@ def _canvas() -> _CurveCanvas:
     return _CurveCanvas()
 
 
-def learning_curve_png(history: Sequence[EpochStats], *, title: str = "") -> bytes:
-    """Train vs validation accuracy (left) and loss (right) per epoch, as a small PNG. Train
-    values are on a clean (un-augmented) subset; the loss panel also shows `fit_loss`, the loss
-    of the augmented/mixed batches the optimizer saw."""
-    return _canvas().png(history, title)
+def learning_curve_png(
+    history: Sequence[EpochStats], *, title: str = "", best_epoch: int | None = None
+) -> bytes:
+    """Train vs validation accuracy (left) and loss (right) per epoch, as a PNG, with a dashed
+    line at `best_epoch` (the epoch the trial's value and weights come from). Train values are
+    on a clean (un-augmented) subset; the loss panel also shows `fit_loss`, the loss of the
+    augmented/mixed batches the optimizer saw."""
+    return _canvas().png(history, title, best_epoch)
 
 
 def upload_learning_curve(
@@ -95,6 +109,7 @@ def upload_learning_curve(
     history: Sequence[EpochStats],
     *,
     artifact_store: ArtifactStore,
+    best_epoch: int | None = None,
 ) -> str | None:
     """Render the trial's learning curve and attach it to the trial as an Optuna artifact
     (optuna-dashboard shows it on the trial's page). Returns the artifact id, or None for an
@@ -104,7 +119,11 @@ def upload_learning_curve(
     storage when `trial` is a `FrozenTrial`."""
     if not history:
         return None
-    data = learning_curve_png(history, title=f"study {study.study_name} — trial {trial.number}")
+    data = learning_curve_png(
+        history,
+        title=f"study {study.study_name} — trial {trial.number}",
+        best_epoch=best_epoch,
+    )
     # `upload_artifact` takes a file path (the artifact's file name comes from it).
     with tempfile.TemporaryDirectory(prefix="regsearch-curve-") as tmp:
         path = Path(tmp) / f"learning-curve-trial-{trial.number}.png"

@@ -233,7 +233,11 @@ class Objective:
 
         try:
             upload_learning_curve(
-                trial.study, trial, result.history, artifact_store=self.artifact_store
+                trial.study,
+                trial,
+                result.history,
+                artifact_store=self.artifact_store,
+                best_epoch=result.best_epoch,
             )
         except Exception as exc:  # a missing figure must not fail the trial
             _log.warning("trial %d: learning-curve upload failed: %s", trial.number, exc)

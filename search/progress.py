@@ -14,7 +14,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from search.study import FINISHED, count_trials
 from search.train import EpochStats
@@ -36,6 +43,8 @@ class RunProgress:
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             console=console,
             disable=not self.live,
             transient=False,
@@ -81,6 +90,8 @@ class RunProgress:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get("stop_reason") == "surplus":
             return  # not a real trial: the budget was spent by other workers
+        # Between trials there is no epoch to show: a stale "trial 7 epoch 12/20" misleads.
+        self._progress.update(self._epochs, visible=False)
         if trial.state == TrialState.COMPLETE and trial.value is not None:
             with contextlib.suppress(ValueError):
                 self._best = study.best_value

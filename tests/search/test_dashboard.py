@@ -89,6 +89,19 @@ def test_learning_curve_is_a_png_artifact_of_the_trial(
         assert reader.read().startswith(PNG_MAGIC)
 
 
+def test_the_learning_curve_is_legible_and_marks_the_best_epoch() -> None:
+    import io
+
+    from PIL import Image
+
+    from search.dashboard import learning_curve_png
+
+    plain = learning_curve_png(_history(6))
+    marked = learning_curve_png(_history(6), best_epoch=4)
+    assert Image.open(io.BytesIO(marked)).size == (704, 275)
+    assert plain != marked, "the best epoch is drawn"
+
+
 def test_the_curve_goes_on_a_running_trial(
     study: optuna.Study, artifacts: FileSystemArtifactStore, tmp_path: Path
 ) -> None:

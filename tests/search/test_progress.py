@@ -1,0 +1,33 @@
+"""The live progress display: an ETA for the study, and no stale epoch row between trials."""
+
+from __future__ import annotations
+
+import optuna
+from rich.console import Console
+
+from search.progress import RunProgress
+from search.train import EpochStats
+
+
+def _shown(progress: RunProgress, console: Console) -> str:
+    with console.capture() as captured:
+        console.print(progress._progress.get_renderable())
+    return captured.get()
+
+
+def test_progress_shows_an_eta_and_no_stale_epoch_row_between_trials() -> None:
+    console = Console(width=160, force_terminal=True, color_system=None)
+    progress = RunProgress(n_trials=4, metric="val_accuracy", console=console, quiet=True)
+    study = optuna.create_study(direction="maximize")
+    progress.start(study)
+    progress.trial_started(0, 10)
+    stats = EpochStats(3, 0.5, 0.8, 0.6, 0.75, 0.7, 1e-3, 0.1)
+    progress.epoch_done(0, stats)
+    during = _shown(progress, console)
+    assert "trial 0" in during and "val_accuracy 0.7500" in during and "eta" in during
+    trial = study.ask()
+    study.tell(trial, 0.75)
+    progress(study, study.trials[0])
+    after = _shown(progress, console)
+    assert "trial 0" not in after, "the finished trial's epoch row is gone"
+    assert "1/4" in after and "best val_accuracy 0.7500" in after
