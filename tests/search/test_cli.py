@@ -30,7 +30,8 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_help_lists_the_contract_commands(tmp_path: Path) -> None:
     proc = regsearch("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for command in ("run", "worker", "status", "best", "dashboard", "ui", "report", "bench"):
+    commands = ("run", "worker", "confirm", "status", "best", "dashboard", "ui", "report", "bench")
+    for command in commands:
         assert f"  {command} " in proc.stdout
 
 

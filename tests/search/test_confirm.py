@@ -138,6 +138,25 @@ def test_the_verdict_is_the_same_in_the_cli_the_parent_run_the_report_and_the_no
     assert line in note
 
 
+def test_confirm_on_an_unknown_study_is_one_line_and_exit_2(confirmed: Path) -> None:
+    proc = regsearch("confirm", "nosuch", cwd=confirmed)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "regsearch: error: unknown study 'nosuch'; known: c"
+    proc = regsearch("confirm", "c", "--seeds", "0", cwd=confirmed)
+    assert proc.returncode == 2 and "--seeds" in proc.stderr
+
+
+def test_more_seeds_extend_the_phase_with_only_the_missing_retrains(confirmed: Path) -> None:
+    before = _phases(_study(confirmed, "c"))
+    proc = regsearch("confirm", "c", "--top-k", "1", "--seeds", "3", "--no-ablation", cwd=confirmed)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after = _phases(_study(confirmed, "c"))
+    assert after["confirm"] == before["confirm"] + 2, "one more seed for each configuration"
+    assert after.get("ablation", 0) == before.get("ablation", 0), "--no-ablation"
+    best = json.loads(regsearch("best", "c", "--json", cwd=confirmed).stdout)
+    assert best["champion"]["val"]["n"] == 3 and best["champion"]["seeds"] == [1000, 1001, 1002]
+
+
 @pytest.mark.slow
 def test_a_worker_killed_in_the_confirm_phase_is_resumed_and_the_phase_finishes(
     tmp_path: Path,
