@@ -33,6 +33,7 @@ _TRIAL_OVERRIDES = [
     "space.label_smoothing=0.1",
     "early_stopping.patience=null",
     "search.pruner=none",
+    "search.confirm=none",  # the figures are of search trials
 ]
 
 
@@ -403,6 +404,7 @@ def worker_scaling(*, trials: int = 8, epochs: int = 3) -> dict[str, Any]:
             cmd += ["--workers", str(workers), "--threads", "1", "--n-trials", str(trials)]
             cmd += ["--set", f"train.epochs={epochs}", "--set", "search.pruner=none"]
             cmd += ["--set", "tracking.enabled=false", "--set", "early_stopping.patience=null"]
+            cmd += ["--set", "search.confirm=none"]  # search throughput, not the retrains
             subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
             study = optuna.load_study(
                 study_name="scaling", storage=f"sqlite:///{tmp}/studies/regsearch.db"
