@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -193,25 +195,41 @@ FAST_STALE = (
 )
 
 
+def _running_with_an_epoch(storage: str, study: str) -> int | None:
+    """The number of a RUNNING trial that has reported an epoch, read from the SQLite file
+    read-only: polling through Optuna would create the file and its schema if the launch has
+    not yet, racing the launch's own creation of it."""
+    path = Path(storage.removeprefix("sqlite:///"))
+    if not path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as conn:
+        row = conn.execute(
+            "SELECT t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "WHERE s.study_name = ? AND t.state = 'RUNNING' AND EXISTS "
+            "(SELECT 1 FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id) "
+            "ORDER BY t.number LIMIT 1",
+            (study,),
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
 def _wait_for_running_trial(
     storage: str, study: str, timeout: float = 120, proc: subprocess.Popen[str] | None = None
 ) -> optuna.trial.FrozenTrial:
     deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             _, err = proc.communicate()
-            states = [t.state.name for t in _trials(storage, study)]
-            raise AssertionError(
-                f"the worker ended (exit {proc.returncode}, {states}): {err[-2000:]}"
-            )
+            raise AssertionError(f"the worker ended (exit {proc.returncode}): {err[-2000:]}")
         try:
-            for trial in _trials(storage, study):
-                if trial.state.name == "RUNNING" and trial.intermediate_values:
-                    return trial
-        except (KeyError, Exception):
-            pass  # the study is not created yet
+            number = _running_with_an_epoch(storage, study)
+            if number is not None:
+                return _trials(storage, study)[number]
+        except sqlite3.Error as exc:  # the schema is not created yet
+            last_error = exc
         time.sleep(0.3)
-    raise AssertionError("no trial started training in time")
+    raise AssertionError(f"no trial started training in time (last: {last_error!r})")
 
 
 def test_sigterm_ends_the_running_trial_cleanly(tmp_path: Path) -> None:
@@ -228,7 +246,7 @@ def test_sigterm_ends_the_running_trial_cleanly(tmp_path: Path) -> None:
         "early_stopping.patience=null",
         "--quiet",
     )
-    running = _wait_for_running_trial(storage, "term")
+    running = _wait_for_running_trial(storage, "term", proc=proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
