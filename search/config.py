@@ -60,6 +60,11 @@ def _auto_or_positive_int(value: Any) -> Any:
     return value
 
 
+def _off_is_none(value: Any) -> Any:
+    """`none`, `off` or `false` in a study file turns a section off (None)."""
+    return None if value is None or str(value).lower() in ("none", "off", "false") else value
+
+
 # Integers are integers: YAML's `true` is not 1 and 2.5 is not 2.
 Int = Annotated[int, Strict()]
 
@@ -291,7 +296,7 @@ class SearchConfig(_Section):
     @field_validator("confirm", mode="before")
     @classmethod
     def _confirm_off(cls, value: Any) -> Any:
-        return None if value is None or str(value).lower() in ("none", "off", "false") else value
+        return _off_is_none(value)
 
 
 class TrackingConfig(_Section):
@@ -333,7 +338,7 @@ class StudyConfig(_Section):
     @field_validator("baseline", mode="before")
     @classmethod
     def _baseline_off(cls, value: Any) -> Any:
-        return None if value is None or str(value).lower() in ("none", "off", "false") else value
+        return _off_is_none(value)
 
     @field_validator("study")
     @classmethod

@@ -30,6 +30,7 @@ from search.space import REGULARIZERS, SearchSpace
 from search.study import (
     BASELINE,
     CONFIG_ATTR,
+    OVERRIDES_ATTR,
     PHASE_ATTR,
     SEARCH,
     TIEBREAK_ATTR,
@@ -59,7 +60,6 @@ CONFIRM, ABLATION = "confirm", "ablation"
 SOURCE_ATTR = "source"  # the trial whose configuration a confirm/ablation trial retrains
 SEED_ATTR = "seed"  # its training seed
 ABLATE_ATTR = "ablate"  # the regularizer an ablation trial switches off
-OVERRIDES_ATTR = "overrides"  # values the trial trains with over its params (seed, the "off")
 _PENDING = (TrialState.WAITING, TrialState.RUNNING)
 _SEED_OFFSET = 1000  # confirm seeds are train.seed + 1000 + i: never the search's own seed
 

@@ -59,6 +59,41 @@ class TooManyFailures(RuntimeError):
     pass
 
 
+def _heartbeats_and_patience(study: optuna.Study) -> tuple[int, float]:
+    """(the heartbeat interval, 0 without heartbeats; how long trials running elsewhere are
+    waited for without any change: a dead worker's trial is failed, and retried, by then; a
+    live one in a long trial finishes on its own)."""
+    # `study._storage` is Optuna's `_CachedStorage` around the `RDBStorage`: both heartbeat.
+    storage = study._storage
+    heartbeats = (isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval()) or 0
+    backend = getattr(storage, "_backend", storage)
+    patience = (getattr(backend, "grace_period", None) or 4 * heartbeats) + 2 * heartbeats
+    return heartbeats, patience
+
+
+def _failures_after(ran: list[FrozenTrial], failures: int, limit: int, what: str) -> int:
+    """The count of consecutive failed trials after this worker's last one (a surplus trial
+    is not a failure); at `limit`, `StorageFailure` when the store failed, else
+    `TooManyFailures`."""
+    last = ran[-1] if ran else None
+    if (
+        last is None
+        or last.state != TrialState.FAIL
+        or last.user_attrs.get("stop_reason") == SURPLUS
+    ):
+        return 0
+    failures += 1
+    if failures >= limit:
+        reason = last.user_attrs.get("stop_reason", "see the trial")
+        if reason.startswith(f"{STORAGE_ERROR}:"):  # the store, not the trials
+            raise StorageFailure(
+                f"storage failed: {failures} trials in a row could not be recorded; "
+                f"last: {reason.removeprefix(f'{STORAGE_ERROR}: ')}"
+            )
+        raise TooManyFailures(f"{failures} {what} in a row failed; last: {reason}")
+    return failures
+
+
 def _optimize_until_done(
     study: optuna.Study,
     objective: Objective,
@@ -78,13 +113,7 @@ def _optimize_until_done(
     failures = 0
     ran: list[FrozenTrial] = []  # this worker's trials (callbacks see every end state)
     callbacks = [*callbacks, lambda _study, trial: ran.append(trial)]
-    # `study._storage` is Optuna's `_CachedStorage` around the `RDBStorage`: both heartbeat.
-    storage = study._storage
-    heartbeats = (isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval()) or 0
-    backend = getattr(storage, "_backend", storage)
-    # How long trials running elsewhere are waited for without any change: a dead worker's
-    # trial is failed (and retried) by then; a live one in a long trial finishes on its own.
-    patience = (getattr(backend, "grace_period", None) or 4 * heartbeats) + 2 * heartbeats
+    heartbeats, patience = _heartbeats_and_patience(study)
     waited_for: tuple[int, list[int]] | None = None
     waiting_since = 0.0
     while True:
@@ -116,18 +145,7 @@ def _optimize_until_done(
         )
         if ran and ran[-1].user_attrs.get("stop_reason") == SURPLUS:
             return  # other workers took the last trials of the budget
-        if ran and ran[-1].state == TrialState.FAIL:
-            failures += 1
-            if failures >= max_consecutive_failures:
-                reason = ran[-1].user_attrs.get("stop_reason", "see the trial")
-                if reason.startswith(f"{STORAGE_ERROR}:"):  # the store, not the trials
-                    raise StorageFailure(
-                        f"storage failed: {failures} trials in a row could not be recorded; "
-                        f"last: {reason.removeprefix(f'{STORAGE_ERROR}: ')}"
-                    )
-                raise TooManyFailures(f"{failures} trials in a row failed; last: {reason}")
-        else:
-            failures = 0
+        failures = _failures_after(ran, failures, max_consecutive_failures, "trials")
 
 
 def _confirm_until_done(
@@ -145,10 +163,7 @@ def _confirm_until_done(
     planned retrain has ended (False: the deadline came first)."""
     from search.evidence import enqueue_plan, evidence, plan
 
-    storage = study._storage
-    heartbeats = (isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval()) or 0
-    backend = getattr(storage, "_backend", storage)
-    patience = (getattr(backend, "grace_period", None) or 4 * heartbeats) + 2 * heartbeats
+    heartbeats, patience = _heartbeats_and_patience(study)
     failures = 0
     ran: list[FrozenTrial] = []
     callbacks = [*callbacks, lambda _study, trial: ran.append(trial)]
@@ -183,22 +198,7 @@ def _confirm_until_done(
         study.optimize(
             objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
         )
-        if (
-            ran
-            and ran[-1].state == TrialState.FAIL
-            and ran[-1].user_attrs.get("stop_reason") != SURPLUS
-        ):
-            failures += 1
-            if failures >= max_consecutive_failures:
-                reason = ran[-1].user_attrs.get("stop_reason", "see the trial")
-                if reason.startswith(f"{STORAGE_ERROR}:"):
-                    raise StorageFailure(
-                        f"storage failed: {failures} trials in a row could not be recorded; "
-                        f"last: {reason.removeprefix(f'{STORAGE_ERROR}: ')}"
-                    )
-                raise TooManyFailures(f"{failures} retrains in a row failed; last: {reason}")
-        else:
-            failures = 0
+        failures = _failures_after(ran, failures, max_consecutive_failures, "retrains")
 
 
 def prepare(config: StudyConfig) -> tuple[AutoChoice, Dataset]:
@@ -262,8 +262,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         listeners=(progress, TrialTitle(options.title)) if options.title else (progress,),
         artifact_store=FileSystemArtifactStore(str(artifacts)),
     )
-    started = time.monotonic()
-    deadline = None if config.search.timeout is None else started + config.search.timeout
+    deadline = None if config.search.timeout is None else time.monotonic() + config.search.timeout
     max_failures = max(3, config.search.max_retry + 2)
     confirmed = config.search.confirm is None
     try:

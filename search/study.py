@@ -302,6 +302,9 @@ def _describe(study: optuna.Study, config: StudyConfig, portable: dict[str, Any]
 
 PHASE_ATTR = "phase"
 SEARCH, BASELINE = "search", "baseline"
+# User attr: what a trial trains with beyond its params (the recipe, a retrain's seed, an
+# ablated regularizer's "off").
+OVERRIDES_ATTR = "overrides"
 
 
 def enqueue_baseline(study: optuna.Study, config: StudyConfig) -> bool:
@@ -318,7 +321,7 @@ def enqueue_baseline(study: optuna.Study, config: StudyConfig) -> bool:
             return False
         # What it trains with beyond its params (a regularizer fixed in the space, say).
         recipe = space.baseline_values() or {}
-        study.enqueue_trial(params, user_attrs={PHASE_ATTR: BASELINE, "overrides": recipe})
+        study.enqueue_trial(params, user_attrs={PHASE_ATTR: BASELINE, OVERRIDES_ATTR: recipe})
     return True
 
 

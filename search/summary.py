@@ -30,10 +30,11 @@ def _json_number(value: float | None) -> float | None:
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     """One trial as JSON; `params` are what it trained with (an ablation's regularizer off, a
     retrain's seed), `phase` is search, baseline, confirm or ablation."""
+    from search.study import OVERRIDES_ATTR
+
     attrs = trial.user_attrs
-    trained = {k: v for k, v in (attrs.get("overrides") or {}).items() if k in trial.params}
-    if "seed" in (attrs.get("overrides") or {}):
-        trained["seed"] = attrs["overrides"]["seed"]
+    overrides = attrs.get(OVERRIDES_ATTR) or {}
+    trained = {k: v for k, v in overrides.items() if k in trial.params or k == "seed"}
     return {
         "number": trial.number,
         "state": trial.state.name,
