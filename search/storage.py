@@ -283,14 +283,54 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     from optuna.storages._heartbeat import BaseHeartbeat
 
     storage = study._storage
-    if not isinstance(storage, BaseHeartbeat) or not storage.get_heartbeat_interval():
+    interval = isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval()
+    if not interval:
         return []
     backend: Any = getattr(storage, "_backend", storage)
-    grace = getattr(backend, "grace_period", None)
+    grace = getattr(backend, "grace_period", None) or 2 * interval
     reason = f"{LOST}: its worker sent no heartbeat for {grace} s (killed, or cut off); retried"
-    stale = storage._get_stale_trial_ids(study._study_id)
+    stale = _stale_trial_ids(backend, study._study_id, grace)
     failed = [trial_id for trial_id in stale if fail_and_retry(study, trial_id, reason)]
     return [storage.get_trial(trial_id).number for trial_id in failed]
+
+
+def _stale_trial_ids(backend: Any, study_id: int, grace: float) -> list[int]:
+    """RUNNING trials whose last heartbeat is older than `grace` seconds (Optuna's rule), and
+    those that never sent one and started over `grace` seconds ago: a worker killed between
+    taking a trial and its first heartbeat (Optuna skips those, so they stayed RUNNING for
+    ever). A live worker beats right after it takes a trial, so that second rule only finds
+    dead ones; it compares `datetime_start`, which the worker wrote from its own clock, with
+    this machine's, so clocks out by more than the grace period would need a larger one."""
+    if not hasattr(backend, "scoped_session"):  # not an RDB storage: Optuna's rule alone
+        return list(backend._get_stale_trial_ids(study_id))
+    import datetime
+
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    from optuna.trial import TrialState
+
+    limit = datetime.timedelta(seconds=grace)
+    stale: list[int] = []
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        db_now: Any = session.execute(sqlalchemy.func.now()).scalar()
+        db_now = db_now.replace(tzinfo=None)  # PostgreSQL's is aware, SQLite's naive
+        running = (
+            session.query(models.TrialModel)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .filter(models.TrialModel.study_id == study_id)
+            .all()
+        )
+        for trial in running:
+            if trial.heartbeats:  # one row per trial, its time from the database's clock
+                silent = db_now - trial.heartbeats[0].heartbeat
+            elif trial.datetime_start is not None:  # never beat: the worker's clock
+                silent = datetime.datetime.now() - trial.datetime_start
+            else:
+                continue
+            if silent > limit:
+                stale.append(int(trial.trial_id))
+    return stale
 
 
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})

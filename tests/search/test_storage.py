@@ -270,3 +270,29 @@ def test_a_stale_trial_is_failed_with_its_reason_and_retried_without_its_outcome
     assert lost.state.name == "FAIL" and lost.user_attrs["stop_reason"].startswith(f"{LOST}: ")
     assert retry.state.name == "WAITING" and retry.params == lost.params
     assert retry.user_attrs == {"phase": "confirm"}  # what it is, not how the lost one ended
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retried(
+    tmp_path: Path,
+) -> None:
+    """Optuna's stale check needs a heartbeat row: a worker killed between taking a trial and
+    its first beat left it RUNNING for ever, and a study waiting for it never finished."""
+    import time
+
+    from search.config import SearchConfig
+    from search.storage import LOST, fail_stale_trials
+
+    search = SearchConfig(heartbeat_interval=1, grace_period=1)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", search)
+    study = optuna.create_study(storage=storage, study_name="unbeaten")
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    dead = study.ask(x)  # no heartbeat ever: its worker was killed right here
+    time.sleep(1.5)
+    alive = study.ask(x)  # just taken: its first beat may not be written yet
+    assert fail_stale_trials(study) == [dead.number]
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[dead.number].state.name == "FAIL"
+    assert trials[dead.number].user_attrs["stop_reason"].startswith(f"{LOST}: ")
+    assert trials[alive.number].state.name == "RUNNING"
+    retry = [t for t in trials.values() if t.state.name == "WAITING"]
+    assert [t.params for t in retry] == [trials[dead.number].params]
