@@ -10,9 +10,8 @@ depth) has something to drop, like in the other models.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
-from ._layers import Normalize, conv3x3, drop_path_rates, init_weights
+from ._layers import Dropout, DropPath, Normalize, conv3x3, drop_path_rates, init_weights
 from ._registry import register_model
 
 __all__ = ["AirBench", "AirBlock"]
@@ -30,7 +29,7 @@ class AirBlock(nn.Module):
             nn.GELU(),
         )
         self.branch = nn.Sequential(conv3x3(out_ch, out_ch), nn.BatchNorm2d(out_ch), nn.GELU())
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.down(x)
@@ -65,7 +64,7 @@ class AirBench(nn.Module):
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveMaxPool2d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(in_ch, num_classes)
         init_weights(self)
 

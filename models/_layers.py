@@ -6,9 +6,69 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
+from torch.nn import functional as F
+from torchvision.ops import stochastic_depth
 
-__all__ = ["BasicBlock", "Normalize", "conv3x3", "drop_path_rates", "init_weights"]
+__all__ = [
+    "BasicBlock",
+    "DropPath",
+    "Dropout",
+    "Normalize",
+    "conv3x3",
+    "drop_path_rates",
+    "init_weights",
+]
+
+
+class _Rate(nn.Module):
+    """A drop rate held twice: as a float for eager mode, and as a non-persistent 0-d buffer
+    that `torch.compile` reads as a graph input. A float attribute would be specialised (a
+    guard on its value), so each trial's sampled rate would recompile the model, and after
+    dynamo's recompile limit (8) later trials would silently run uncompiled. The buffer is
+    not in `state_dict`: checkpoints are the same as with torch's own modules."""
+
+    rate: Tensor
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"drop rate must be in [0, 1], got {p}")
+        self.p = float(p)
+        self.register_buffer("rate", torch.tensor(self.p), persistent=False)
+
+    def _keep(self, shape: Sequence[int], x: Tensor) -> Tensor:
+        """Inverted-dropout mask of `shape`: 0 where dropped, 1 / (1 - p) where kept."""
+        keep = 1.0 - self.rate.to(x.dtype)
+        noise = torch.rand(shape, device=x.device, dtype=x.dtype) < keep
+        return noise.to(x.dtype) / keep.clamp_min(1e-6)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Dropout(_Rate):
+    """`nn.Dropout` (same eager path and RNG use) whose rate does not recompile a compiled
+    model."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        if torch.compiler.is_compiling():
+            return x * self._keep(x.shape, x)
+        return F.dropout(x, self.p, True)
+
+
+class DropPath(_Rate):
+    """Stochastic depth per sample (torchvision's `StochasticDepth(p, "row")` in eager mode):
+    a residual branch is dropped for a whole image. Its rate does not recompile a compiled
+    model."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        if torch.compiler.is_compiling():
+            return x * self._keep([x.shape[0]] + [1] * (x.ndim - 1), x)
+        return stochastic_depth(x, self.p, "row", True)
 
 
 class Normalize(nn.Module):
@@ -95,7 +155,7 @@ class BasicBlock(nn.Module):
             conv3x3(out_ch, out_ch),
             nn.BatchNorm2d(out_ch),
         )
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = DropPath(drop_path)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
             self.shortcut = nn.Sequential(

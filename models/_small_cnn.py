@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._layers import BasicBlock, Normalize, conv3x3, drop_path_rates, init_weights
+from ._layers import BasicBlock, Dropout, Normalize, conv3x3, drop_path_rates, init_weights
 from ._registry import register_model
 
 __all__ = ["SmallCNN", "small_cnn_plan"]
@@ -68,7 +68,7 @@ class SmallCNN(nn.Module):
             in_ch = out_ch
         self.stages = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(in_ch, num_classes)
         init_weights(self)
 

@@ -8,9 +8,8 @@ the ``dropout``/``drop_path`` knobs mean the same thing for every model.
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torchvision.ops import StochasticDepth
 
-from ._layers import Normalize, conv3x3, drop_path_rates, init_weights
+from ._layers import Dropout, DropPath, Normalize, conv3x3, drop_path_rates, init_weights
 from ._registry import register_model
 
 __all__ = ["PreActBlock", "WideResNet"]
@@ -26,7 +25,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.conv2 = conv3x3(out_ch, out_ch)
         self.act = nn.ReLU(inplace=False)  # x is reused by the identity shortcut
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = DropPath(drop_path)
         # Structural flag, fixed at construction: safe for torch.export.
         self.project = stride != 1 or in_ch != out_ch
         self.shortcut: nn.Module = (
@@ -75,7 +74,7 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*layers)
         self.final = nn.Sequential(nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True))
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(in_ch, num_classes)
         init_weights(self)
 

@@ -177,6 +177,8 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(1.0, ge=0.0)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # `auto`: channels_last on CUDA (what its convolutions run fastest in), contiguous else.
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     compile: bool = False
     seed: Int = 0
     train_eval_size: Int = Field(512, ge=1)

@@ -32,7 +32,7 @@ from search.study import (
     beats_best,
     is_budget_trial,
 )
-from search.train import NONFINITE, EpochStats, TrainResult, train
+from search.train import COMPILE_SECONDS, NONFINITE, EpochStats, TrainResult, train
 from search.urls import redact_url
 
 if TYPE_CHECKING:
@@ -118,6 +118,17 @@ class Objective:
         self._candidates: dict[int, Candidate] = {}
         # The trial this worker runs, until Optuna has stored its outcome (`after_tell`).
         self.running_trial_id: int | None = None
+        # With `train.compile`: each trial's first-step seconds, in the order this worker ran
+        # them (the first holds the compilation; `compile_note` says so once per worker).
+        self.compile_seconds: list[float] = []
+
+    def compile_note(self) -> str | None:
+        """One line on what `torch.compile` cost this worker, or None without compile."""
+        if not self.compile_seconds:
+            return None
+        first, *rest = self.compile_seconds
+        later = f"; the next {len(rest)} reused it (first step ≤ {max(rest):.1f} s)" if rest else ""
+        return f"torch.compile: {first:.1f} s in this worker's first trial{later}"
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self._is_surplus(trial):
@@ -166,6 +177,9 @@ class Objective:
             "epochs_trained": result.epochs_trained,
             "best_epoch": result.best_epoch,
         }
+        if result.compile_seconds is not None:
+            summary[COMPILE_SECONDS] = round(result.compile_seconds, 3)
+            self.compile_seconds.append(result.compile_seconds)
         if result.best_stats is not None:
             summary["train_accuracy"] = result.best_stats.train_accuracy
             summary["val_accuracy"] = result.best_stats.val_accuracy

@@ -318,6 +318,9 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     except BaseException:
         _close_quietly(tracker, study)
         raise
+    compiled = objective.compile_note()
+    if compiled and not options.quiet:
+        console.print(f"{config.study}: {compiled}")
     try:
         done = count_trials(study, FINISHED) >= config.search.n_trials and confirmed
         if tracker is not None:

@@ -43,7 +43,7 @@ REGULARIZERS: dict[str, tuple[float, float, bool]] = {
     "drop_path": (0.0, 1.0, False),
 }
 # Per-worker or structural settings that make no sense to search.
-_NOT_SEARCHABLE = {"device", "precision", "compile", "eval_batch_size", "name"}
+_NOT_SEARCHABLE = {"device", "precision", "memory_format", "compile", "eval_batch_size", "name"}
 _TRAIN_KEYS = set(TrainConfig.model_fields) - _NOT_SEARCHABLE
 _MODEL_KEYS = (set(ModelConfig.model_fields) - _NOT_SEARCHABLE) | {"name"}
 

@@ -35,7 +35,7 @@ from search.data import Dataset
 from search.errors import UserError
 from search.objective import TRACKING_ERROR
 from search.study import best_trial, outranks
-from search.train import EpochStats, TrainResult
+from search.train import COMPILE_SECONDS, EpochStats, TrainResult
 from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri
 
 __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "load_checkpoint", "resolve_tracking_uri"]
@@ -341,7 +341,7 @@ class Tracker:
         now = int(time.time() * 1000)
         metrics = self._pending.pop(run_id, [])
         self._flushed_at.pop(run_id, None)
-        for key in ("value", "best_epoch", "epochs_trained"):
+        for key in ("value", "best_epoch", "epochs_trained", COMPILE_SECONDS):
             if isinstance(summary.get(key), int | float):
                 name = "best_value" if key == "value" else key
                 metrics.append(Metric(name, float(summary[key]), now, 0))

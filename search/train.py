@@ -25,6 +25,7 @@ from search.config import TrainConfig, TrialConfig
 from search.data import Dataset, ImageSet
 
 __all__ = [
+    "COMPILE_SECONDS",
     "EarlyStopping",
     "EpochStats",
     "TrainResult",
@@ -42,6 +43,8 @@ __all__ = [
 
 # Why a trial stopped; also the `stop_reason` user attribute of its Optuna trial.
 MAX_EPOCHS, EARLY_STOPPING, NONFINITE = "max_epochs", "early_stopping", "nonfinite"
+# `TrainResult.compile_seconds`, as a trial's user attribute and MLflow metric.
+COMPILE_SECONDS = "compile_seconds"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ class TrainResult:
     history: list[EpochStats] = field(default_factory=list)
     state_dict: dict[str, torch.Tensor] | None = None  # best-epoch weights, on the CPU
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # create_model(**model_kwargs)
+    # With `train.compile`: seconds of the first optimizer step, where `torch.compile` traces
+    # and generates code. A worker pays it once: later trials of the same architecture and
+    # batch shape reuse the compiled graph, and their first step is an ordinary one.
+    compile_seconds: float | None = None
 
 
 EpochCallback = Callable[[EpochStats], str | None]
@@ -198,10 +205,16 @@ class EarlyStopping:
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for `bf16`, and for `auto` on CUDA; plain float32 otherwise."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if use_bf16:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _channels_last(device: torch.device, memory_format: str) -> bool:
+    """Whether images and weights go channels_last: `auto` means on CUDA."""
+    return memory_format == "channels_last" or (memory_format == "auto" and device.type == "cuda")
 
 
 def _batches(
@@ -264,12 +277,13 @@ def predict(
     max_value: float,
     batch_size: int = 1024,
     precision: str = "fp32",
+    memory_format: str = "auto",
 ) -> torch.Tensor:
     """The model's float32 logits for every image (eval mode), on the images' device."""
     was_training = model.training
     model.eval()
     device = images.x.device
-    channels_last = device.type == "cuda"
+    channels_last = _channels_last(device, memory_format)
     out = []
     for start in range(0, len(images), batch_size):
         x = _to_float(images.x[start : start + batch_size], max_value, channels_last)
@@ -294,9 +308,17 @@ def evaluate_full(
     max_value: float,
     batch_size: int = 1024,
     precision: str = "fp32",
+    memory_format: str = "auto",
 ) -> Evaluation:
     """Loss, accuracy, calibration and per-image correctness of `model` on `images`."""
-    logits = predict(model, images, max_value=max_value, batch_size=batch_size, precision=precision)
+    logits = predict(
+        model,
+        images,
+        max_value=max_value,
+        batch_size=batch_size,
+        precision=precision,
+        memory_format=memory_format,
+    )
     if len(images) == 0:
         return Evaluation(math.nan, math.nan, math.nan, torch.zeros(0, dtype=torch.bool))
     loss = F.cross_entropy(logits, images.y).item()
@@ -333,7 +355,7 @@ def train(
     device = device or data.train.x.device
     torch.manual_seed(t.seed)
     model, model_kwargs = build_model(cfg, data)
-    channels_last = device.type == "cuda"
+    channels_last = _channels_last(device, t.memory_format)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -374,6 +396,8 @@ def train(
         loss_sum = torch.zeros((), device=device)
         seen = 0
         for idx in _batches(n_train, batch_size, device, passes):
+            first_step = t.compile and result.compile_seconds is None
+            step_started = time.perf_counter() if first_step else 0.0
             x, targets = transform(*batch(data.train, idx, data.max_value, channels_last))
             with _autocast(device, t.precision):
                 logits = step_model(x)
@@ -384,6 +408,10 @@ def train(
             scheduler.step()
             loss_sum += loss.detach() * idx.numel()
             seen += idx.numel()
+            if first_step:  # one synchronisation, once a trial, only with compile
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                result.compile_seconds = time.perf_counter() - step_started
         fit_loss = loss_sum.item() / max(1, seen)
         result.epochs_trained = epoch
         if not math.isfinite(fit_loss):
@@ -394,6 +422,7 @@ def train(
             "max_value": data.max_value,
             "batch_size": t.eval_batch_size,
             "precision": t.precision,
+            "memory_format": t.memory_format,
         }
         train_loss, train_acc = evaluate(model, clean_train, **eval_kwargs)
         val = evaluate_full(model, data.val, **eval_kwargs)  # type: ignore[arg-type]

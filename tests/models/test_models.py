@@ -9,10 +9,9 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torchvision.ops import StochasticDepth
 
 from models import create_model, list_models, register_model
-from models._layers import Normalize, drop_path_rates
+from models._layers import Dropout, DropPath, Normalize, drop_path_rates
 
 ALL_MODELS = ["airbench", "resnet18", "small-cnn", "wrn-16-4"]
 SMALL_WIDTH = {"small-cnn": 8, "resnet18": 16, "wrn-16-4": 16, "airbench": 16}
@@ -126,15 +125,28 @@ def test_drop_path_rates_linear_from_zero() -> None:
 )
 def test_models_use_linear_drop_path_schedule(name: str, n_blocks: int) -> None:
     model = _small(name, drop_path=0.4)
-    ps = [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+    ps = [m.p for m in model.modules() if isinstance(m, DropPath)]
     assert ps == pytest.approx(drop_path_rates(0.4, n_blocks))
-    assert all(m.mode == "row" for m in model.modules() if isinstance(m, StochasticDepth))
+    rates = [m.rate.item() for m in model.modules() if isinstance(m, DropPath)]
+    assert rates == pytest.approx(ps), "the tensor rate a compiled model reads"
+    assert not [k for k in model.state_dict() if k.endswith(".rate")], "checkpoints unchanged"
 
 
-def test_stochastic_depth_drops_rows_at_rate_in_train_and_is_identity_in_eval() -> None:
+@pytest.fixture(params=[False, True], ids=["eager", "compiled-path"])
+def compiled_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both paths of the drop modules: the compiled one (a graph reads the rate as a tensor,
+    taken here by making `is_compiling` say so) must drop like the eager one."""
+    if request.param:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    return bool(request.param)
+
+
+def test_stochastic_depth_drops_rows_at_rate_in_train_and_is_identity_in_eval(
+    compiled_path: bool,
+) -> None:
     torch.manual_seed(1234)
     model = _small("small-cnn", in_channels=1, drop_path=0.5)
-    sd = [m for m in model.modules() if isinstance(m, StochasticDepth)][-1]
+    sd = [m for m in model.modules() if isinstance(m, DropPath)][-1]
     assert sd.p == 0.5  # the last block gets the full rate
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -158,12 +170,12 @@ def test_stochastic_depth_drops_rows_at_rate_in_train_and_is_identity_in_eval() 
     assert torch.equal(branch, out)
 
 
-def test_classifier_dropout_rate() -> None:
+def test_classifier_dropout_rate(compiled_path: bool) -> None:
     torch.manual_seed(4321)
     model = _small("small-cnn", in_channels=1, dropout=0.3)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     dropout = model.dropout
-    assert isinstance(dropout, nn.Dropout) and dropout.p == 0.3
+    assert isinstance(dropout, Dropout) and dropout.p == 0.3
     dropout.register_forward_hook(lambda _m, inp, out: seen.append((inp[0].detach(), out.detach())))
     model.train()
     model(torch.rand(1024, 1, 8, 8))
@@ -172,6 +184,8 @@ def test_classifier_dropout_rate() -> None:
     assert live.sum() > 5000
     frac = ((out == 0) & live).sum().item() / live.sum().item()
     assert abs(frac - 0.3) < 0.03
+    kept = out != 0
+    assert torch.allclose(out[kept], inp[kept] / 0.7, rtol=1e-5), "survivors scaled 1 / (1 - p)"
     model.eval()
     model(torch.rand(8, 1, 8, 8))
     inp, out = seen[-1]
@@ -181,7 +195,7 @@ def test_classifier_dropout_rate() -> None:
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_dropout_sits_before_classifier(name: str) -> None:
     model = _small(name, dropout=0.25)
-    assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.25
+    assert isinstance(model.dropout, Dropout) and model.dropout.p == 0.25
     assert isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 10
 
 

@@ -401,3 +401,47 @@ def test_equal_accuracy_goes_to_the_epoch_with_the_lower_loss() -> None:
     assert not stopper.improved(0.85, 0.10), "a lower accuracy never wins on loss"
     assert not stopper.improved(0.9, None), "no tie-break: a tie is not an improvement"
     assert stopper.should_stop
+
+
+# --------------------------------------------------------------------------- CUDA paths, on the CPU
+
+
+def test_bf16_autocast_and_channels_last_train_and_keep_float32_weights(data: Dataset) -> None:
+    """The mixed-precision, channels_last path CUDA takes by default, run on the CPU: it learns,
+    its curves are finite, and its best weights are float32 that a plain contiguous fp32
+    model reproduces (the champion is served that way)."""
+    reg = Regularization(dropout=0.2, drop_path=0.1, aug_strength=0.5, mixup_alpha=0.2)
+    cfg = _cfg(epochs=4, precision="bf16", memory_format="channels_last", regularization=reg)
+    result = train(cfg, data)
+    for stats in result.history:
+        _check_stats(stats)
+    assert result.best_value is not None and result.best_value > 1.0 / NUM_CLASSES + 0.2
+    assert result.state_dict is not None and result.best_stats is not None
+    assert all(v.dtype in (torch.float32, torch.int64) for v in result.state_dict.values())
+    model = create_model(**result.model_kwargs)
+    model.load_state_dict(result.state_dict)
+    _, fp32_accuracy = evaluate(model, data.val, max_value=data.max_value)
+    assert fp32_accuracy == pytest.approx(result.best_stats.val_accuracy, abs=0.05)
+
+
+@pytest.mark.slow
+def test_compile_pays_once_a_worker_whatever_rates_the_trials_sample() -> None:
+    """`train.compile`: the first trial compiles; later trials with other dropout and
+    stochastic-depth rates reuse the graph. (Torch's dropout modules hold the rate as a float
+    that dynamo specialises on: every trial recompiled, and past dynamo's recompile limit of 8
+    the rest of a study silently ran uncompiled.)"""
+    from torch._dynamo.utils import counters
+
+    data = load_dataset(
+        DatasetConfig(name="synthetic", num_samples=200, image_size=16, channels=3, num_classes=4)
+    )
+    torch._dynamo.reset()
+    compiled = []
+    for dropout, drop_path in [(0.1, 0.0), (0.3, 0.1), (0.05, 0.2)]:
+        reg = Regularization(dropout=dropout, drop_path=drop_path)
+        result = train(_cfg(epochs=1, compile=True, regularization=reg), data)
+        assert result.best_value is not None
+        assert result.compile_seconds is not None
+        compiled.append(counters["frames"]["ok"])
+    assert compiled[0] >= 1
+    assert compiled[1:] == [compiled[0]] * 2, f"graphs compiled after each trial: {compiled}"
