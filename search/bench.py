@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from search.bench_throughput import airbench_trial, augment_speedup, train_images_per_second
 from search.config import load_config
 from search.data import Dataset, load_dataset
 from search.space import SearchSpace
@@ -115,195 +116,6 @@ def _champion_seconds(
     )
     tracker.end_trial(run_id, state="COMPLETE", summary={})
     return seconds
-
-
-def train_images_per_second(
-    *, models: tuple[str, ...] | None = None, steps: int = 6
-) -> dict[str, Any]:
-    """Training throughput (augmented images per second through forward+backward+step) of each
-    model on a synthetic 32×32 RGB set on the current device, and the share of step time spent
-    in data slicing + augmentation."""
-    from models import list_models
-    from search.augment import BatchTransform
-    from search.train import batch, build_model, make_optimizer, resolve_device
-
-    device = resolve_device("auto")
-    config = load_config(
-        overrides=[
-            "dataset={name: synthetic, num_samples: 1200, image_size: 32, channels: 3}",
-            "space={weight_decay: 0.005, dropout: 0.1, aug_strength: 0.5, mixup_alpha: 0.2, "
-            "label_smoothing: 0.1, cutmix_alpha: 1.0, cutout: 0.25, drop_path: 0.1}",
-            "train.batch_size=128",
-        ]
-    )
-    data = load_dataset(config.dataset).to(device)
-    space = SearchSpace.from_config(config)
-    results: dict[str, Any] = {}
-    for name in models or tuple(list_models()):
-        cfg = space.resolve(space.fixed_values())
-        cfg = replace(cfg, model=cfg.model.model_copy(update={"name": name}))
-        model, _ = build_model(cfg, data)
-        model = model.to(device)
-        optimizer = make_optimizer(model, cfg)
-        transform = BatchTransform(
-            cfg.regularization, num_classes=data.num_classes, allow_flip=True, colour=True
-        )
-        bs = 128
-        data_s = step_s = 0.0
-        for step in range(steps + 1):  # step 0 warms up
-            idx = torch.randint(0, len(data.train), (bs,), device=device)
-            t0 = time.perf_counter()
-            x, y = transform(*batch(data.train, idx, data.max_value))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t1 = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t2 = time.perf_counter()
-            if step:
-                data_s += t1 - t0
-                step_s += t2 - t0
-        results[name] = {
-            "images_per_second": round(steps * bs / step_s, 1),
-            "data_share": round(data_s / step_s, 4),
-        }
-    return {"device": str(device), "batch_size": 128, "image": "3x32x32", "models": results}
-
-
-class _PILImages(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
-    """The seed's reference input pipeline: PIL images, a torchvision transform per image.
-
-    Index `i` serves image `i mod len(images)`, so the set can be longer than the pool (the
-    warm-up batches of `augment_speedup` are extra indices, not fewer timed images)."""
-
-    def __init__(self, images: list[Any], labels: list[int], length: int, transform: Any) -> None:
-        self.images, self.labels, self.length, self.transform = images, labels, length, transform
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        i = index % len(self.images)
-        return self.transform(self.images[i]), self.labels[i]
-
-
-def augment_speedup(
-    *,
-    images: int = 20_000,
-    batch_size: int = 256,
-    rounds: int = 3,
-    workers: int | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Augmented images per second of `BatchTransform` on whole uint8 batches held as one tensor
-    (A, ours) ÷ the same per-image operations as torchvision PIL transforms in a `DataLoader`
-    (B, the seed's reference pipeline), both on the CPU; the median of A/B per round.
-
-    Both sides run the same policy: aug_strength 1 (translate ±0.125 of the side, zoom
-    0.8–1.2, rotation ±15°, horizontal flip p=0.5, brightness/contrast/saturation 0.4) and
-    cutout 0.25, no MixUp/CutMix. B uses `RandomAffine`, which covers our translate, zoom and
-    rotation in one bilinear warp with zero fill (closer to ours than `RandomResizedCrop`, which
-    crops and changes the aspect ratio), then `RandomHorizontalFlip`, `ColorJitter(0.4, 0.4,
-    0.4)`, `ToTensor` and `RandomErasing(p=1, value=0)` of a square 0.25² of the area (an 8×8
-    square on 32×32; ours is the same square but may be clipped at the border).
-
-    A: per batch, slice the uint8 (N, 3, 32, 32) tensor by a fresh permutation, convert to
-    float / 255 and call the transform, as `train()` does, with `torch.get_num_threads()`
-    intra-op threads; one warm-up batch before the first round.
-    B: `DataLoader(batch_size, num_workers=workers, shuffle=True)` over the PIL images (made once
-    from the same uint8 array, outside the timing), default start method; `workers` defaults
-    to `torch.get_num_threads()`, i.e. the cores A may use. Each round builds a new loader, so
-    worker start-up is excluded: the clock starts once the first batch of every worker has
-    arrived (those `workers` warm-up batches are extra indices and are not counted) and stops
-    when `images` more images have arrived.
-    The rounds alternate A B A B …, so drift in machine load hits both sides alike.
-    """
-    from PIL import Image
-    from torch.utils.data import DataLoader
-    from torchvision import transforms as T
-
-    from search.augment import BatchTransform
-    from search.config import Regularization
-    from search.data import ImageSet
-    from search.train import batch
-
-    if images < 1 or batch_size < 1 or rounds < 1:
-        raise ValueError(
-            f"need images, batch_size, rounds >= 1; got {images=}, {batch_size=}, {rounds=}"
-        )
-    workers = torch.get_num_threads() if workers is None else workers
-    gen = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (images, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    labels = torch.randint(0, 10, (images,), generator=gen)
-    images_set = ImageSet(pixels, labels)
-
-    cutout = 0.25
-    ours = BatchTransform(
-        Regularization(aug_strength=1.0, cutout=cutout, mixup_alpha=0.0),
-        num_classes=10,
-        allow_flip=True,
-        colour=True,
-    )
-    reference = T.Compose(
-        [
-            T.RandomAffine(
-                degrees=15,
-                translate=(0.125, 0.125),
-                scale=(0.8, 1.2),
-                interpolation=T.InterpolationMode.BILINEAR,
-                fill=0,
-            ),
-            T.RandomHorizontalFlip(),
-            T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-            T.ToTensor(),
-            T.RandomErasing(p=1.0, scale=(cutout**2, cutout**2), ratio=(1.0, 1.0), value=0),
-        ]
-    )
-    pil = [Image.fromarray(a) for a in pixels.permute(0, 2, 3, 1).contiguous().numpy()]
-    warm_batches = max(workers, 1)
-    dataset = _PILImages(pil, labels.tolist(), images + warm_batches * batch_size, reference)
-
-    def batched() -> float:
-        perm = torch.randperm(images, generator=gen)
-        start = time.perf_counter()
-        for i in range(0, images, batch_size):
-            idx = perm[i : i + batch_size]
-            ours(*batch(images_set, idx, 255.0))
-        return images / (time.perf_counter() - start)
-
-    def per_image() -> float:
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=True)
-        seen, start = 0, 0.0
-        for k, (x, _) in enumerate(loader):
-            if k == warm_batches - 1:
-                start = time.perf_counter()
-            elif k >= warm_batches:
-                seen += len(x)
-                if seen >= images:
-                    break
-        return seen / (time.perf_counter() - start)
-
-    ours(*batch(images_set, torch.arange(batch_size), 255.0))  # warm-up
-    a, b = [], []
-    for _ in range(rounds):
-        a.append(batched())
-        b.append(per_image())
-    ratios = [x / y for x, y in zip(a, b, strict=True)]
-    return {
-        "augment_speedup": round(statistics.median(ratios), 2),
-        "batched_images_per_second": round(statistics.median(a), 1),
-        "reference_images_per_second": round(statistics.median(b), 1),
-        "reference_workers": workers,
-        "images": images,
-        "batch_size": batch_size,
-        "rounds": rounds,
-        "threads": torch.get_num_threads(),
-        "round_ratios": [round(r, 2) for r in ratios],
-    }
 
 
 PG_ADMIN_ENV = "REGSEARCH_BENCH_PG"  # e.g. postgresql://postgres@127.0.0.1:5432/postgres
@@ -428,27 +240,41 @@ def _real_data() -> dict[str, Any]:
     return real_data()
 
 
-BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
-    "trial_overhead": trial_overhead,
-    "train_images_per_second": train_images_per_second,
-    "augment_speedup": augment_speedup,
-    "storage_ms_per_trial": storage_ms_per_trial,
-    "worker_scaling": worker_scaling,
-    "real_data": _real_data,
+Benchmark = Callable[[torch.device], dict[str, Any]]
+BENCHMARKS: dict[str, Benchmark] = {
+    "trial_overhead": lambda _: trial_overhead(),
+    "train_images_per_second": lambda device: train_images_per_second(device=device),
+    "augment_speedup": lambda device: augment_speedup(device=device),
+    "storage_ms_per_trial": lambda _: storage_ms_per_trial(),
+    "worker_scaling": lambda _: worker_scaling(),
+    "airbench_trial": lambda device: airbench_trial(device=device),
+    "real_data": lambda _: _real_data(),
 }
-# Figures that take many minutes: run only when named with --only.
-OPT_IN = ("real_data",)
+# Figures that take many minutes on the CPU: run only when named with --only.
+OPT_IN = ("real_data", "airbench_trial")
+# What `bench --device cuda` runs: the figures of the GPU path (the rest are of the CPU, the
+# storage and the processes, whatever device trains).
+DEVICE_FIGURES = ("train_images_per_second", "augment_speedup", "airbench_trial")
 
 
 def run_benchmarks(
-    names: list[str] | None = None, *, echo: Callable[[str], None] | None = None
+    names: list[str] | None = None,
+    *,
+    device: str = "auto",
+    echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """The named figures (default: all but the opt-in ones; with `device="cuda"`, the GPU
+    path's) as one dict, with the machine they ran on."""
     from search.memory import retain_freed_memory
+    from search.train import resolve_device
 
+    where = resolve_device(device)
     # As in `regsearch run`; DataLoader workers of the reference pipelines inherit it.
     out: dict[str, Any] = {"machine": {**machine(), "retain_freed_memory": retain_freed_memory()}}
-    for name in names or [n for n in BENCHMARKS if n not in OPT_IN]:
+    out["machine"]["device"] = str(where)
+    default = DEVICE_FIGURES if where.type == "cuda" and device != "auto" else None
+    for name in names or default or [n for n in BENCHMARKS if n not in OPT_IN]:
         if echo:
             echo(f"bench: {name} …")
-        out[name] = BENCHMARKS[name]()
+        out[name] = BENCHMARKS[name](where)
     return out

@@ -1,15 +1,52 @@
-"""`augment_speedup` smoke test: tiny sizes, every figure present and positive (no speed
-thresholds: the figure depends on the machine)."""
+"""`regsearch bench` smoke tests: tiny sizes, every figure present and consistent (no speed
+thresholds: the figures depend on the machine)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
-from search.bench import BENCHMARKS, augment_speedup
+from search.bench_throughput import (
+    AIRBENCH_IMAGES_PER_SECOND,
+    airbench_trial,
+    augment_speedup,
+    train_images_per_second,
+)
+from tests.helpers import regsearch
+
+CPU = torch.device("cpu")
 
 
-def test_augment_speedup_registered() -> None:
-    assert BENCHMARKS["augment_speedup"] is augment_speedup
+def test_throughput_of_each_model_eager_and_compiled_with_its_data_share() -> None:
+    out = train_images_per_second(
+        device=CPU, models=("small-cnn", "airbench"), images=64, batch_size=16, steps=2
+    )
+    assert out["device"] == "cpu" and out["images"] == 64 and out["batch_size"] == 16
+    assert set(out["models"]) == {"small-cnn", "airbench"}
+    for modes in out["models"].values():
+        assert list(modes) == ["eager"], "compile is the GPU run's default, not the CPU's"
+        assert modes["eager"]["images_per_second"] > 0
+        assert 0 < modes["eager"]["data_share"] <= 1
+
+
+def test_the_airbench_trial_is_timed_against_airbench_s_published_speed() -> None:
+    out = airbench_trial(device=CPU, images=128, epochs=1, val_images=32, warmup_images=64)
+    assert out["model"] == "airbench" and out["epochs"] == 1 and out["seconds"] > 0
+    reference = 128 / AIRBENCH_IMAGES_PER_SECOND
+    assert out["airbench_ratio"] == pytest.approx(out["seconds"] / reference, rel=0.02)
+    assert out["images_per_second"] == pytest.approx(128 / out["seconds"], rel=0.02)
+
+
+def test_bench_on_a_device_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    proc = regsearch("bench", "--device", "cuda", "--json", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "regsearch: error: --device cuda: device 'cuda' requested but CUDA is not available"
+    ]
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -22,7 +59,7 @@ def test_augment_speedup_smoke(workers: int) -> None:
         "images",
     ):
         assert out[key] > 0, key
-    assert out["reference_workers"] == workers
+    assert out["reference_workers"] == workers and out["device"] == "cpu"
     assert out["images"] == 96
     assert len(out["round_ratios"]) == 2
 

@@ -78,10 +78,25 @@ def test_synchronisations_do_not_grow_with_the_optimizer_steps() -> None:
     assert many <= few + 2, f"{few} syncs at 8 steps an epoch, {many} at 32: the step loop syncs"
 
 
-def test_compile_works_on_cuda() -> None:
+def test_compile_works_on_cuda_and_compiles_once_for_a_worker_s_trials() -> None:
+    """Two trials with other dropout and stochastic-depth rates: the second compiles nothing
+    (its rates are graph inputs), and each reports its first step's seconds."""
+    from dataclasses import replace
+
+    from torch._dynamo.utils import counters
+
     cfg, data = _trial("train.epochs=2", "train.compile=true")
-    result = train(cfg, data, device=torch.device("cuda"))
-    assert result.best_value is not None and result.epochs_trained == 2
+    torch._dynamo.reset()
+    first = train(cfg, data, device=torch.device("cuda"))
+    assert first.best_value is not None and first.epochs_trained == 2
+    frames = counters["frames"]["ok"]
+    other = replace(
+        cfg, regularization=cfg.regularization.model_copy(update={"dropout": 0.3, "drop_path": 0.1})
+    )
+    second = train(other, data, device=torch.device("cuda"))
+    assert second.best_value is not None
+    assert counters["frames"]["ok"] == frames, "the second trial recompiled"
+    assert first.compile_seconds is not None and second.compile_seconds is not None
 
 
 def test_an_out_of_memory_trial_fails_alone_and_the_next_one_runs(tmp_path: Path) -> None:
