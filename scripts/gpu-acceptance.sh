@@ -20,12 +20,12 @@ print(json.dumps({
 }))
 PY
 start=$(date +%s)
-timeout 330 "$py" -m pytest -m cuda -q -rA -p no:cacheprovider tests/search/test_cuda.py \
+timeout 300 "$py" -m pytest -m cuda -q -rA -p no:cacheprovider tests/search/test_cuda.py \
   --junitxml="$out/junit.xml" > "$out/pytest.txt" 2>&1
 rc=$?
 bench_rc=0
 if grep -q '"cuda": true' "$out/device.json"; then
-  timeout 240 "$py" -m search bench --device cuda --json > "$out/bench.json" 2> "$out/bench.txt"
+  timeout 270 "$py" -m search bench --device cuda --json > "$out/bench.json" 2> "$out/bench.txt"
   bench_rc=$?
 fi
 "$py" - "$out" "$rc" "$(( $(date +%s) - start ))" "$bench_rc" <<'PY'
