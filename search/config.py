@@ -90,6 +90,10 @@ class DatasetConfig(_Section):
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     split_seed: Int = 0
+    # Train on this share of the training split: a stratified subset (at least one image a
+    # class), seeded by `split_seed`, each smaller fraction inside every larger one. The
+    # validation and test splits stay the same, so studies at other fractions compare.
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     # `synthetic` only: a learnable set of any shape, for tests and benchmarks.
     num_samples: Int = Field(2000, ge=20)
     num_classes: Int = Field(10, ge=2)
@@ -322,6 +326,23 @@ def safe_study_name(name: str) -> str:
     return name
 
 
+class SweepConfig(_Section):
+    """A size sweep (`regsearch run --fractions`): one study per fraction of the training
+    split, smallest first, each warm-started from the one before (`search.sweep`)."""
+
+    fractions: list[float] = Field(min_length=1)
+
+    @field_validator("fractions")
+    @classmethod
+    def _in_zero_one(cls, fractions: list[float]) -> list[float]:
+        bad = [f for f in fractions if not 0.0 < f <= 1.0]
+        if bad:
+            raise ValueError(f"each fraction must be in (0, 1], got {bad[0]:g}")
+        if len(set(fractions)) != len(fractions):
+            raise ValueError("a fraction is listed twice")
+        return sorted(fractions)
+
+
 class StudyConfig(_Section):
     study: str = "digits"
     dataset: DatasetConfig = DatasetConfig()
@@ -336,6 +357,7 @@ class StudyConfig(_Section):
     baseline: dict[str, float] | None = Field(default_factory=lambda: dict(DEFAULT_BASELINE))
     storage: str | None = None
     tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig | None = None
 
     @field_validator("baseline", mode="before")
     @classmethod

@@ -35,7 +35,7 @@ import torch
 from search.config import DatasetConfig
 from search.errors import UserError
 
-__all__ = ["Dataset", "ImageSet", "Loaded", "load_dataset", "register_dataset"]
+__all__ = ["Dataset", "ImageSet", "Loaded", "load_dataset", "register_dataset", "train_subset"]
 
 _log = logging.getLogger(__name__)
 
@@ -183,6 +183,20 @@ def _split_off_val(
     return np.sort(train), np.sort(val), np.arange(len(y) - test_size, len(y))
 
 
+def train_subset(y: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified `fraction` of the training indices `train`: per class, the first
+    round(fraction × its count) (at least 1) of one seeded shuffle, so the subset at a smaller
+    fraction lies inside the subset at every larger one (a size sweep adds images, it never
+    swaps them)."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(y[train]):
+        members = train[y[train] == label]
+        members = members[rng.permutation(len(members))]
+        keep.append(members[: max(1, round(fraction * len(members)))])
+    return np.sort(np.concatenate(keep))
+
+
 def load_dataset(cfg: DatasetConfig) -> Dataset:
     try:
         loader = _LOADERS[cfg.name]
@@ -223,6 +237,8 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         raise UserError(
             f"dataset {cfg.name!r}: cannot split {len(y)} images ({_one_line(exc)})"
         ) from None
+    if cfg.train_fraction < 1.0:
+        train = train_subset(y, train, cfg.train_fraction, cfg.split_seed)
 
     def subset(ix: np.ndarray) -> ImageSet:
         return ImageSet(torch.from_numpy(np.ascontiguousarray(x[ix])), torch.from_numpy(y[ix]))

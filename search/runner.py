@@ -29,7 +29,14 @@ from search.storage import (
     open_storage,
     storage_error_of,
 )
-from search.study import FINISHED, count_trials, create_or_resume, is_budget_trial
+from search.study import (
+    FINISHED,
+    TRAIN_IMAGES_ATTR,
+    count_trials,
+    create_or_resume,
+    is_budget_trial,
+)
+from search.sweep import Member, warm_start
 from search.train import resolve_device
 
 if TYPE_CHECKING:
@@ -49,6 +56,7 @@ class RunOptions:
     quiet: bool = False
     title: str | None = None  # process title prefix, e.g. "regsearch worker digits #1"
     artifacts: str | None = None  # --artifacts (else $REGSEARCH_ARTIFACTS, else a default)
+    sweep: Member | None = None  # the study is one fraction of a size sweep
 
 
 _log = logging.getLogger(__name__)
@@ -225,6 +233,9 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     storage = open_storage(options.storage_url, config.search)
     study, _created = create_or_resume(config, storage, worker_index=options.worker_index)
     study.set_user_attr("objective_metric", config.objective.metric)
+    study.set_user_attr(TRAIN_IMAGES_ATTR, len(data.train))
+    if options.sweep is not None:
+        warm_start(study, options.sweep)
     finished = count_trials(study, FINISHED)
     if finished >= config.search.n_trials and not options.quiet:
         # `--n-trials` is the study's total, not "this many more".

@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 CONFIG_ATTR = "regsearch_config"
+TRAIN_IMAGES_ATTR = "train_images"  # study user attr: the size of the training split it trains on
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that may differ between launches of one study: budget and per-machine settings.
 _MAY_DIFFER = {

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from search.cli._options import make_console, storage_option
 from search.errors import UserError
+
+T = TypeVar("T")
 
 
 @click.command("report")
@@ -24,27 +28,47 @@ from search.errors import UserError
 def report_command(study_name: str, out_dir: Path | None, storage: str | None, quiet: bool) -> None:
     """HTML report of a study: Optuna's plots, train/val gap per regularizer, learning curves,
     epochs saved by pruning and early stopping. Works while the study is still running."""
+    from search.config import safe_study_name
     from search.report import write_report
     from search.storage import open_storage, resolve_storage_url
     from search.study import load_existing
+    from search.sweep import sweep_studies
 
-    study, config = load_existing(
-        study_name, open_storage(resolve_storage_url(storage), create=False)
-    )
-    from search.config import safe_study_name
-
+    opened = open_storage(resolve_storage_url(storage), create=False)
     # The name may come from a shared storage that other tools write: never `reports/../x`.
-    out = out_dir if out_dir is not None else Path("reports") / safe_study_name(study.study_name)
+    out = out_dir if out_dir is not None else Path("reports") / safe_study_name(study_name)
+    names = {s.study_name for s in _summaries(opened)}
+    if sweep_studies(opened, study_name):  # a size sweep of that name (and maybe a study too)
+        from search.sweep_report import write_sweep_report
+
+        where = out / "sweep" if study_name in names else out
+        sweep = _writing(where, lambda: write_sweep_report(opened, study_name, where))
+        assert sweep is not None
+        click.echo(str(sweep.index))
+        if study_name not in names:
+            return
+    study, config = load_existing(study_name, opened)
+    console = None if quiet else make_console(stderr=True)
+    result = _writing(out, lambda: write_report(study, out, config=config, console=console))
+    click.echo(str(result.index))
+
+
+def _summaries(storage: Any) -> list[Any]:
+    import optuna
+
+    return optuna.get_all_study_summaries(storage, include_best_trial=False)
+
+
+def _writing(out: Path, write: Callable[[], T]) -> T:
+    """`write()` into the folder `out` (created), any OSError as a one-line user error."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
-    console = None if quiet else make_console(stderr=True)
     try:
-        result = write_report(study, out, config=config, console=console)
+        return write()
     except OSError as exc:
         raise UserError(f"--out {out}: cannot write the report ({exc.strerror or exc})") from None
-    click.echo(str(result.index))
 
 
 COMMANDS = [report_command]

@@ -70,6 +70,13 @@ def _finish(study: Any, config: Any, console: Any) -> None:
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key."
 )
+@click.option(
+    "--fractions",
+    default=None,
+    metavar="0.1,0.25,…",
+    help="A size sweep: one study per fraction of the training split, named STUDY-fF, "
+    "smallest first, each warm-started from the previous one.",
+)
 @artifacts_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def run_command(
@@ -84,11 +91,13 @@ def run_command(
     device: str | None,
     threads: int | None,
     overrides: tuple[str, ...],
+    fractions: str | None,
     artifacts: str | None,
     quiet: bool,
 ) -> None:
     """Create or resume a study and run its trials (no CONFIG: the built-in digits study)."""
     from search.config import load_config
+    from search.sweep import parse_fractions
 
     flags = {
         "study": study_name,
@@ -112,10 +121,46 @@ def run_command(
     url = resolve_storage_url(storage, config.storage)
     _check_tracking(config, tracking_uri)
     launch = _Launch(url, tracking_uri, device, threads, artifacts, quiet)
+    sweep = fractions or (config.sweep.fractions if config.sweep is not None else None)
+    if sweep:
+        _run_sweep(config, launch, pinned, parse_fractions(sweep))
+        return
     if workers == 1 and pinned == [None]:
         _run_in_process(config, launch, title=f"regsearch run {config.study}")
         return
     _run_workers(config, launch, pinned)
+
+
+def _run_sweep(
+    config: Any, launch: _Launch, pinned: list[str | None], fractions: list[float]
+) -> None:
+    """One study per fraction, smallest first, each warm-started from the one before; then
+    the sweep's table. Rerunning the command resumes it (finished studies end at once)."""
+    from search.sweep import Member, fraction_configs
+
+    console = _console()
+    previous: str | None = None
+    for cfg in fraction_configs(config, fractions):
+        member = Member(config.study, cfg.dataset.train_fraction, previous)
+        if not launch.quiet:
+            seeded = f", seeded with the best configurations of {previous}" if previous else ""
+            console.print(
+                f"{config.study}: sweep — {cfg.study} trains on "
+                f"{member.fraction:g} of the training split{seeded}"
+            )
+        if pinned == [None]:
+            _run_in_process(cfg, launch, title=f"regsearch run {cfg.study}", sweep=member)
+        else:
+            _run_workers(cfg, launch, pinned, sweep=member)
+        previous = cfg.study
+    from search.storage import open_storage
+    from search.sweep import sweep_table
+
+    table, sentences = sweep_table(open_storage(launch.url, create=False), config.study)
+    console.print(table)
+    for sentence in sentences:
+        console.print(f"  {sentence}", soft_wrap=True)
+    console.print(f"{config.study}: `regsearch report {config.study}` draws the sweep")
 
 
 def _stored(study_name: str | None, storage: str | None) -> dict[str, Any] | None:
@@ -149,7 +194,13 @@ def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | N
 
 
 def _run_in_process(
-    config: Any, launch: _Launch, *, title: str, worker_index: int = 0, summary: bool = True
+    config: Any,
+    launch: _Launch,
+    *,
+    title: str,
+    worker_index: int = 0,
+    summary: bool = True,
+    sweep: Any = None,
 ) -> None:
     """Run trials in this process; `title` prefixes its process title (`ps`, `top`)."""
     from search.memory import retain_freed_memory
@@ -168,6 +219,7 @@ def _run_in_process(
         quiet=launch.quiet,
         title=title,
         artifacts=launch.artifacts,
+        sweep=sweep,
     )
     console = _console()
     study = run_study(config, options, console=console)
@@ -175,7 +227,9 @@ def _run_in_process(
         _finish(study, config, console)
 
 
-def _run_workers(config: Any, launch: _Launch, pinned: list[str | None]) -> None:
+def _run_workers(
+    config: Any, launch: _Launch, pinned: list[str | None], *, sweep: Any = None
+) -> None:
     """Create the study here, then start one `regsearch worker` process per entry of `pinned`
     (its `CUDA_VISIBLE_DEVICES`, or None), each with its share of the CPU threads; Ctrl+C /
     SIGTERM is passed on to them."""
@@ -193,6 +247,10 @@ def _run_workers(config: Any, launch: _Launch, pinned: list[str | None]) -> None
         for note in choice.notes:
             console.print(f"{config.study}: {note}")
     study, _ = create_or_resume(config, open_storage(launch.url, config.search))
+    if sweep is not None:
+        from search.sweep import warm_start
+
+        warm_start(study, sweep)
     if config.tracking.enabled:
         # Create the MLflow store, experiment and parent run once, here: N workers racing
         # to run the store's schema migrations on a fresh SQLite file would break it.

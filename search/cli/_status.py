@@ -48,7 +48,18 @@ def status_command(study_name: str | None, storage: str | None, as_json: bool) -
         make_console().print(table)
         return
     from search.study import load_existing
+    from search.sweep import sweep_rows, sweep_studies, sweep_table
 
+    if sweep_studies(store, study_name):  # a size sweep: a row per fraction
+        if as_json:
+            click.echo(json.dumps(sweep_rows(store, study_name), indent=2))
+            return
+        table, sentences = sweep_table(store, study_name)
+        console = make_console()
+        console.print(table)
+        for sentence in sentences:
+            console.print(f"  {sentence}", soft_wrap=True)
+        return
     study, _ = load_existing(study_name, store)
     if as_json:
         click.echo(json.dumps([trial_row(t) for t in sorted_trials(study)], indent=2))

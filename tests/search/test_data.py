@@ -190,3 +190,36 @@ def test_to_keeps_the_data(digits: Dataset) -> None:
     assert torch.equal(moved.test.y, digits.test.y)
     assert moved.classes == digits.classes
     assert moved.max_value == digits.max_value
+
+
+# --------------------------------------------------------------------------- train_fraction
+
+
+def test_a_train_fraction_is_a_stratified_subset_inside_every_larger_one(digits: Dataset) -> None:
+    """A size sweep compares studies at several fractions: each trains on a stratified share
+    of the same training images (smaller inside larger), validated and tested on the same
+    images."""
+    full = _rows(digits.train)
+    full_counts = np.bincount(digits.train.y.numpy(), minlength=10)
+    previous: set[tuple[int, ...]] | None = None
+    for fraction in (0.1, 0.25, 0.5):
+        part = load_dataset(DatasetConfig(name="digits", train_fraction=fraction))
+        assert _rows(part.val) == _rows(digits.val) and _rows(part.test) == _rows(digits.test)
+        counts = np.bincount(part.train.y.numpy(), minlength=10)
+        assert (np.abs(counts - fraction * full_counts) <= 0.5 + 1e-9).all(), counts
+        rows = set(_rows(part.train))
+        assert rows <= set(full)
+        if previous is not None:
+            assert previous <= rows, "a smaller fraction's images are all in the larger one"
+        previous = rows
+
+
+def test_a_tiny_train_fraction_keeps_one_image_of_every_class(digits: Dataset) -> None:
+    part = load_dataset(DatasetConfig(name="digits", train_fraction=0.001))
+    assert sorted(part.train.y.tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
+def test_a_train_fraction_outside_0_1_is_refused(fraction: float) -> None:
+    with pytest.raises(ValueError, match="train_fraction"):
+        DatasetConfig(name="digits", train_fraction=fraction)

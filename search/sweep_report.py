@@ -1,0 +1,173 @@
+"""The answer of a size sweep, drawn: against training-set size (log axis), the champion's and
+the baseline recipe's test accuracy, the chosen value of each searched regularizer with its
+spread over the top configurations, and the champion's train–validation gap; one sentence
+per regularizer; the table as CSV and JSON. Written by `regsearch report SWEEP`."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.report import _new_figure, _png, _write_atomic
+from search.sweep import sweep_rows, trends
+
+__all__ = ["SweepReport", "sweep_figure", "write_sweep_report"]
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    index: Path
+    figure: Path
+    csv: Path
+    json: Path
+
+
+def _x(row: dict[str, Any]) -> float:
+    return float(row["train_images"] or row["fraction"])
+
+
+def sweep_figure(rows: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes:
+    """Three panels sharing a log x axis of training images: test accuracy (champion and
+    baseline), each searched regularizer's chosen value (bars: min–max over the top
+    configurations), and the champion's train − validation accuracy gap."""
+    fig, (acc, reg, gap) = _new_figure(7.0, 8.0, rows=3)
+    xs = [_x(r) for r in rows]
+    for key, label, style in (
+        ("champion_test", "champion", "o-"),
+        ("baseline_test", "baseline recipe", "s--"),
+    ):
+        points = [(x, r[key]) for x, r in zip(xs, rows, strict=True) if r[key] is not None]
+        if points:
+            acc.plot(*zip(*points, strict=True), style, label=label)
+    acc.set_ylabel("test accuracy")
+    acc.legend(loc="lower right", fontsize=8)
+    acc.grid(alpha=0.3)
+    names = sorted({k for r in rows for k in r["regularizers"]})
+    for name in names:
+        x, y, low, high = [], [], [], []
+        for at, r in zip(xs, rows, strict=True):
+            if name not in r["regularizers"]:
+                continue
+            value = float(r["regularizers"][name])
+            lo, hi = r["spread"].get(name) or (value, value)
+            x.append(at)
+            y.append(value)
+            low.append(max(0.0, value - lo))
+            high.append(max(0.0, hi - value))
+        reg.errorbar(x, y, yerr=[low, high], marker="o", capsize=3, label=name)
+    reg.set_ylabel("chosen value")
+    reg.set_yscale("symlog", linthresh=0.01)
+    if names:
+        reg.legend(loc="best", fontsize=7, ncols=2)
+    reg.grid(alpha=0.3)
+    points = [(x, r["train_val_gap"]) for x, r in zip(xs, rows, strict=True)]
+    points = [p for p in points if p[1] is not None]
+    if points:
+        gap.plot(*zip(*points, strict=True), "o-", color="tab:red")
+    gap.axhline(0.0, color="grey", lw=0.8)
+    gap.set_ylabel("train − val accuracy")
+    gap.set_xlabel("training images (log)")
+    gap.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:,.0f}")
+    gap.xaxis.set_major_formatter(plain)
+    gap.xaxis.set_minor_formatter(plain)
+    gap.set_xticks(xs)
+    gap.grid(alpha=0.3)
+    fig.suptitle("How much regularization for how much data")
+    return _png(fig, dpi=dpi)
+
+
+_COLUMNS = (
+    "study",
+    "fraction",
+    "train_images",
+    "trials",
+    "champion_val",
+    "champion_test",
+    "baseline_test",
+    "train_val_gap",
+    "warm_start_from",
+)
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> bytes:
+    names = sorted({k for r in rows for k in r["regularizers"]})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    spreads = [f"{n}_{end}" for n in names for end in ("low", "high")]
+    writer.writerow([*_COLUMNS, *names, *spreads])
+    for r in rows:
+        spread = [(r["spread"].get(n) or [None, None])[i] for n in names for i in (0, 1)]
+        writer.writerow(
+            [
+                *("" if r[c] is None else r[c] for c in _COLUMNS),
+                *("" if r["regularizers"].get(n) is None else r["regularizers"][n] for n in names),
+                *("" if v is None else v for v in spread),
+            ]
+        )
+    return out.getvalue().encode()
+
+
+def write_sweep_report(
+    storage: optuna.storages.BaseStorage, sweep: str, out: Path
+) -> SweepReport | None:
+    """index.html, sweep.png, sweep.csv and sweep.json of the sweep in `out`; None when the
+    storage holds no study of a sweep named `sweep`."""
+    rows = sweep_rows(storage, sweep)
+    if not rows:
+        return None
+    sentences = trends(rows)
+    paths = SweepReport(
+        out / "index.html", out / "sweep.png", out / "sweep.csv", out / "sweep.json"
+    )
+    _write_atomic(paths.figure, sweep_figure(rows))
+    _write_atomic(paths.csv, _csv(rows))
+    _write_atomic(
+        paths.json,
+        json.dumps({"sweep": sweep, "rows": rows, "trends": sentences}, indent=2).encode(),
+    )
+    table = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(_cell(r[c]))}</td>"
+            for c in ("study", "train_images", "champion_val", "champion_test", "baseline_test")
+        )
+        + f"<td>{html.escape(_cell(r['train_val_gap']))}</td></tr>"
+        for r in rows
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>sweep {html.escape(sweep)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}}
+td,th{{padding:.2rem .6rem;text-align:right}}td:first-child{{text-align:left}}</style></head>
+<body><h1>Sweep {html.escape(sweep)}: how much regularization for how much data</h1>
+<ul>{"".join(f"<li>{html.escape(s)}</li>" for s in sentences)}</ul>
+<p><img src="sweep.png" alt="test accuracy, chosen regularization and train–val gap against
+training-set size" width="700"></p>
+<table><tr><th>study</th><th>train images</th><th>val</th><th>test</th><th>baseline test</th>
+<th>train − val</th></tr>{table}</table>
+<p>How to read it: each point is one study of the sweep, trained on that many images and
+validated and tested on the same images as the others. A regularizer whose chosen value moves
+beyond the bars (the spread over each study's top configurations) is one whose need depends on
+the amount of data. The table is in <a href="sweep.csv">sweep.csv</a> and
+<a href="sweep.json">sweep.json</a>.</p></body></html>
+"""
+    _write_atomic(paths.index, page.encode())
+    return paths
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
