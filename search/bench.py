@@ -234,6 +234,12 @@ def worker_scaling(*, trials: int = 8, epochs: int = 3) -> dict[str, Any]:
     }
 
 
+def _sweep_warm_start() -> dict[str, Any]:
+    from search.bench_sweep import sweep_warm_start
+
+    return sweep_warm_start()
+
+
 def _real_data() -> dict[str, Any]:
     from search.bench_real import real_data
 
@@ -249,9 +255,10 @@ BENCHMARKS: dict[str, Benchmark] = {
     "worker_scaling": lambda _: worker_scaling(),
     "airbench_trial": lambda device: airbench_trial(device=device),
     "real_data": lambda _: _real_data(),
+    "sweep_warm_start": lambda _: _sweep_warm_start(),
 }
 # Figures that take many minutes on the CPU: run only when named with --only.
-OPT_IN = ("real_data", "airbench_trial")
+OPT_IN = ("real_data", "airbench_trial", "sweep_warm_start")
 # What `bench --device cuda` runs: the figures of the GPU path (the rest are of the CPU, the
 # storage and the processes, whatever device trains).
 DEVICE_FIGURES = ("train_images_per_second", "augment_speedup", "airbench_trial")

@@ -331,6 +331,8 @@ class SweepConfig(_Section):
     split, smallest first, each warm-started from the one before (`search.sweep`)."""
 
     fractions: list[float] = Field(min_length=1)
+    # Seed each study with the previous fraction's best configurations (enqueued trials).
+    warm_start: bool = True
 
     @field_validator("fractions")
     @classmethod

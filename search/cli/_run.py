@@ -123,7 +123,8 @@ def run_command(
     launch = _Launch(url, tracking_uri, device, threads, artifacts, quiet)
     sweep = fractions or (config.sweep.fractions if config.sweep is not None else None)
     if sweep:
-        _run_sweep(config, launch, pinned, parse_fractions(sweep))
+        warm = config.sweep.warm_start if config.sweep is not None else True
+        _run_sweep(config, launch, pinned, parse_fractions(sweep), warm_start=warm)
         return
     if workers == 1 and pinned == [None]:
         _run_in_process(config, launch, title=f"regsearch run {config.study}")
@@ -132,7 +133,12 @@ def run_command(
 
 
 def _run_sweep(
-    config: Any, launch: _Launch, pinned: list[str | None], fractions: list[float]
+    config: Any,
+    launch: _Launch,
+    pinned: list[str | None],
+    fractions: list[float],
+    *,
+    warm_start: bool = True,
 ) -> None:
     """One study per fraction, smallest first, each warm-started from the one before; then
     the sweep's table. Rerunning the command resumes it (finished studies end at once)."""
@@ -152,7 +158,7 @@ def _run_sweep(
             _run_in_process(cfg, launch, title=f"regsearch run {cfg.study}", sweep=member)
         else:
             _run_workers(cfg, launch, pinned, sweep=member)
-        previous = cfg.study
+        previous = cfg.study if warm_start else None
     from search.storage import open_storage
     from search.sweep import sweep_table
 

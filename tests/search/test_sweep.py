@@ -1,0 +1,133 @@
+"""The size sweep: one study per training-set fraction, smallest first, warm-started from the
+one before, resumable, and drawn by `report` (figure, CSV, JSON) and shown by `status`."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.errors import UserError
+from search.sweep import WARM_START_ATTR, parse_fractions, trends
+from tests.helpers import regsearch
+
+FRACTIONS = "0.1,0.25,0.5,1"
+NAMES = ["dg-f0.1", "dg-f0.25", "dg-f0.5", "dg-f1"]
+ARGS = (
+    "run", "--study", "dg", "--fractions", FRACTIONS, "--n-trials", "3",
+    "--set", "train.epochs=3",
+    "--set", "search.confirm={top_k: 1, seeds: 2, ablation: false}",
+    "--quiet",
+)  # fmt: skip
+
+
+def _trials(cwd: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    storage = f"sqlite:///{cwd}/studies/regsearch.db"
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("sweep")
+    proc = regsearch(*ARGS, cwd=cwd, confirm=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_one_warm_started_study_per_fraction(swept: Path) -> None:
+    status = json.loads(regsearch("status", "dg", "--json", cwd=swept).stdout)
+    assert [r["study"] for r in status] == NAMES
+    sizes = [r["train_images"] for r in status]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1] / 5, sizes
+    assert all(r["champion_test"] is not None for r in status)
+    for previous, name in itertools.pairwise(NAMES):
+        seeded = [t for t in _trials(swept, name) if WARM_START_ATTR in t.user_attrs]
+        assert seeded and all(t.user_attrs[WARM_START_ATTR] == previous for t in seeded)
+        before = [t.params for t in _trials(swept, previous) if t.params]
+        assert all(t.params in before for t in seeded), "the previous study's configurations"
+
+
+@pytest.mark.slow
+def test_a_finished_sweep_resumes_without_training_again(swept: Path) -> None:
+    counts = [len(_trials(swept, n)) for n in NAMES]
+    proc = regsearch(*ARGS, cwd=swept, confirm=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [len(_trials(swept, n)) for n in NAMES] == counts
+
+
+@pytest.mark.slow
+def test_report_draws_the_sweep_with_every_fraction(swept: Path) -> None:
+    proc = regsearch("report", "dg", cwd=swept)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = swept / "reports" / "dg"
+    assert swept / proc.stdout.strip() == out / "index.html"
+    png = (out / "sweep.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["study"] for r in rows] == NAMES
+    assert [float(r["fraction"]) for r in rows] == [0.1, 0.25, 0.5, 1.0]
+    assert all(r["champion_test"] and r["weight_decay"] for r in rows)
+    data = json.loads((out / "sweep.json").read_text())
+    assert len(data["rows"]) == 4 and data["trends"]
+    page = (out / "index.html").read_text()
+    assert "sweep.png" in page and all(name in page for name in NAMES)
+
+
+def test_fractions_are_checked_and_sorted() -> None:
+    assert parse_fractions("1,0.1,0.5") == [0.1, 0.5, 1.0]
+    for bad, said in (("0,0.5", "0 is not in"), ("0.5,x", "'x' is not a number"),
+                      ("0.5,0.5", "repeats"), ("1.5", "1.5 is not in")):  # fmt: skip
+        with pytest.raises(UserError, match=said):
+            parse_fractions(bad)
+
+
+def test_a_bad_fraction_on_the_command_line_is_one_line(tmp_path: Path) -> None:
+    proc = regsearch("run", "--fractions", "0.5,2", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == ["regsearch: error: --fractions: 2 is not in (0, 1]"]
+    assert not (tmp_path / "studies").exists(), "nothing created"
+
+
+def _row(n: int, **values: float) -> dict:  # type: ignore[type-arg]
+    spread = {k: [v, v] for k, v in values.items()}
+    return {"train_images": n, "fraction": 0, "regularizers": values, "spread": spread}
+
+
+def test_trends_say_which_way_each_regularizer_moves_with_data() -> None:
+    said = trends(
+        [_row(180, aug_strength=0.8, dropout=0.2), _row(1078, aug_strength=0.3, dropout=0.2)]
+    )
+    assert said == [
+        "aug_strength: falls from 0.8 at 180 images to 0.3 at 1,078 images",
+        "dropout: about the same (0.2 at 180 images, 0.2 at 1,078 images; each within the "
+        "other's spread over the top configurations)",
+    ]
+
+
+def test_trials_to_target_count_until_the_best_value_first_reaches_it() -> None:
+    import datetime
+
+    from search.bench_sweep import to_target
+
+    t0 = datetime.datetime(2026, 1, 1)
+    trials = [
+        optuna.trial.create_trial(
+            value=value,
+            user_attrs={},
+            state=optuna.trial.TrialState.COMPLETE,
+        )
+        for value in (0.5, 0.9, 0.8, 0.97)
+    ]
+    for number, trial in enumerate(trials):
+        trial.number = number
+        trial.datetime_start = t0 + datetime.timedelta(seconds=10 * number)
+        trial.datetime_complete = t0 + datetime.timedelta(seconds=10 * number + 5)
+    assert to_target(trials, 0.9) == (2, 15.0)
+    assert to_target(trials, 0.95) == (4, 35.0)
+    assert to_target(trials, 0.99) == (-1, -1.0)
