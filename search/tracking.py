@@ -52,7 +52,10 @@ _ENDED = (
     optuna.trial.TrialState.PRUNED,
     optuna.trial.TrialState.FAIL,
 )
-_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED"}
+# MLflow has no "pruned": a pruned trial's run ends KILLED (stopped before its last epoch, not
+# a green FINISHED tick in the UI beside the trials that trained to the end); its `state` tag
+# says PRUNED.
+_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAILED": "FAILED", "KILLED": "KILLED"}
 _log = logging.getLogger(__name__)
 # MLflow's tqdm bars would interleave with our progress display.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -563,7 +566,7 @@ class Tracker:
             if not run_id or not (failed or outage):
                 continue
             # A FAIL trial without an outage is one whose worker died: KILLED.
-            status = ("FAILED" if outage else "KILLED") if failed else "FINISHED"
+            status = ("FAILED" if outage else "KILLED") if failed else _RUN_STATUS[trial.state.name]
             try:
                 if self.client.get_run(run_id).info.status != "RUNNING":
                     continue

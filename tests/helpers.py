@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def _user_env(env: dict[str, str] | None) -> dict[str, str]:
@@ -113,3 +114,11 @@ def serving(
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def assert_runs_ended(runs: list[Any]) -> None:
+    """Every MLflow run of a finished study ended: FINISHED, or KILLED for a pruned trial's
+    run (MLflow has no "pruned"; its `state` tag says PRUNED)."""
+    for run in runs:
+        expected = "KILLED" if run.data.tags.get("state") == "PRUNED" else "FINISHED"
+        assert run.info.status == expected, (run.info.run_id, run.data.tags.get("state"))

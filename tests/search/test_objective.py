@@ -120,7 +120,7 @@ def test_a_diverging_trial_is_pruned_as_nonfinite(
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert trial.user_attrs["stop_reason"] == "nonfinite"
     run = client.get_run(trial.user_attrs["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["state"] == "PRUNED"
+    assert run.info.status == "KILLED" and run.data.tags["state"] == "PRUNED"
 
 
 def test_a_tracking_outage_after_training_keeps_the_trial_and_its_run_is_closed_later(

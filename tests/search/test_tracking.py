@@ -13,7 +13,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import regsearch
+from tests.helpers import assert_runs_ended, regsearch
 
 STUDY = "track"
 
@@ -69,9 +69,12 @@ def test_one_parent_run_and_one_nested_run_per_trial(tracked: Path) -> None:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
     assert [p.info.run_id for p in parents] == [parent_id]
     assert len(children) == len(study.trials) == 4
-    assert all(r.info.status == "FINISHED" for r in runs), "no run left RUNNING"
+    assert not [r for r in runs if r.info.status == "RUNNING"], "no run left RUNNING"
     for trial in study.trials:
         run = next(r for r in children if r.info.run_id == trial.user_attrs["mlflow_run_id"])
+        # The MLflow UI ticks FINISHED runs green: a pruned trial's run is not one of them.
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}[trial.state.name]
+        assert (run.info.status, run.data.tags["state"]) == (status, trial.state.name)
         assert run.data.tags["study"] == STUDY
         assert run.data.tags["trial"] == str(trial.number)
         assert run.data.tags["state"] == trial.state.name
@@ -110,7 +113,7 @@ def test_pruned_trials_finish_with_state_tag(tracked: Path) -> None:
     client = _client(tracked)
     for trial in pruned:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
-        assert run.info.status == "FINISHED"
+        assert run.info.status == "KILLED", "not a FINISHED tick in the MLflow UI"
         assert run.data.tags["state"] == "PRUNED"
 
 
@@ -178,7 +181,7 @@ def test_resume_reattaches_to_the_parent_run(tracked: Path) -> None:
     assert study.user_attrs["mlflow_parent_run_id"] == parent_before
     runs = _runs(tracked)
     assert len(runs) == 1 + 5
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert_runs_ended(runs)
 
 
 def test_the_alias_moves_to_an_equal_value_only_at_a_lower_validation_loss(

@@ -19,7 +19,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import regsearch, serving, start_regsearch
+from tests.helpers import assert_runs_ended, regsearch, serving, start_regsearch
 
 PG_ADMIN = os.environ.get("REGSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TINY = ("--set", "train.epochs=2", "--set", "search.pruner=none", "--quiet")
@@ -90,7 +90,7 @@ def test_four_workers_share_one_budget_on_postgres(tmp_path: Path, pg_url: str) 
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(children) == 20 and len(runs) == 21
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert_runs_ended(runs)
 
 
 @pytest.mark.postgres
@@ -390,7 +390,8 @@ def test_two_workers_log_to_an_mlflow_server_on_postgres(
         client = MlflowClient(uri, registry_uri=uri)  # not the process-wide registry URI
         experiment = client.get_experiment_by_name("remote")
         runs = client.search_runs([experiment.experiment_id], max_results=100)
-        assert len(runs) == 1 + 4 and {r.info.status for r in runs} == {"FINISHED"}
+        assert len(runs) == 1 + 4
+        assert_runs_ended(runs)
         version = client.get_model_version_by_alias("remote", "champion")
         assert "test_accuracy" in version.tags
         assert any((tmp_path / "shared-artifacts").rglob("MLmodel")), "artifacts went to the server"
