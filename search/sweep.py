@@ -191,6 +191,9 @@ def sweep_rows(storage: optuna.storages.BaseStorage, sweep: str) -> list[dict[st
                 "train_val_gap": _gap(champion),
                 "regularizers": values,
                 "spread": spread,
+                # The ablation's answer: the champion's value minus its value with the
+                # regularizer off, paired by seed ({name: {mean, low, high, n}}).
+                "contributions": (best or {}).get("contributions") or {},
                 "warm_start_from": study.user_attrs.get(WARM_START_ATTR) or None,
             }
         )
@@ -221,6 +224,11 @@ def trends(rows: Sequence[dict[str, Any]]) -> list[str]:
         else:
             way = "falls" if b < a else "rises"
             out.append(f"{key}: {way} from {_fmt(a)} at {size(first)} to {_fmt(b)} at {size(last)}")
+        ends = [(r.get("contributions") or {}).get(key) or {} for r in (first, last)]
+        if all(c.get("mean") is not None for c in ends):
+            ca, cb = (100 * float(c["mean"]) for c in ends)
+            cost = f"{ca:+.1f} pt at {size(first)}, {cb:+.1f} pt at {size(last)}"
+            out[-1] += f"; taking it away costs {cost}"
     return out
 
 

@@ -35,10 +35,11 @@ def _x(row: dict[str, Any]) -> float:
 
 
 def sweep_figure(rows: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes:
-    """Three panels sharing a log x axis of training images: test accuracy (champion and
-    baseline), each searched regularizer's chosen value (bars: min–max over the top
-    configurations), and the champion's train − validation accuracy gap."""
-    fig, (acc, reg, gap) = _new_figure(7.0, 8.0, rows=3)
+    """Four panels sharing a log x axis of training images: test accuracy (champion and
+    baseline recipe); each searched regularizer's chosen value (bars: min–max over the top
+    configurations); each one's contribution by ablation (bars: 95% interval over seeds);
+    the champion's train − validation accuracy gap."""
+    fig, (acc, reg, contrib, gap) = _new_figure(7.0, 10.0, rows=4)
     xs = [_x(r) for r in rows]
     for key, label, style in (
         ("champion_test", "champion", "o-"),
@@ -52,22 +53,21 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes:
     acc.grid(alpha=0.3)
     names = sorted({k for r in rows for k in r["regularizers"]})
     for name in names:
-        x, y, low, high = [], [], [], []
-        for at, r in zip(xs, rows, strict=True):
-            if name not in r["regularizers"]:
-                continue
-            value = float(r["regularizers"][name])
-            lo, hi = r["spread"].get(name) or (value, value)
-            x.append(at)
-            y.append(value)
-            low.append(max(0.0, value - lo))
-            high.append(max(0.0, hi - value))
-        reg.errorbar(x, y, yerr=[low, high], marker="o", capsize=3, label=name)
+        _bars(reg, xs, [_chosen(r, name) for r in rows], label=name)
     reg.set_ylabel("chosen value")
     reg.set_yscale("symlog", linthresh=0.01)
     if names:
         reg.legend(loc="best", fontsize=7, ncols=2)
     reg.grid(alpha=0.3)
+    ablated = sorted({k for r in rows for k in r.get("contributions", {})})
+    for name in ablated:
+        _bars(contrib, xs, [_contribution(r, name) for r in rows], label=name)
+    contrib.axhline(0.0, color="grey", lw=0.8)
+    contrib.set_ylabel("contribution (pt)")
+    contrib.set_title("ablation: champion − champion without it (95% interval)", fontsize=8)
+    if ablated:
+        contrib.legend(loc="best", fontsize=7, ncols=2)
+    contrib.grid(alpha=0.3)
     points = [(x, r["train_val_gap"]) for x, r in zip(xs, rows, strict=True)]
     points = [p for p in points if p[1] is not None]
     if points:
@@ -85,6 +85,39 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes:
     gap.grid(alpha=0.3)
     fig.suptitle("How much regularization for how much data")
     return _png(fig, dpi=dpi)
+
+
+Bar = tuple[float, float, float] | None  # (value, low, high)
+
+
+def _chosen(row: dict[str, Any], name: str) -> Bar:
+    if name not in row["regularizers"]:
+        return None
+    value = float(row["regularizers"][name])
+    low, high = row["spread"].get(name) or (value, value)
+    return value, float(low), float(high)
+
+
+def _contribution(row: dict[str, Any], name: str) -> Bar:
+    c = (row.get("contributions") or {}).get(name) or {}
+    if c.get("mean") is None:
+        return None
+    mean = 100 * float(c["mean"])
+    low = 100 * float(c["low"]) if c.get("low") is not None else mean
+    high = 100 * float(c["high"]) if c.get("high") is not None else mean
+    return mean, low, high
+
+
+def _bars(ax: Any, xs: Sequence[float], bars: Sequence[Bar], *, label: str) -> None:
+    """A line through the values with error bars from low to high, skipping gaps."""
+    points = [(x, b) for x, b in zip(xs, bars, strict=True) if b is not None]
+    if not points:
+        return
+    x = [p[0] for p in points]
+    y = [p[1][0] for p in points]
+    below = [max(0.0, p[1][0] - p[1][1]) for p in points]
+    above = [max(0.0, p[1][2] - p[1][0]) for p in points]
+    ax.errorbar(x, y, yerr=[below, above], marker="o", capsize=3, label=label)
 
 
 _COLUMNS = (
@@ -105,7 +138,9 @@ def _csv(rows: Sequence[dict[str, Any]]) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out)
     spreads = [f"{n}_{end}" for n in names for end in ("low", "high")]
-    writer.writerow([*_COLUMNS, *names, *spreads])
+    ablated = sorted({k for r in rows for k in r.get("contributions", {})})
+    contributions = [f"contribution_{n}" for n in ablated]
+    writer.writerow([*_COLUMNS, *names, *spreads, *contributions])
     for r in rows:
         spread = [(r["spread"].get(n) or [None, None])[i] for n in names for i in (0, 1)]
         writer.writerow(
@@ -113,6 +148,7 @@ def _csv(rows: Sequence[dict[str, Any]]) -> bytes:
                 *("" if r[c] is None else r[c] for c in _COLUMNS),
                 *("" if r["regularizers"].get(n) is None else r["regularizers"][n] for n in names),
                 *("" if v is None else v for v in spread),
+                *((r.get("contributions", {}).get(n) or {}).get("mean", "") for n in ablated),
             ]
         )
     return out.getvalue().encode()
