@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from search.bench_throughput import airbench_trial, augment_speedup, train_images_per_second
-from search.config import load_config
 from search.data import Dataset, load_dataset
 from search.space import SearchSpace
+from search.studyfile import load_config
 from search.train import train
 
 __all__ = ["BENCHMARKS", "machine", "run_benchmarks"]

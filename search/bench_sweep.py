@@ -22,7 +22,7 @@ from typing import Any
 
 import optuna
 
-from search.study import ranking
+from search.records import ranking
 
 __all__ = ["sweep_warm_start", "to_target"]
 
@@ -49,7 +49,7 @@ def to_target(trials: Sequence[optuna.trial.FrozenTrial], target: float) -> tupl
 
 
 def _search_trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    from search.study import is_budget_trial
+    from search.records import is_budget_trial
 
     study = optuna.load_study(study_name=name, storage=storage)
     return [t for t in study.get_trials(deepcopy=False) if is_budget_trial(t)]

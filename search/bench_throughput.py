@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from search.config import load_config
 from search.data import Dataset, ImageSet
 from search.space import SearchSpace
+from search.studyfile import load_config
 
 __all__ = [
     "AIRBENCH_IMAGES_PER_SECOND",

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from search.records import TIEBREAK_ATTR
 from search.storage import study_lock
-from search.study import TIEBREAK_ATTR, best_trial
+from search.study import best_trial
 
 if TYPE_CHECKING:
     from search.data import Dataset

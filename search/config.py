@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from search.errors import UserError
+from search.errors import UserError, first_line
 
 __all__ = [
     "DEFAULTS",
@@ -45,9 +45,8 @@ __all__ = [
     "TrialConfig",
     "apply_overrides",
     "deep_merge",
-    "load_config",
+    "parse_config",
     "safe_study_name",
-    "validate_config",
 ]
 
 
@@ -469,7 +468,7 @@ def _parse_assignment(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise UserError(
-            f"--set {key}: value {raw!r} is not valid YAML ({_first_line(exc)})"
+            f"--set {key}: value {raw!r} is not valid YAML ({first_line(exc)})"
         ) from None
     return key.split("."), value
 
@@ -514,10 +513,6 @@ def _renames(path: list[str], node: Mapping[str, Any], value: Any) -> bool:
         and path[-2] in ("sampler", "pruner")
         and node.get("name") != value
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 _UNION_TAG = re.compile(r"literal\[.*\]|bool|int|float|str|none")
@@ -567,67 +562,14 @@ def _format_validation_error(exc: ValidationError) -> str:
     return f"{loc or 'config'}: {msg}{more}"
 
 
-def validate_config(data: Mapping[str, Any], *, check_model: bool = True) -> StudyConfig:
-    """Validate a merged mapping into a `StudyConfig` and check its search space.
+def parse_config(data: Mapping[str, Any], *, check_model: bool = True) -> StudyConfig:
+    """Validate a merged mapping into a `StudyConfig` (its keys and values; the search space,
+    sampler and pruner are checked by `search.studyfile.validate_config`).
 
     `check_model=False` skips the model-name check, which imports torch (seconds): for
     commands that only read a study, whose stored config was checked when it was created.
     """
     try:
-        config = StudyConfig.model_validate(data, context={"check_model": check_model})
+        return StudyConfig.model_validate(data, context={"check_model": check_model})
     except ValidationError as exc:
         raise UserError(_format_validation_error(exc)) from None
-    from search.space import SearchSpace
-    from search.study import make_pruner, make_sampler
-
-    SearchSpace.from_config(config)  # raises UserError naming the bad space entry
-    make_sampler(config)  # unknown constructor options fail here, before any storage exists
-    make_pruner(config)
-    return config
-
-
-def read_study_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"study file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read study file {path}: {_first_line(exc)}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        pos = f" line {where.line + 1}" if where is not None else ""
-        raise UserError(
-            f"{path}:{pos} is not valid YAML ({getattr(exc, 'problem', None) or 'syntax error'})"
-        ) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(
-            f"{path}: a study file must be a mapping of keys, got {type(data).__name__}"
-        )
-    return data
-
-
-def load_config(
-    path: Path | None = None,
-    *,
-    overrides: Iterable[str] = (),
-    flags: Mapping[str, Any] | None = None,
-    base: Mapping[str, Any] | None = None,
-) -> StudyConfig:
-    """Defaults (or `base` over them: a study's stored config), then the study file, then
-    `--set` overrides, then dedicated command-line flags (`{"search.n_trials": 5}`; None
-    values are ignored); validated."""
-    data = deep_merge(DEFAULTS, base or {})
-    data = deep_merge(data, read_study_file(path) if path else {})
-    data = apply_overrides(data, overrides)
-    for dotted, value in (flags or {}).items():
-        if value is not None:
-            *parents, last = dotted.split(".")
-            node = data
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = value
-    return validate_config(data)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from search.config import DatasetConfig
-from search.errors import UserError
+from search.errors import UserError, first_line
 
 __all__ = ["Dataset", "ImageSet", "Loaded", "load_dataset", "register_dataset", "train_subset"]
 
@@ -235,7 +235,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
             )
     except ValueError as exc:  # e.g. fewer validation images than classes
         raise UserError(
-            f"dataset {cfg.name!r}: cannot split {len(y)} images ({_one_line(exc)})"
+            f"dataset {cfg.name!r}: cannot split {len(y)} images ({first_line(exc)})"
         ) from None
     if cfg.train_fraction < 1.0:
         train = train_subset(y, train, cfg.train_fraction, cfg.split_seed)
@@ -288,11 +288,6 @@ def _channels(cfg: DatasetConfig, x: np.ndarray, grey: int | None) -> tuple[np.n
 # --------------------------------------------------------------------------- file-based sets
 
 
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _root(cfg: DatasetConfig) -> Path:
     if cfg.root is None:  # the config validator already requires it; model_construct does not
         raise UserError(f"dataset.root is required for dataset {cfg.name}")
@@ -324,7 +319,7 @@ def _read(cfg: DatasetConfig, what: str, root: Path, read: Callable[[], Any]) ->
         raise
     except Exception as exc:  # torchvision's readers raise anything from OSError to assert
         raise UserError(
-            f"dataset {cfg.name}: cannot read the {what} files under {root} ({_one_line(exc)})"
+            f"dataset {cfg.name}: cannot read the {what} files under {root} ({first_line(exc)})"
         ) from None
 
 
@@ -333,7 +328,7 @@ def _download(cfg: DatasetConfig, what: str, root: Path, fetch: Callable[[], Any
         fetch()
     except Exception as exc:  # offline: URLError; bad archive: RuntimeError; ...
         raise UserError(
-            f"dataset {cfg.name}: could not download {what} into {root} ({_one_line(exc)})"
+            f"dataset {cfg.name}: could not download {what} into {root} ({first_line(exc)})"
         ) from None
 
 
@@ -577,7 +572,7 @@ def _decode_all(cfg: DatasetConfig, paths: list[str], size: int) -> tuple[np.nda
             return _decode(path, size)
         except Exception as exc:  # PIL.UnidentifiedImageError, OSError, DecompressionBombError
             raise UserError(
-                f"dataset {cfg.name}: cannot read image {path} ({_one_line(exc)})"
+                f"dataset {cfg.name}: cannot read image {path} ({first_line(exc)})"
             ) from None
 
     workers = max(1, min(8, os.cpu_count() or 1))
@@ -595,7 +590,7 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray, n
     except FileNotFoundError:
         return None
     except Exception as exc:  # a damaged or foreign file: rebuild it
-        _log.warning("ignoring unreadable image cache %s (%s)", path, _one_line(exc))
+        _log.warning("ignoring unreadable image cache %s (%s)", path, first_line(exc))
         return None
     if not isinstance(blob, dict) or blob.get("fingerprint") != fingerprint:
         return None
@@ -623,7 +618,7 @@ def _imagefolder(cfg: DatasetConfig) -> Loaded:
         folder = ImageFolder(str(root), allow_empty=True)
     except (FileNotFoundError, OSError) as exc:
         raise UserError(
-            f"dataset {cfg.name}: no class folders of images under {root} ({_one_line(exc)})"
+            f"dataset {cfg.name}: no class folders of images under {root} ({first_line(exc)})"
         ) from None
     samples = [(str(p), int(c)) for p, c in folder.samples]
     classes = tuple(folder.classes)
@@ -649,7 +644,7 @@ def _imagefolder(cfg: DatasetConfig) -> Loaded:
             with _atomic_file(cache) as f:
                 torch.save(blob, f)
         except OSError as exc:
-            _log.warning("cannot write the image cache %s (%s)", cache, _one_line(exc))
+            _log.warning("cannot write the image cache %s (%s)", cache, first_line(exc))
     # No mirroring unless `dataset.flip: true`: a folder may hold digits, letters or signs,
     # whose mirror image is another class (3 test points lost on 32 px digits), while photos
     # gain less from it than that.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["StorageFailure", "UserError"]
+__all__ = ["StorageFailure", "UserError", "first_line"]
 
 
 class UserError(Exception):
@@ -21,3 +21,16 @@ class StorageFailure(Exception):
     sending heartbeats) and retries it."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, *, limit: int = 500, typed: bool = False) -> str:
+    """`exc` as one line for a user: the first line of its message (its type's name when it
+    has none), passwords in URLs redacted, at most `limit` characters; `typed` puts the type's
+    name first (`OSError: …`)."""
+    from search.urls import redact_url
+
+    lines = redact_url(str(exc)).strip().splitlines()
+    line = lines[0].strip() if lines else type(exc).__name__
+    if typed:
+        line = f"{type(exc).__name__}: {line}"
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -26,22 +26,22 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config import StudyConfig
-from search.space import REGULARIZERS, SearchSpace
-from search.study import (
+from search.records import (
     BASELINE,
     CONFIG_ATTR,
     OVERRIDES_ATTR,
     PHASE_ATTR,
     SEARCH,
     TIEBREAK_ATTR,
+    baseline_trial,
     ranking,
 )
+from search.space import REGULARIZERS, SearchSpace
 
 __all__ = [
     "ABLATE_ATTR",
     "ABLATION",
     "CONFIRM",
-    "OVERRIDES_ATTR",
     "SEED_ATTR",
     "SOURCE_ATTR",
     "Arm",
@@ -368,14 +368,14 @@ _CONFIGS: dict[str, StudyConfig] = {}
 
 def study_config(study: optuna.Study) -> StudyConfig | None:
     """The study's stored config, validated once per distinct config in this process."""
-    from search.config import validate_config
+    from search.config import parse_config
 
     stored = study.user_attrs.get(CONFIG_ATTR)
     if not isinstance(stored, dict):
         return None
     key = json.dumps(stored, sort_keys=True, default=str)
     if key not in _CONFIGS:
-        _CONFIGS[key] = validate_config(stored, check_model=False)
+        _CONFIGS[key] = parse_config(stored, check_model=False)
     return _CONFIGS[key]
 
 
@@ -430,8 +430,6 @@ def held_out(champion: Any, baseline: Any | None, data: Any) -> dict[str, Any]:
 def baseline_model_trial(study: optuna.Study) -> FrozenTrial | None:
     """The trial whose weights stand for the baseline recipe on the test split: its best-seed
     retrain once the confirm phase is complete, else the baseline trial."""
-    from search.study import baseline_trial
-
     ev = study_evidence(study)
     if ev is not None and ev.champion is not None and ev.baseline is not None:
         chosen = ev.baseline.best_trial(study.direction)

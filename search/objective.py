@@ -21,19 +21,20 @@ from optuna.trial import TrialState
 from search.champion import Candidate
 from search.config import StudyConfig, TrialConfig
 from search.data import Dataset
-from search.evidence import CONFIRM, OVERRIDES_ATTR
-from search.space import SearchSpace
-from search.storage import describe_storage_error, storage_error_of
-from search.study import (
+from search.errors import first_line
+from search.evidence import CONFIRM
+from search.records import (
     BASELINE,
+    OVERRIDES_ATTR,
     PHASE_ATTR,
     SEARCH,
     TIEBREAK_ATTR,
-    beats_best,
     is_budget_trial,
 )
+from search.space import SearchSpace
+from search.storage import describe_storage_error, storage_error_of
+from search.study import beats_best
 from search.train import COMPILE_SECONDS, NONFINITE, EpochStats, TrainResult, train
-from search.urls import redact_url
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
@@ -159,12 +160,12 @@ class Objective:
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                reason = f"{OUT_OF_MEMORY}: {exc}"
+                reason = f"{OUT_OF_MEMORY}: {first_line(exc)}"
             elif storage_error_of(exc) is not None:
                 reason = f"{STORAGE_ERROR}: {describe_storage_error(exc)}"
             else:
-                reason = f"error: {type(exc).__name__}: {exc}"
-            failure = {"stop_reason": reason.splitlines()[0][:500]}
+                reason = f"error: {first_line(exc, typed=True)}"
+            failure = {"stop_reason": reason[:500]}
             try:
                 self._finish(trial, run_id, "FAILED", failure)
             except Exception as finish_exc:  # the storage is down: the cause is what counts
@@ -203,7 +204,7 @@ class Objective:
                 self.tracker.save_checkpoint(run_id, result)
                 self._candidates[trial.number] = Candidate(trial.number, run_id, value, result)
             except Exception as exc:  # the trial trained fine: keep it, report the loss
-                summary["champion_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+                summary["champion_error"] = first_line(exc, typed=True)
                 _log.warning("trial %d: checkpoint not saved: %s", trial.number, exc)
         summary["value"] = value
         self._finish(trial, run_id, "COMPLETE", summary)
@@ -234,7 +235,7 @@ class Objective:
         try:
             self.tracker.promote(study, candidate, self.data)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {redact_url(str(exc))}".splitlines()[0][:500]
+            reason = first_line(exc, typed=True)
             _log.warning("trial %d: champion not registered: %s", trial.number, reason)
             with contextlib.suppress(Exception):
                 study.set_user_attr("champion_error", f"trial {trial.number}: {reason}")
@@ -291,6 +292,6 @@ class Objective:
             try:
                 self.tracker.end_trial(run_id, state=state, summary=summary)
             except Exception as exc:  # a tracking outage must not undo a trained trial
-                reason = f"{type(exc).__name__}: {redact_url(str(exc))}".splitlines()[0][:500]
+                reason = first_line(exc, typed=True)
                 trial.set_user_attr(TRACKING_ERROR, reason)
                 _log.warning("trial %d: MLflow run not closed: %s", trial.number, reason)

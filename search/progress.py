@@ -23,7 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from search.study import FINISHED, count_trials
+from search.records import FINISHED
+from search.study import count_trials
 from search.train import EpochStats
 
 __all__ = ["RunProgress"]

@@ -28,8 +28,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.champion import model_uri_of
+from search.records import is_budget_trial
 from search.space import REGULARIZERS
-from search.study import best_trial, is_budget_trial
+from search.study import best_trial
 from search.summary import format_value
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from search.data import Dataset, load_dataset
 from search.errors import StorageFailure, UserError
 from search.objective import STORAGE_ERROR, SURPLUS, Objective
 from search.proctitle import TrialTitle
+from search.records import FINISHED, TRAIN_IMAGES_ATTR, is_budget_trial
 from search.signals import sigterm_interrupts
 from search.storage import (
     artifact_dir,
@@ -29,13 +30,7 @@ from search.storage import (
     open_storage,
     storage_error_of,
 )
-from search.study import (
-    FINISHED,
-    TRAIN_IMAGES_ATTR,
-    count_trials,
-    create_or_resume,
-    is_budget_trial,
-)
+from search.study import count_trials, create_or_resume
 from search.sweep import Member, warm_start
 from search.train import resolve_device
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.errors import UserError
+from search.errors import UserError, first_line
 from search.urls import redact_url
 
 if TYPE_CHECKING:
@@ -122,11 +122,11 @@ def open_storage(
             storage = storage_class(url, engine_kwargs=engine_kwargs, **heartbeat)
     except optuna.exceptions.StorageInternalError as exc:
         cause = exc.__cause__ or exc
-        raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(cause)}") from None
+        raise UserError(f"cannot open storage {redact_url(url)}: {first_line(cause)}") from None
     except ImportError:  # Optuna's "Failed to import DB access module …"
         raise UserError(_missing_driver(url)) from None
     except Exception as exc:  # SQLAlchemy's ArgumentError, NoSuchModuleError, OperationalError…
-        raise UserError(f"cannot open storage {redact_url(url)}: {_one_line(exc)}") from None
+        raise UserError(f"cannot open storage {redact_url(url)}: {first_line(exc)}") from None
     if sqlite_path is not None:
         _sync_normal(storage)
     return storage
@@ -178,11 +178,6 @@ def _missing_driver(url: str) -> str:
     else:
         fix = f"install the Python driver for {scheme}:// (SQLAlchemy names it in its docs)"
     return f"cannot open storage {redact_url(url)}: its database driver is not installed; {fix}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = redact_url(str(exc)).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -362,4 +357,4 @@ def describe_storage_error(exc: BaseException) -> str:
     cause = storage_error_of(exc) or exc
     orig = getattr(cause, "orig", None)  # SQLAlchemy wraps the driver's exception
     cause = orig if isinstance(orig, BaseException) else cause
-    return f"{_one_line(cause)} ({type(cause).__module__}.{type(cause).__name__})"
+    return f"{first_line(cause)} ({type(cause).__module__}.{type(cause).__name__})"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-import math
 import threading
 import time
 import warnings
@@ -16,32 +15,33 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.config import StudyConfig, validate_config
+from search.config import StudyConfig, parse_config
 from search.errors import UserError
+from search.records import (
+    BASELINE,
+    CONFIG_ATTR,
+    OVERRIDES_ATTR,
+    PHASE_ATTR,
+    TIEBREAK_ATTR,
+    is_budget_trial,
+    outranks,
+    ranking,
+)
 from search.space import SearchSpace
 
 __all__ = [
-    "CONFIG_ATTR",
-    "FINISHED",
-    "TIEBREAK_ATTR",
     "SnapshotPruner",
     "beats_best",
     "best_trial",
     "count_trials",
     "create_or_resume",
-    "is_budget_trial",
     "load_existing",
     "make_pruner",
     "make_sampler",
-    "outranks",
-    "ranking",
     "sampler_seed",
     "stored_config",
 ]
 
-CONFIG_ATTR = "regsearch_config"
-TRAIN_IMAGES_ATTR = "train_images"  # study user attr: the size of the training split it trains on
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Keys that may differ between launches of one study: budget and per-machine settings.
 _MAY_DIFFER = {
     "search.n_trials",
@@ -225,7 +225,7 @@ def _normalised(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored config as this version would store it: keys added since get their defaults,
     so upgrading regsearch does not make every existing study "different"."""
     try:
-        return validate_config(stored).portable_dict()
+        return parse_config(stored).portable_dict()
     except UserError:
         return stored  # no longer valid: compared as is, so the user sees what differs
 
@@ -301,13 +301,6 @@ def _describe(study: optuna.Study, config: StudyConfig, portable: dict[str, Any]
     enqueue_baseline(study, config)
 
 
-PHASE_ATTR = "phase"
-SEARCH, BASELINE = "search", "baseline"
-# User attr: what a trial trains with beyond its params (the recipe, a retrain's seed, an
-# ablated regularizer's "off").
-OVERRIDES_ATTR = "overrides"
-
-
 def enqueue_baseline(study: optuna.Study, config: StudyConfig) -> bool:
     """Enqueue the study's baseline recipe once (under the study's lock: workers that create
     the study together enqueue it once). Grid studies run their grid only. True if added."""
@@ -324,14 +317,6 @@ def enqueue_baseline(study: optuna.Study, config: StudyConfig) -> bool:
         recipe = space.baseline_values() or {}
         study.enqueue_trial(params, user_attrs={PHASE_ATTR: BASELINE, OVERRIDES_ATTR: recipe})
     return True
-
-
-def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's COMPLETE baseline trial (the first, should a retry repeat it)."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get(PHASE_ATTR) == BASELINE:
-            return t
-    return None
 
 
 def stored_config(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
@@ -358,43 +343,7 @@ def load_existing(
     if stored is None:
         return study, None
     # Complete (stored by `create_or_resume`) and checked then; workers check again.
-    return study, validate_config(stored, check_model=False)
-
-
-# User attribute with the validation loss at a trial's best epoch: the tie-break.
-TIEBREAK_ATTR = "val_loss"
-
-
-def ranking(
-    direction: optuna.study.StudyDirection,
-) -> Callable[[optuna.trial.FrozenTrial], tuple[float, float, int]]:
-    """Sort key of trials, best first: the value (a missing or non-finite one last), equal
-    values by the lower validation loss at the best epoch, then the earlier trial."""
-    sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-
-    def key(t: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
-        value = t.value if t.value is not None and math.isfinite(t.value) else math.inf * -sign
-        tiebreak = t.user_attrs.get(TIEBREAK_ATTR)
-        return sign * value, math.inf if tiebreak is None else float(tiebreak), t.number
-
-    return key
-
-
-def outranks(
-    value: float,
-    tiebreak: float | None,
-    than_value: float,
-    than_tiebreak: float | None,
-    *,
-    maximize: bool,
-) -> bool:
-    """Whether (value, tiebreak) comes strictly before (than_value, than_tiebreak) in
-    `ranking`: a better value, or the same value at a lower validation loss."""
-    if value != than_value:
-        return value > than_value if maximize else value < than_value
-    mine = math.inf if tiebreak is None else tiebreak
-    theirs = math.inf if than_tiebreak is None else than_tiebreak
-    return mine < theirs
+    return study, parse_config(stored, check_model=False)
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
@@ -424,12 +373,6 @@ def beats_best(study: optuna.Study, value: float, tiebreak: float | None) -> boo
     return outranks(
         value, tiebreak, best.value, best.user_attrs.get(TIEBREAK_ATTR), maximize=maximize
     )
-
-
-def is_budget_trial(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts against `search.n_trials`: search and baseline trials do, the
-    confirm phase's retrains (`search.evidence`) do not."""
-    return trial.user_attrs.get(PHASE_ATTR, SEARCH) in (SEARCH, BASELINE)
 
 
 def count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:

@@ -30,7 +30,7 @@ def _json_number(value: float | None) -> float | None:
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     """One trial as JSON; `params` are what it trained with (an ablation's regularizer off, a
     retrain's seed), `phase` is search, baseline, confirm or ablation."""
-    from search.study import OVERRIDES_ATTR
+    from search.records import OVERRIDES_ATTR
 
     attrs = trial.user_attrs
     overrides = attrs.get(OVERRIDES_ATTR) or {}
@@ -56,7 +56,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
 def sorted_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Completed first, then pruned, each best first by `search.study.ranking` (equal values
     by validation loss, as `best_trial`), then the rest by number."""
-    from search.study import ranking
+    from search.records import ranking
 
     order = ranking(study.direction)
     rank = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}
@@ -85,7 +85,8 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     held-out evaluation: accuracy, ECE and NLL of both models, the gain with its interval);
     `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early stopping."""
     from search.evidence import TEST_ATTR, epochs_saved, study_config, study_evidence
-    from search.study import PHASE_ATTR, baseline_trial, best_trial
+    from search.records import PHASE_ATTR, baseline_trial
+    from search.study import best_trial
 
     best = best_trial(study)
     if best is None:
@@ -275,7 +276,7 @@ def format_value(value: Any) -> str:
 def table_params(study: optuna.Study) -> tuple[dict[str, Any], list[str]]:
     """(fixed values, column names) of a study's table: the five contract regularizers (a
     fixed one shows its value), then every other searched parameter, in space order."""
-    from search.study import CONFIG_ATTR
+    from search.records import CONFIG_ATTR
 
     space = (study.user_attrs.get(CONFIG_ATTR) or {}).get("space") or {}
     fixed = {str(k).rpartition(".")[2]: v for k, v in space.items() if not isinstance(v, dict)}

@@ -19,9 +19,10 @@ from optuna.trial import TrialState
 
 from search.config import StudyConfig
 from search.errors import UserError
+from search.records import PHASE_ATTR, SEARCH, TRAIN_IMAGES_ATTR, ranking
 from search.space import REGULARIZERS
 from search.storage import study_lock
-from search.study import PHASE_ATTR, SEARCH, TRAIN_IMAGES_ATTR, best_trial, ranking
+from search.study import best_trial
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial

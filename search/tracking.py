@@ -34,7 +34,8 @@ from search.config import StudyConfig, safe_study_name
 from search.data import Dataset
 from search.errors import UserError
 from search.objective import TRACKING_ERROR
-from search.study import best_trial, outranks
+from search.records import outranks
+from search.study import best_trial
 from search.train import COMPILE_SECONDS, EpochStats, TrainResult
 from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri
 

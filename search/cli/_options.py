@@ -7,6 +7,9 @@ from typing import Any, TypeVar
 
 import click
 
+from search.errors import UserError
+from search.urls import redact_url
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 storage_option = click.option(
@@ -64,3 +67,33 @@ def warn_if_public(host: str) -> None:
             fg="yellow",
             err=True,
         )
+
+
+def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail fast, with one line, when an http(s) tracking server does not answer.
+
+    MLflow's client retries a refused connection for minutes (7 retries with back-off) before
+    it says anything; one GET of the server's `/health` within `timeout` seconds answers the
+    same question before any study, run or folder exists. Any HTTP answer (even 401 or 404
+    from a proxy) counts as reachable; other schemes are not probed.
+    """
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    netloc = parts.netloc.rpartition("@")[2]  # urllib takes no credentials in the URL
+    health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(health, timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"cannot reach tracking server {redact_url(uri)} ({reason}); start it, fix "
+            "--tracking-uri / $MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+        ) from None

@@ -96,7 +96,7 @@ def run_command(
     quiet: bool,
 ) -> None:
     """Create or resume a study and run its trials (no CONFIG: the built-in digits study)."""
-    from search.config import load_config
+    from search.studyfile import load_config
     from search.sweep import parse_fractions
 
     flags = {
@@ -185,7 +185,8 @@ def _stored(study_name: str | None, storage: str | None) -> dict[str, Any] | Non
 def _check_tracking(config: Any, flag: str | None) -> None:
     """An unreachable tracking server stops the launch here, before anything is created."""
     if config.tracking.enabled:
-        from search.urls import check_reachable, resolve_tracking_uri
+        from search.cli._options import check_reachable
+        from search.urls import resolve_tracking_uri
 
         check_reachable(resolve_tracking_uri(flag, config.tracking.uri))
 
@@ -334,9 +335,10 @@ def worker_command(
     quiet: bool,
 ) -> None:
     """Join an existing study (its config is stored in the study), e.g. from another machine."""
-    from search.config import apply_overrides, validate_config
+    from search.config import apply_overrides
     from search.storage import open_storage, resolve_storage_url
     from search.study import load_existing
+    from search.studyfile import validate_config
 
     url = resolve_storage_url(storage)
     _, config = load_existing(study_name, open_storage(url, create=False))
@@ -391,9 +393,10 @@ def confirm_command(
     retrained with fresh seeds, the champion chosen by its mean, then its ablation. A larger
     --top-k or --seeds adds only the missing retrains; other workers may join with
     `regsearch worker STUDY`."""
-    from search.config import ConfirmConfig, validate_config
+    from search.config import ConfirmConfig
     from search.storage import open_storage, resolve_storage_url
     from search.study import load_existing
+    from search.studyfile import validate_config
 
     url = resolve_storage_url(storage)
     _, config = load_existing(study_name, open_storage(url, create=False))

@@ -13,9 +13,10 @@ import torch
 from models import create_model
 from models._small_cnn import small_cnn_plan
 from search.auto import batch_size_for, model_for, resolve
-from search.config import DatasetConfig, load_config
+from search.config import DatasetConfig
 from search.data import load_dataset
 from search.sample_data import digits_images, write_imagefolder, write_mnist_idx
+from search.studyfile import load_config
 from search.train import epoch_plan
 from tests.helpers import regsearch
 

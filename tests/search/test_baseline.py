@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from search.config import DEFAULT_BASELINE, load_config
+from search.config import DEFAULT_BASELINE
 from search.errors import UserError
+from search.records import BASELINE, PHASE_ATTR, baseline_trial
 from search.space import SearchSpace
-from search.study import BASELINE, PHASE_ATTR, baseline_trial, create_or_resume, enqueue_baseline
+from search.study import create_or_resume, enqueue_baseline
+from search.studyfile import load_config
 
 
 def test_the_default_baseline_is_the_seed_recipe_with_the_other_regularizers_off() -> None:

@@ -13,10 +13,10 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from search.config import load_config
 from search.runner import RunOptions, run_study
 from search.storage import open_storage, study_lock
 from search.study import best_trial
+from search.studyfile import load_config
 
 ARGS = [
     "train.epochs=2",

@@ -7,15 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from search.config import (
-    DEFAULT_SPACE,
-    DEFAULTS,
-    StudyConfig,
-    apply_overrides,
-    deep_merge,
-    load_config,
-)
+from search.config import DEFAULT_SPACE, DEFAULTS, StudyConfig, apply_overrides, deep_merge
 from search.errors import UserError
+from search.studyfile import load_config
 
 
 def _write(path: Path, text: str) -> Path:

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.config import load_config
 from search.data import load_dataset
 from search.space import SearchSpace
+from search.studyfile import load_config
 from search.train import train
 from tests.helpers import regsearch
 

@@ -28,12 +28,12 @@ from search.config import (
     Regularization,
     TrainConfig,
     TrialConfig,
-    load_config,
 )
 from search.data import Dataset, load_dataset
 from search.errors import UserError
 from search.runner import RunOptions, run_study
 from search.sample_data import write_mnist_idx
+from search.studyfile import load_config
 from search.train import MAX_EPOCHS, train
 
 CIFAR10_NAMES = [f"c10-{i}" for i in range(10)]

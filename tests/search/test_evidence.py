@@ -13,7 +13,6 @@ import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.config import load_config
 from search.evidence import (
     ABLATE_ATTR,
     ABLATION,
@@ -26,7 +25,9 @@ from search.evidence import (
     paired_bootstrap,
     plan,
 )
-from search.study import BASELINE, PHASE_ATTR, SEARCH, best_trial, count_trials
+from search.records import BASELINE, PHASE_ATTR, SEARCH
+from search.study import best_trial, count_trials
+from search.studyfile import load_config
 from search.summary import best_summary, verdict
 from search.train import expected_calibration_error
 
@@ -54,7 +55,7 @@ def _config(direction_metric: str = "val_accuracy", **confirm: object):
 
 def _study(config, direction: str = "maximize") -> optuna.Study:
     """An in-memory study holding `config` (as `create_or_resume` stores it)."""
-    from search.study import CONFIG_ATTR
+    from search.records import CONFIG_ATTR
 
     study = optuna.create_study(direction=direction)
     study.set_user_attr(CONFIG_ATTR, config.portable_dict())

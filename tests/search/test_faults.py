@@ -20,7 +20,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.study import FINISHED, best_trial
+from search.records import FINISHED
+from search.study import best_trial
 from tests.helpers import regsearch, start_regsearch
 
 N_TRIALS = 3

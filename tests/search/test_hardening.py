@@ -9,10 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.config import DatasetConfig, load_config, safe_study_name
+from search.config import DatasetConfig, safe_study_name
 from search.data import load_dataset
 from search.errors import UserError
 from search.sample_data import digits_images, write_imagefolder
+from search.studyfile import load_config
 from tests.helpers import regsearch
 
 

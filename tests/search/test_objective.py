@@ -11,11 +11,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 import search.objective
-from search.config import load_config
 from search.data import load_dataset
 from search.objective import Objective
 from search.storage import open_storage
 from search.study import create_or_resume
+from search.studyfile import load_config
 from search.tracking import Tracker
 
 SYNTHETIC = "dataset={name: synthetic, num_samples: 300, image_size: 8, num_classes: 3}"

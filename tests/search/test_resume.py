@@ -9,11 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.config import load_config
 from search.errors import UserError
 from search.space import SearchSpace
 from search.storage import open_storage
 from search.study import create_or_resume, make_pruner, make_sampler, sampler_seed
+from search.studyfile import load_config
 from search.summary import table_params, trials_table
 from tests.helpers import regsearch
 

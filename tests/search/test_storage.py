@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.config import load_config
 from search.errors import UserError
 from search.storage import DEFAULT_STORAGE, open_storage, resolve_storage_url
+from search.studyfile import load_config
 from search.urls import redact_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from search.config import load_config
 from search.space import SearchSpace
+from search.studyfile import load_config
 
 STUDIES = sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.yaml"))
 

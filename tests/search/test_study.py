@@ -8,8 +8,8 @@ import time
 import optuna
 import pytest
 
-from search.config import load_config
 from search.study import SnapshotPruner, make_pruner
+from search.studyfile import load_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

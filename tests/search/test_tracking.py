@@ -187,9 +187,9 @@ def test_resume_reattaches_to_the_parent_run(tracked: Path) -> None:
 def test_the_alias_moves_to_an_equal_value_only_at_a_lower_validation_loss(
     tmp_path: Path,
 ) -> None:
-    from search.config import load_config
     from search.storage import open_storage
     from search.study import create_or_resume
+    from search.studyfile import load_config
     from search.tracking import Tracker
 
     config = load_config(overrides=["study=ties"])

@@ -1,0 +1,85 @@
+"""What regsearch keeps in Optuna, by name: the study and trial user-attribute keys, the
+phases a trial can belong to, and the order of trials (best first). Below every module that
+reads or writes studies, so they all use one name for each thing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+__all__ = [
+    "BASELINE",
+    "CONFIG_ATTR",
+    "FINISHED",
+    "OVERRIDES_ATTR",
+    "PHASE_ATTR",
+    "SEARCH",
+    "TIEBREAK_ATTR",
+    "TRAIN_IMAGES_ATTR",
+    "baseline_trial",
+    "is_budget_trial",
+    "outranks",
+    "ranking",
+]
+
+CONFIG_ATTR = "regsearch_config"
+TRAIN_IMAGES_ATTR = "train_images"  # study user attr: the size of the training split it trains on
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+PHASE_ATTR = "phase"
+SEARCH, BASELINE = "search", "baseline"
+# User attr: what a trial trains with beyond its params (the recipe, a retrain's seed, an
+# ablated regularizer's "off").
+OVERRIDES_ATTR = "overrides"
+
+
+# User attribute with the validation loss at a trial's best epoch: the tie-break.
+TIEBREAK_ATTR = "val_loss"
+
+
+def ranking(
+    direction: optuna.study.StudyDirection,
+) -> Callable[[optuna.trial.FrozenTrial], tuple[float, float, int]]:
+    """Sort key of trials, best first: the value (a missing or non-finite one last), equal
+    values by the lower validation loss at the best epoch, then the earlier trial."""
+    sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+
+    def key(t: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
+        value = t.value if t.value is not None and math.isfinite(t.value) else math.inf * -sign
+        tiebreak = t.user_attrs.get(TIEBREAK_ATTR)
+        return sign * value, math.inf if tiebreak is None else float(tiebreak), t.number
+
+    return key
+
+
+def outranks(
+    value: float,
+    tiebreak: float | None,
+    than_value: float,
+    than_tiebreak: float | None,
+    *,
+    maximize: bool,
+) -> bool:
+    """Whether (value, tiebreak) comes strictly before (than_value, than_tiebreak) in
+    `ranking`: a better value, or the same value at a lower validation loss."""
+    if value != than_value:
+        return value > than_value if maximize else value < than_value
+    mine = math.inf if tiebreak is None else tiebreak
+    theirs = math.inf if than_tiebreak is None else than_tiebreak
+    return mine < theirs
+
+
+def is_budget_trial(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts against `search.n_trials`: search and baseline trials do, the
+    confirm phase's retrains (`search.evidence`) do not."""
+    return trial.user_attrs.get(PHASE_ATTR, SEARCH) in (SEARCH, BASELINE)
+
+
+def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The study's COMPLETE baseline trial (the first, should a retry repeat it)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get(PHASE_ATTR) == BASELINE:
+            return t
+    return None

@@ -1,0 +1,76 @@
+"""Study files in, a checked `StudyConfig` out: the defaults, the YAML file, `--set`
+overrides and flags merged, then validated whole, search space, sampler and pruner included.
+Above `config`, `space` and `study` (which this reaches into), so nothing below points back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.config import DEFAULTS, StudyConfig, apply_overrides, deep_merge, parse_config
+from search.errors import UserError, first_line
+
+__all__ = ["load_config", "read_study_file", "validate_config"]
+
+
+def validate_config(data: Mapping[str, Any], *, check_model: bool = True) -> StudyConfig:
+    """`parse_config`, then the search space, the sampler and the pruner: a bad space entry or
+    an unknown constructor option fails here, before any storage exists."""
+    from search.space import SearchSpace
+    from search.study import make_pruner, make_sampler
+
+    config = parse_config(data, check_model=check_model)
+    SearchSpace.from_config(config)  # raises UserError naming the bad space entry
+    make_sampler(config)
+    make_pruner(config)
+    return config
+
+
+def read_study_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"study file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read study file {path}: {first_line(exc)}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        pos = f" line {where.line + 1}" if where is not None else ""
+        raise UserError(
+            f"{path}:{pos} is not valid YAML ({getattr(exc, 'problem', None) or 'syntax error'})"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{path}: a study file must be a mapping of keys, got {type(data).__name__}"
+        )
+    return data
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    flags: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> StudyConfig:
+    """Defaults (or `base` over them: a study's stored config), then the study file, then
+    `--set` overrides, then dedicated command-line flags (`{"search.n_trials": 5}`; None
+    values are ignored); validated."""
+    data = deep_merge(DEFAULTS, base or {})
+    data = deep_merge(data, read_study_file(path) if path else {})
+    data = apply_overrides(data, overrides)
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            *parents, last = dotted.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+    return validate_config(data)
