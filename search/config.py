@@ -45,6 +45,7 @@ __all__ = [
     "TrialConfig",
     "apply_overrides",
     "deep_merge",
+    "flatten",
     "parse_config",
     "safe_study_name",
 ]
@@ -560,6 +561,22 @@ def _format_validation_error(exc: ValidationError) -> str:
         msg = f"{msg} (got {first['input']!r})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{loc or 'config'}: {msg}{more}"
+
+
+def flatten(
+    data: Mapping[str, Any], *, keep: Iterable[str] = (), prefix: str = ""
+) -> dict[str, Any]:
+    """Dotted keys of a nested mapping (`{"train": {"lr": 1}}` → `{"train.lr": 1}`); the
+    mappings at keys in `keep` (dotted) and empty ones stay whole values."""
+    keep = frozenset(keep)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and path not in keep:
+            flat.update(flatten(value, keep=keep, prefix=f"{path}."))
+        else:
+            flat[path] = value
+    return flat
 
 
 def parse_config(data: Mapping[str, Any], *, check_model: bool = True) -> StudyConfig:

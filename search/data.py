@@ -22,9 +22,9 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,6 +34,7 @@ import torch
 
 from search.config import DatasetConfig
 from search.errors import UserError, first_line
+from search.files import atomic_file
 
 __all__ = ["Dataset", "ImageSet", "Loaded", "load_dataset", "register_dataset", "train_subset"]
 
@@ -450,7 +451,7 @@ register_dataset("cifar100")(_cifar)
 
 
 def _gunzip_atomically(src: Path, dst: Path) -> None:
-    with _atomic_file(dst) as out, gzip.open(src, "rb") as f:
+    with atomic_file(dst) as out, gzip.open(src, "rb") as f:
         shutil.copyfileobj(f, out)
 
 
@@ -507,29 +508,6 @@ def _mnist(cfg: DatasetConfig) -> Loaded:
 
 register_dataset("mnist")(_mnist)
 register_dataset("fashion-mnist")(_mnist)
-
-
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[Any]:
-    """A binary file that appears at `path` complete or not at all: written to a temporary file
-    in the same folder, fsynced, then renamed over `path` (readers never see a partial file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with suppress(OSError):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------- imagefolder
@@ -641,7 +619,7 @@ def _imagefolder(cfg: DatasetConfig) -> Loaded:
             "grey": torch.from_numpy(grey),
         }
         try:
-            with _atomic_file(cache) as f:
+            with atomic_file(cache) as f:
                 torch.save(blob, f)
         except OSError as exc:
             _log.warning("cannot write the image cache %s (%s)", cache, first_line(exc))

@@ -15,8 +15,6 @@ import functools
 import html
 import io
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.champion import model_uri_of
+from search.files import write_atomic
 from search.records import is_budget_trial
 from search.space import REGULARIZERS
 from search.study import best_trial
@@ -98,19 +97,6 @@ def _searched_regularizers(trials: Sequence[FrozenTrial]) -> list[str]:
     """The regularizers sampled as Optuna params (fixed ones are not params), in contract order."""
     names = {name for t in trials for name in t.params}
     return [name for name in REGULARIZERS if name in names]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- matplotlib
@@ -660,7 +646,7 @@ def write_report(
     def png_section(name: str, alt: str, make: Callable[[], bytes]) -> Callable[[], str]:
         def render() -> str:
             data = make()
-            _write_atomic(out_dir / name, data)
+            write_atomic(out_dir / name, data)
             result.pngs.append(out_dir / name)
             return _image(name, data, alt)
 
@@ -769,7 +755,7 @@ def write_report(
         _header(study, config, totals),
         rendered,
     )
-    _write_atomic(result.index, page.encode("utf-8"))
+    write_atomic(result.index, page.encode("utf-8"))
     return result
 
 

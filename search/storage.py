@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import UserError, first_line
-from search.urls import redact_url
+from search.urls import redact_url, sqlite_path
 
 if TYPE_CHECKING:
     import optuna
@@ -51,13 +51,6 @@ def resolve_storage_url(flag: str | None = None, config_value: str | None = None
     return flag or os.environ.get(STORAGE_ENV) or config_value or DEFAULT_STORAGE
 
 
-def _sqlite_path(url: str) -> Path | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url.removeprefix("sqlite:///").split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
 def artifact_dir(url: str, flag: str | Path | None = None) -> Path:
     """Where Optuna artifacts (learning-curve figures) of this storage live: `--artifacts`,
     then `$REGSEARCH_ARTIFACTS`, then beside a SQLite file, else `studies/artifacts` on this
@@ -65,7 +58,7 @@ def artifact_dir(url: str, flag: str | Path | None = None) -> Path:
     chosen = flag or os.environ.get(ARTIFACTS_ENV)
     if chosen:
         return Path(chosen)
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     return (path.parent if path is not None else Path("studies")) / "artifacts"
 
 
@@ -92,12 +85,12 @@ def open_storage(
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     engine_kwargs: dict[str, Any] = {}
-    sqlite_path = _sqlite_path(url)
-    if sqlite_path is not None:
-        if not create and not sqlite_path.exists():
-            raise UserError(f"no study storage at {sqlite_path} (run `regsearch run` first)")
+    db_file = sqlite_path(url)
+    if db_file is not None:
+        if not create and not db_file.exists():
+            raise UserError(f"no study storage at {db_file} (run `regsearch run` first)")
         try:
-            _prepare_sqlite(sqlite_path)
+            _prepare_sqlite(db_file)
         except (OSError, sqlite3.Error) as exc:
             raise UserError(f"cannot open storage {redact_url(url)}: {exc}") from None
         engine_kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_S}
@@ -127,7 +120,7 @@ def open_storage(
         raise UserError(_missing_driver(url)) from None
     except Exception as exc:  # SQLAlchemy's ArgumentError, NoSuchModuleError, OperationalError…
         raise UserError(f"cannot open storage {redact_url(url)}: {first_line(exc)}") from None
-    if sqlite_path is not None:
+    if db_file is not None:
         _sync_normal(storage)
     return storage
 

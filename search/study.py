@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.config import StudyConfig, parse_config
+from search.config import StudyConfig, flatten, parse_config
 from search.errors import UserError
 from search.records import (
     BASELINE,
@@ -205,19 +205,8 @@ def _construct(where: str, factory: Callable[..., Any], options: dict[str, Any])
         raise UserError(f"{where}: {exc}") from None
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "space" and not prefix.startswith("space"):
-            flat.update(_flatten(value, f"{path}."))
-        else:
-            flat[path] = value
-    return flat
-
-
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    a, b = _flatten(stored), _flatten(current)
+    a, b = flatten(stored, keep=["space"]), flatten(current, keep=["space"])
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in _MAY_DIFFER)
 
 

@@ -260,16 +260,20 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
     return rows
 
 
-def format_value(value: Any) -> str:
-    """A table cell: – for missing, 4 significant figures for small floats."""
+def format_value(value: Any, *, digits: int = 4) -> str:
+    """A table cell or a number in a sentence: – for missing; floats to `digits` decimals
+    without trailing zeros (`digits` significant figures below 0.01); integers with thousands
+    separators."""
     if value is None:
         return "–"
     if isinstance(value, float):
         return (
-            f"{value:.4g}"
+            f"{value:.{digits}g}"
             if abs(value) < 1e-2 and value != 0
-            else f"{value:.4f}".rstrip("0").rstrip(".")
+            else f"{value:.{digits}f}".rstrip("0").rstrip(".")
         )
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     return str(value)
 
 

@@ -219,12 +219,12 @@ def trends(rows: Sequence[dict[str, Any]]) -> list[str]:
         b_lo, b_hi = last["spread"].get(key) or (b, b)
         if a == b or a_lo <= b <= a_hi or b_lo <= a <= b_hi:
             out.append(
-                f"{key}: about the same ({_fmt(a)} at {size(first)}, {_fmt(b)} at {size(last)}; "
+                f"{key}: about the same ({_two(a)} at {size(first)}, {_two(b)} at {size(last)}; "
                 "each within the other's spread over the top configurations)"
             )
         else:
             way = "falls" if b < a else "rises"
-            out.append(f"{key}: {way} from {_fmt(a)} at {size(first)} to {_fmt(b)} at {size(last)}")
+            out.append(f"{key}: {way} from {_two(a)} at {size(first)} to {_two(b)} at {size(last)}")
         ends = [(r.get("contributions") or {}).get(key) or {} for r in (first, last)]
         if all(c.get("mean") is not None for c in ends):
             ca, cb = (100 * float(c["mean"]) for c in ends)
@@ -233,13 +233,17 @@ def trends(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.2g}" if 0 < abs(value) < 0.01 else f"{value:.2f}".rstrip("0").rstrip(".")
+def _two(value: float) -> str:
+    from search.summary import format_value
+
+    return format_value(value, digits=2)
 
 
 def sweep_table(storage: optuna.storages.BaseStorage, sweep: str) -> tuple[Any, list[str]]:
     """The sweep as a rich table (a row per fraction) and its one-sentence trends."""
     from rich.table import Table
+
+    from search.summary import format_value
 
     rows = sweep_rows(storage, sweep)
     names = [k for k in REGULARIZERS if any(k in r["regularizers"] for r in rows)]
@@ -251,19 +255,11 @@ def sweep_table(storage: optuna.storages.BaseStorage, sweep: str) -> tuple[Any, 
     for r in rows:
         table.add_row(
             r["study"],
-            _number(r["train_images"]),
-            _number(r["champion_val"]),
-            _number(r["champion_test"]),
-            _number(r["baseline_test"]),
-            _number(r["train_val_gap"]),
-            *(_number(r["regularizers"].get(k)) for k in names),
+            format_value(r["train_images"]),
+            format_value(r["champion_val"]),
+            format_value(r["champion_test"]),
+            format_value(r["baseline_test"]),
+            format_value(r["train_val_gap"]),
+            *(format_value(r["regularizers"].get(k)) for k in names),
         )
     return table, trends(rows)
-
-
-def _number(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.3f}" if abs(float(value)) < 10 else f"{value:,.0f}"

@@ -16,7 +16,9 @@ from typing import Any
 
 import optuna
 
-from search.report import _new_figure, _png, _write_atomic
+from search.files import write_atomic
+from search.report import _new_figure, _png
+from search.summary import format_value
 from search.sweep import sweep_rows, trends
 
 __all__ = ["SweepReport", "sweep_figure", "write_sweep_report"]
@@ -165,19 +167,19 @@ def write_sweep_report(
     paths = SweepReport(
         out / "index.html", out / "sweep.png", out / "sweep.csv", out / "sweep.json"
     )
-    _write_atomic(paths.figure, sweep_figure(rows))
-    _write_atomic(paths.csv, _csv(rows))
-    _write_atomic(
+    write_atomic(paths.figure, sweep_figure(rows))
+    write_atomic(paths.csv, _csv(rows))
+    write_atomic(
         paths.json,
         json.dumps({"sweep": sweep, "rows": rows, "trends": sentences}, indent=2).encode(),
     )
     table = "".join(
         "<tr>"
         + "".join(
-            f"<td>{html.escape(_cell(r[c]))}</td>"
+            f"<td>{html.escape(format_value(r[c]))}</td>"
             for c in ("study", "train_images", "champion_val", "champion_test", "baseline_test")
         )
-        + f"<td>{html.escape(_cell(r['train_val_gap']))}</td></tr>"
+        + f"<td>{html.escape(format_value(r['train_val_gap']))}</td></tr>"
         for r in rows
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8">
@@ -196,13 +198,5 @@ beyond the bars (the spread over each study's top configurations) is one whose n
 the amount of data. The table is in <a href="sweep.csv">sweep.csv</a> and
 <a href="sweep.json">sweep.json</a>.</p></body></html>
 """
-    _write_atomic(paths.index, page.encode())
+    write_atomic(paths.index, page.encode())
     return paths
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)

@@ -30,14 +30,14 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from search.champion import Candidate
-from search.config import StudyConfig, safe_study_name
+from search.config import StudyConfig, flatten, safe_study_name
 from search.data import Dataset
-from search.errors import UserError
+from search.errors import UserError, first_line
 from search.objective import TRACKING_ERROR
 from search.records import outranks
 from search.study import best_trial
 from search.train import COMPILE_SECONDS, EpochStats, TrainResult
-from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri
+from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri, sqlite_path
 
 __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "load_checkpoint", "resolve_tracking_uri"]
 
@@ -64,18 +64,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # minutes (7 retries with back-off 2, 120 s timeout); the trial's outcome stands either way.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
-def _sqlite_dir(uri: str) -> Path | None:
-    path = _sqlite_file(uri)
-    return None if path is None else path.parent
 
 
 def _init_store(uri: str) -> None:
@@ -166,18 +154,6 @@ def _prewarm() -> None:
         pass
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = (
-                json.dumps(value) if isinstance(value, list | dict) else str(value)
-            )
-    return flat
-
-
 def _pip_requirements() -> list[str]:
     import numpy
 
@@ -230,7 +206,8 @@ class Tracker:
         # MLflow logs each database error with its traceback before raising it; whoever
         # catches it reports it in one line (a full disk must not print pages).
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-        local_dir, local_db = _sqlite_dir(uri), _sqlite_file(uri)
+        local_db = sqlite_path(uri)
+        local_dir = None if local_db is None else local_db.parent
         try:
             if local_db is not None:
                 local_db.parent.mkdir(parents=True, exist_ok=True)
@@ -242,9 +219,8 @@ class Tracker:
             client = MlflowClient(uri, registry_uri=uri)
             experiment_id = cls._experiment(client, study.study_name, local_dir)
         except (MlflowException, OSError, Exception) as exc:  # bad scheme, unreachable server…
-            text = redact_url(str(exc)).strip().splitlines()
             raise UserError(
-                f"cannot use tracking URI {redact_url(uri)}: {text[0] if text else exc}"
+                f"cannot use tracking URI {redact_url(uri)}: {first_line(exc)}"
             ) from None
         parent = cls._parent_run(client, study, config, experiment_id)
         return cls(
@@ -308,7 +284,11 @@ class Tracker:
                 "optuna.study_id": str(study._study_id),
             },
         )
-        params = _flatten({k: v for k, v in config.portable_dict().items() if k != "space"})
+        params = {
+            k: json.dumps(v) if isinstance(v, list | dict) else str(v)
+            for k, v in flatten(config.portable_dict()).items()
+            if not k.startswith("space.") and k != "space"
+        }
         params.update({f"space.{k}": json.dumps(v) for k, v in config.space.items()})
         client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
         study.set_user_attr(PARENT_ATTR, run.info.run_id)

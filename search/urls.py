@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
-__all__ = ["DEFAULT_TRACKING_URI", "redact_url", "resolve_tracking_uri"]
+__all__ = ["DEFAULT_TRACKING_URI", "redact_url", "resolve_tracking_uri", "sqlite_path"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -31,3 +32,12 @@ def redact_url(text: str) -> str:
     """Replace every password in `text` (a URL or a message holding URLs) with ***."""
     text = _USERINFO.sub(r"\g<head>:***@", text)
     return _QUERY_SECRET.sub(r"\g<key>***", text)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///` URL (Optuna's storage or MLflow's store); None for any
+    other URL and for an in-memory database."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)

@@ -18,12 +18,12 @@ from search.urls import redact_url
 @host_port_options(5000)
 def ui_command(tracking_uri: str | None, host: str, port: int) -> None:
     """The MLflow UI (runs, curves, the registered champion) on the tracking store."""
-    from search.tracking import _sqlite_dir, resolve_tracking_uri
+    from search.urls import resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri, None)
     if uri.startswith(("http://", "https://")):
         raise UserError(f"{redact_url(uri)} is already an MLflow server: open it in a browser")
-    local = _sqlite_dir(uri)
+    local = sqlite_path(uri)
     if local is not None and not Path(uri.removeprefix("sqlite:///")).exists():
         raise UserError(
             f"no MLflow store at {uri.removeprefix('sqlite:///')} (run `regsearch run` first)"

@@ -184,12 +184,22 @@ def test_mean_std_of_constant_images_is_clamped() -> None:
     assert std == pytest.approx([1e-3, 1e-3])
 
 
-def test_to_keeps_the_data(digits: Dataset) -> None:
-    moved = digits.to("cpu")
-    assert torch.equal(moved.train.x, digits.train.x)
-    assert torch.equal(moved.test.y, digits.test.y)
-    assert moved.classes == digits.classes
-    assert moved.max_value == digits.max_value
+def test_to_moves_every_split_and_keeps_the_rest(digits: Dataset) -> None:
+    """A worker moves its data set to the device once: all three splits go, images and
+    labels, shapes and dtypes kept ("meta" stands for a GPU here)."""
+    moved = digits.to("meta")
+    for before, after in zip(
+        (digits.train, digits.val, digits.test), (moved.train, moved.val, moved.test), strict=True
+    ):
+        assert after.x.device.type == after.y.device.type == "meta"
+        assert (after.x.shape, after.x.dtype) == (before.x.shape, before.x.dtype)
+        assert (after.y.shape, after.y.dtype) == (before.y.shape, before.y.dtype)
+    assert (moved.classes, moved.max_value, moved.allow_flip) == (
+        digits.classes,
+        digits.max_value,
+        digits.allow_flip,
+    )
+    assert digits.train.x.device.type == "cpu", "the original stays where it was"
 
 
 # --------------------------------------------------------------------------- train_fraction

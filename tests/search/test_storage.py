@@ -45,7 +45,8 @@ def test_sqlite_file_is_created_in_wal_mode(tmp_path: Path, relative: str) -> No
     path = tmp_path / relative  # relative to the working directory, which is tmp_path
     assert path.is_file()
     assert _journal_mode(path) == "wal"
-    assert isinstance(storage, optuna.storages.RDBStorage)
+    optuna.create_study(study_name="here", storage=storage)
+    assert optuna.get_all_study_names(f"sqlite:///{path}") == ["here"], "that file holds it"
 
 
 def test_sqlite_connections_commit_without_an_fsync_per_transaction(tmp_path: Path) -> None:
@@ -89,9 +90,9 @@ def test_create_false_refuses_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_create_false_opens_an_existing_file(tmp_path: Path) -> None:
-    open_storage("sqlite:///s.db")
+    optuna.create_study(study_name="kept", storage=open_storage("sqlite:///s.db"))
     storage = open_storage("sqlite:///s.db", create=False)
-    assert isinstance(storage, optuna.storages.RDBStorage)
+    assert optuna.get_all_study_names(storage) == ["kept"]
 
 
 def test_in_memory_sqlite_creates_no_file(tmp_path: Path) -> None:

@@ -134,10 +134,15 @@ def test_champion_is_registered_with_test_accuracy(tracked: Path) -> None:
     assert parent.data.metrics["test_accuracy"] == pytest.approx(test_accuracy)
     assert parent.data.tags["champion_uri"] == f"models:/{STUDY}@champion"
     # The safetensors checkpoint + config rebuild the same network for fine-tuning.
+    from search.config import DatasetConfig
+    from search.data import load_dataset
     from search.tracking import load_checkpoint
+    from search.train import evaluate
 
     model = load_checkpoint(client, version.run_id)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    data = load_dataset(DatasetConfig())
+    _, accuracy = evaluate(model, data.test, max_value=data.max_value)
+    assert accuracy == pytest.approx(test_accuracy, abs=1e-9), "the champion's own weights"
 
 
 def test_champion_loads_in_plain_mlflow_without_regsearch(tracked: Path) -> None:

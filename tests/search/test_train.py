@@ -381,7 +381,14 @@ def test_evaluate_restores_training_mode(data: Dataset) -> None:
 
 def test_resolve_device_cpu() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
-    assert isinstance(resolve_device("auto"), torch.device)
+    expected = (
+        "cuda"
+        if torch.cuda.is_available()
+        else "mps"
+        if torch.backends.mps.is_available()
+        else "cpu"
+    )
+    assert resolve_device("auto").type == expected, "auto: CUDA, then MPS, then the CPU"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
