@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from search.records import TIEBREAK_ATTR
+from search.records import MODEL_URI_ATTR, RUN_ID_ATTR, TIEBREAK_ATTR
 from search.storage import study_lock
 from search.study import best_trial
 
@@ -43,7 +43,7 @@ def model_uri_of(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | 
     champion = study.user_attrs.get(CHAMPION_ATTR) or {}
     if champion.get("trial") == trial.number:
         return str(champion["uri"])
-    return trial.user_attrs.get("model_uri")  # studies of earlier versions
+    return trial.user_attrs.get(MODEL_URI_ATTR)  # studies of earlier versions
 
 
 def _record(tracker: Tracker, study: optuna.Study, number: int, run_id: str, uri: str) -> None:
@@ -96,7 +96,7 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
         current = tracker.champion_trial()
         if current == best.number:
             return None
-        run_id = best.user_attrs.get("mlflow_run_id")
+        run_id = best.user_attrs.get(RUN_ID_ATTR)
         if not run_id:
             return None
         try:

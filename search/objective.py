@@ -27,8 +27,12 @@ from search.records import (
     BASELINE,
     OVERRIDES_ATTR,
     PHASE_ATTR,
+    RUN_ID_ATTR,
     SEARCH,
+    STOP_REASON_ATTR,
+    SURPLUS,
     TIEBREAK_ATTR,
+    TRACKING_ERROR,
     is_budget_trial,
 )
 from search.space import SearchSpace
@@ -40,8 +44,6 @@ if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
 
 __all__ = [
-    "SURPLUS",
-    "TRACKING_ERROR",
     "Objective",
     "RunListener",
     "SurplusTrial",
@@ -50,10 +52,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-PRUNED, INTERRUPTED, SURPLUS = "pruned", "interrupted", "surplus"
+PRUNED, INTERRUPTED = "pruned", "interrupted"
 OUT_OF_MEMORY, STORAGE_ERROR = "out_of_memory", "storage_error"
-# User attr of a trial whose MLflow run could not be closed; `Tracker.close` closes it later.
-TRACKING_ERROR = "tracking_error"
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -133,7 +133,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self._is_surplus(trial):
-            trial.set_user_attr("stop_reason", SURPLUS)
+            trial.set_user_attr(STOP_REASON_ATTR, SURPLUS)
             raise SurplusTrial(f"trial {trial.number}: the study's n_trials is already reached")
         self.running_trial_id = trial._trial_id
         phase = trial.user_attrs.get(PHASE_ATTR)
@@ -145,7 +145,7 @@ class Objective:
         try:
             if self.tracker:
                 run_id = self.tracker.start_trial(trial.number, params, phase=phase)
-                trial.set_user_attr("mlflow_run_id", run_id)
+                trial.set_user_attr(RUN_ID_ATTR, run_id)
             for listener in self.listeners:
                 listener.trial_started(trial.number, cfg.train.epochs)
             # The baseline and the confirm phase's retrains are yardsticks: never pruned.

@@ -23,7 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from search.records import FINISHED
+from search.records import FINISHED, STOP_REASON_ATTR, SURPLUS
 from search.study import count_trials
 from search.train import EpochStats
 
@@ -89,7 +89,7 @@ class RunProgress:
 
     # Optuna callback, after each trial
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.user_attrs.get("stop_reason") == "surplus":
+        if trial.user_attrs.get(STOP_REASON_ATTR) == SURPLUS:
             return  # not a real trial: the budget was spent by other workers
         # Between trials there is no epoch to show: a stale "trial 7 epoch 12/20" misleads.
         self._progress.update(self._epochs, visible=False)

@@ -14,10 +14,15 @@ __all__ = [
     "BASELINE",
     "CONFIG_ATTR",
     "FINISHED",
+    "MODEL_URI_ATTR",
     "OVERRIDES_ATTR",
     "PHASE_ATTR",
+    "RUN_ID_ATTR",
     "SEARCH",
+    "STOP_REASON_ATTR",
+    "SURPLUS",
     "TIEBREAK_ATTR",
+    "TRACKING_ERROR",
     "TRAIN_IMAGES_ATTR",
     "baseline_trial",
     "is_budget_trial",
@@ -28,6 +33,13 @@ __all__ = [
 CONFIG_ATTR = "regsearch_config"
 TRAIN_IMAGES_ATTR = "train_images"  # study user attr: the size of the training split it trains on
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Trial user attrs of every trial's outcome.
+STOP_REASON_ATTR = "stop_reason"  # why it ended: max_epochs, early_stopping, pruned, surplus, …
+RUN_ID_ATTR = "mlflow_run_id"  # its MLflow run
+MODEL_URI_ATTR = "model_uri"  # the registered model version, when it became the champion
+SURPLUS = "surplus"  # the stop reason of a trial started after the budget was reached
+# A trial whose MLflow run could not be closed (a tracking outage); `Tracker.close` closes it.
+TRACKING_ERROR = "tracking_error"
 PHASE_ATTR = "phase"
 SEARCH, BASELINE = "search", "baseline"
 # User attr: what a trial trains with beyond its params (the recipe, a retrain's seed, an

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.champion import model_uri_of
 from search.files import write_atomic
-from search.records import is_budget_trial
+from search.records import STOP_REASON_ATTR, is_budget_trial
 from search.space import REGULARIZERS
 from search.study import best_trial
 from search.summary import format_value
@@ -326,7 +326,7 @@ def _epoch_totals(
         trained, budget = trained + n, budget + b
         if b > n:
             reason = str(
-                t.user_attrs.get("stop_reason", "pruned" if t.state.name == "PRUNED" else "?")
+                t.user_attrs.get(STOP_REASON_ATTR, "pruned" if t.state.name == "PRUNED" else "?")
             )
             saved[reason] = saved.get(reason, 0) + b - n
     return _EpochTotals(trained, budget, saved)
@@ -343,7 +343,7 @@ def _epochs_figure(
     fig, ax = _new_figure(max(6.4, 0.22 * len(trials) + 2.0), 3.6)
     numbers = [t.number for t in trials]
     trained = [_epochs_trained(t) for t in trials]
-    reasons = [str(t.user_attrs.get("stop_reason", t.state.name.lower())) for t in trials]
+    reasons = [str(t.user_attrs.get(STOP_REASON_ATTR, t.state.name.lower())) for t in trials]
     colours = [_STOP_COLOURS.get(r, "#8c8c8c") for r in reasons]
     ax.bar(numbers, trained, color=colours, width=0.8)
     saved = [max(0, budget_of(t) - n) for t, n in zip(trials, trained, strict=True)]

@@ -18,9 +18,9 @@ from search.auto import AutoChoice, resolve
 from search.config import StudyConfig
 from search.data import Dataset, load_dataset
 from search.errors import StorageFailure, UserError
-from search.objective import STORAGE_ERROR, SURPLUS, Objective
+from search.objective import STORAGE_ERROR, Objective
 from search.proctitle import TrialTitle
-from search.records import FINISHED, TRAIN_IMAGES_ATTR, is_budget_trial
+from search.records import FINISHED, STOP_REASON_ATTR, SURPLUS, TRAIN_IMAGES_ATTR, is_budget_trial
 from search.signals import sigterm_interrupts
 from search.storage import (
     artifact_dir,
@@ -82,12 +82,12 @@ def _failures_after(ran: list[FrozenTrial], failures: int, limit: int, what: str
     if (
         last is None
         or last.state != TrialState.FAIL
-        or last.user_attrs.get("stop_reason") == SURPLUS
+        or last.user_attrs.get(STOP_REASON_ATTR) == SURPLUS
     ):
         return 0
     failures += 1
     if failures >= limit:
-        reason = last.user_attrs.get("stop_reason", "see the trial")
+        reason = last.user_attrs.get(STOP_REASON_ATTR, "see the trial")
         if reason.startswith(f"{STORAGE_ERROR}:"):  # the store, not the trials
             raise StorageFailure(
                 f"storage failed: {failures} trials in a row could not be recorded; "
@@ -146,7 +146,7 @@ def _optimize_until_done(
         study.optimize(
             objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=False
         )
-        if ran and ran[-1].user_attrs.get("stop_reason") == SURPLUS:
+        if ran and ran[-1].user_attrs.get(STOP_REASON_ATTR) == SURPLUS:
             return  # other workers took the last trials of the budget
         failures = _failures_after(ran, failures, max_consecutive_failures, "trials")
 

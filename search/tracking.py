@@ -33,8 +33,7 @@ from search.champion import Candidate
 from search.config import StudyConfig, flatten, safe_study_name
 from search.data import Dataset
 from search.errors import UserError, first_line
-from search.objective import TRACKING_ERROR
-from search.records import outranks
+from search.records import RUN_ID_ATTR, TRACKING_ERROR, outranks
 from search.study import best_trial
 from search.train import COMPILE_SECONDS, EpochStats, TrainResult
 from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri, sqlite_path
@@ -541,7 +540,7 @@ class Tracker:
         """Close the MLflow runs that were left RUNNING: those of trials whose worker died
         (KILLED) and those whose closing failed during a tracking outage (by trial state)."""
         for trial in study.get_trials(deepcopy=False, states=_ENDED):
-            run_id = trial.user_attrs.get("mlflow_run_id")
+            run_id = trial.user_attrs.get(RUN_ID_ATTR)
             outage = TRACKING_ERROR in trial.user_attrs
             failed = trial.state == optuna.trial.TrialState.FAIL
             if not run_id or not (failed or outage):
@@ -595,7 +594,7 @@ class Tracker:
         from search.evidence import TEST_ATTR, baseline_model_trial, held_out
 
         champion = best_trial(study)
-        if champion is None or not champion.user_attrs.get("mlflow_run_id"):
+        if champion is None or not champion.user_attrs.get(RUN_ID_ATTR):
             return None
         base = baseline_model_trial(study)
         key = {
@@ -606,14 +605,14 @@ class Tracker:
         if isinstance(stored, dict) and all(stored.get(k) == v for k, v in key.items()):
             return stored
         try:
-            model = load_checkpoint(self.client, champion.user_attrs["mlflow_run_id"])
+            model = load_checkpoint(self.client, champion.user_attrs[RUN_ID_ATTR])
         except (MlflowException, OSError) as exc:
             _log.warning("champion not evaluated on the test split: %s", exc)
             return None
         base_model = None
         if base is not None and base.number != champion.number:
             try:
-                base_model = load_checkpoint(self.client, base.user_attrs["mlflow_run_id"])
+                base_model = load_checkpoint(self.client, base.user_attrs[RUN_ID_ATTR])
             except (KeyError, MlflowException, OSError):  # e.g. a run of an older version
                 base_model = None
         result = {**key, **held_out(model, base_model, data)}
