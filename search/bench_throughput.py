@@ -122,7 +122,8 @@ def _throughput(
     cfg: Any, data: Dataset, *, batch_size: int, steps: int, compiled: bool
 ) -> dict[str, float]:
     from search.augment import BatchTransform
-    from search.train import batch, build_model, make_optimizer
+    from search.evaluation import batch
+    from search.train import build_model, make_optimizer
 
     device = data.train.x.device
     gpu = device.type == "cuda"
@@ -286,7 +287,7 @@ def augment_speedup(
 
     from search.augment import BatchTransform
     from search.config import Regularization
-    from search.train import batch
+    from search.evaluation import batch
 
     if images < 1 or batch_size < 1 or rounds < 1:
         raise ValueError(

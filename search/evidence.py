@@ -404,7 +404,7 @@ def held_out(champion: Any, baseline: Any | None, data: Any) -> dict[str, Any]:
     """Evaluate the champion (and the baseline recipe's model) once on the test split:
     accuracy, ECE (15 bins) and NLL of each, and the accuracy gain with a 95% paired
     bootstrap interval over the test images. Models are `torch.nn.Module`s."""
-    from search.train import evaluate_full
+    from search.evaluation import evaluate_full
 
     def one(model: Any) -> tuple[dict[str, float], Any]:
         ev = evaluate_full(model.to(data.test.x.device), data.test, max_value=data.max_value)

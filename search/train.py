@@ -7,7 +7,6 @@ converts it to float in [0, 1] and augments it in batch (`search.augment`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -23,22 +22,19 @@ from search.augment import BatchTransform
 from search.auto import AUTO, batch_size_for, model_for
 from search.config import TrainConfig, TrialConfig
 from search.data import Dataset, ImageSet
+from search.evaluation import autocast, batch, evaluate, evaluate_full, uses_channels_last
 
 __all__ = [
     "COMPILE_SECONDS",
     "EarlyStopping",
     "EpochStats",
     "TrainResult",
-    "batch",
     "build_model",
     "epoch_plan",
-    "evaluate",
-    "evaluate_full",
-    "expected_calibration_error",
     "make_optimizer",
-    "predict",
     "resolve_device",
     "train",
+    "train_one_epoch",
 ]
 
 # Why a trial stopped; also the `stop_reason` user attribute of its Optuna trial.
@@ -204,19 +200,6 @@ class EarlyStopping:
         return self.patience is not None and self.bad_epochs >= self.patience
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast for `bf16`, and for `auto` on CUDA; plain float32 otherwise."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _channels_last(device: torch.device, memory_format: str) -> bool:
-    """Whether images and weights go channels_last: `auto` means on CUDA."""
-    return memory_format == "channels_last" or (memory_format == "auto" and device.type == "cuda")
-
-
 def _batches(
     n: int, batch_size: int, device: torch.device, passes: int = 1
 ) -> Iterator[torch.Tensor]:
@@ -237,106 +220,120 @@ def epoch_plan(n_train: int, batch_size: int, min_steps: int) -> tuple[int, int]
     return passes, passes * per_pass
 
 
-def _to_float(x: torch.Tensor, max_value: float, channels_last: bool) -> torch.Tensor:
-    x = x.to(torch.float32, copy=True).div_(max_value)  # a copy even if x were float already
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+@dataclass
+class _Loop:
+    """What a trial's optimizer steps use, built once per trial (`_loop`)."""
+
+    model: nn.Module  # the weights, in eval for the epoch-end metrics
+    step_model: nn.Module  # the same, compiled with `train.compile`
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    transform: BatchTransform
+    batch_size: int
+    passes: int  # passes over the training split an epoch (several for a tiny split)
+    smoothing: float
+    channels_last: bool
+    train: TrainConfig
 
 
-def batch(
-    images: ImageSet, idx: torch.Tensor, max_value: float, channels_last: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images at `idx` as floats in [0, 1], and their labels. `index_select` makes the
-    same copy as `x[idx]` without advanced indexing's overhead (0.29 → 0.06 ms for 256
-    CIFAR-sized images on a CPU)."""
-    x = _to_float(images.x.index_select(0, idx), max_value, channels_last)
-    return x, images.y.index_select(0, idx)
-
-
-ECE_BINS = 15
-
-
-def expected_calibration_error(
-    confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS
-) -> float:
-    """ECE (Guo et al. 2017): the gap between confidence and accuracy, averaged over `bins`
-    equal-width confidence bins weighted by their share of the images."""
-    if confidence.numel() == 0:
-        return math.nan
-    confidence = confidence.float()
-    which = (confidence * bins).long().clamp_(0, bins - 1)
-    conf_sum = torch.bincount(which, weights=confidence, minlength=bins)
-    acc_sum = torch.bincount(which, weights=correct.float(), minlength=bins)
-    return float((conf_sum - acc_sum).abs().sum().item() / confidence.numel())
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    images: ImageSet,
-    *,
-    max_value: float,
-    batch_size: int = 1024,
-    precision: str = "fp32",
-    memory_format: str = "auto",
-) -> torch.Tensor:
-    """The model's float32 logits for every image (eval mode), on the images' device."""
-    was_training = model.training
-    model.eval()
-    device = images.x.device
-    channels_last = _channels_last(device, memory_format)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = _to_float(images.x[start : start + batch_size], max_value, channels_last)
-        with _autocast(device, precision):
-            out.append(model(x).float())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 0, device=device)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    loss: float  # mean cross-entropy (the NLL)
-    accuracy: float
-    ece: float  # expected calibration error, `ECE_BINS` bins
-    correct: torch.Tensor  # bool per image: for paired comparisons of two models
-
-
-def evaluate_full(
-    model: nn.Module,
-    images: ImageSet,
-    *,
-    max_value: float,
-    batch_size: int = 1024,
-    precision: str = "fp32",
-    memory_format: str = "auto",
-) -> Evaluation:
-    """Loss, accuracy, calibration and per-image correctness of `model` on `images`."""
-    logits = predict(
-        model,
-        images,
-        max_value=max_value,
+def _loop(cfg: TrialConfig, data: Dataset, device: torch.device) -> tuple[_Loop, dict[str, Any]]:
+    """The model on `device` (channels_last and compiled as configured), its optimizer and
+    learning-rate schedule over all the trial's steps, and the batch augmentation; with the
+    kwargs that rebuild the model."""
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    model, model_kwargs = build_model(cfg, data)
+    channels_last = uses_channels_last(device, t.memory_format)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
+    optimizer = make_optimizer(model, cfg)
+    n_train = len(data.train)
+    batch_size = batch_size_for(n_train) if t.batch_size == AUTO else int(t.batch_size)
+    passes, steps_per_epoch = epoch_plan(n_train, batch_size, t.min_steps_per_epoch)
+    total_steps = t.epochs * steps_per_epoch
+    warmup_steps = min(total_steps, max(1, round(t.warmup_epochs * steps_per_epoch)))
+    transform = BatchTransform(
+        cfg.regularization,
+        num_classes=data.num_classes,
+        allow_flip=data.allow_flip,
+        colour=data.shape[0] == 3,
+    )
+    loop = _Loop(
+        model=model,
+        step_model=step_model,
+        optimizer=optimizer,
+        scheduler=_SCHEDULES[t.schedule](optimizer, total_steps, warmup_steps, t.lr),
+        transform=transform,
         batch_size=batch_size,
-        precision=precision,
-        memory_format=memory_format,
+        passes=passes,
+        smoothing=cfg.regularization.label_smoothing,
+        channels_last=channels_last,
+        train=t,
     )
-    if len(images) == 0:
-        return Evaluation(math.nan, math.nan, math.nan, torch.zeros(0, dtype=torch.bool))
-    loss = F.cross_entropy(logits, images.y).item()
-    confidence, predicted = logits.softmax(dim=1).max(dim=1)
-    correct = predicted == images.y
-    return Evaluation(
-        loss=loss,
-        accuracy=int(correct.sum().item()) / len(images),
-        ece=expected_calibration_error(confidence, correct),
-        correct=correct.cpu(),
-    )
+    return loop, model_kwargs
 
 
-def evaluate(model: nn.Module, images: ImageSet, **options: Any) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` in eval mode on `images` (`options`: those
-    of `evaluate_full`)."""
-    full = evaluate_full(model, images, **options)
-    return full.loss, full.accuracy
+def train_one_epoch(loop: _Loop, images: ImageSet, max_value: float, result: TrainResult) -> float:
+    """One epoch of optimizer steps on augmented batches of `images`; the mean loss of those
+    batches (not finite: the run diverged). Nothing syncs with the host inside the loop but,
+    with `train.compile`, the trial's first step, timed into `result.compile_seconds`."""
+    device = images.x.device
+    loop.model.train()
+    loss_sum = torch.zeros((), device=device)
+    seen = 0
+    for idx in _batches(len(images), loop.batch_size, device, loop.passes):
+        first_step = loop.train.compile and result.compile_seconds is None
+        step_started = time.perf_counter() if first_step else 0.0
+        x, targets = loop.transform(*batch(images, idx, max_value, loop.channels_last))
+        with autocast(device, loop.train.precision):
+            logits = loop.step_model(x)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=loop.smoothing)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loss_sum += loss.detach() * idx.numel()
+        seen += idx.numel()
+        if first_step:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            result.compile_seconds = time.perf_counter() - step_started
+    return loss_sum.item() / max(1, seen)
+
+
+def _epoch_stats(
+    loop: _Loop,
+    clean_train: ImageSet,
+    data: Dataset,
+    *,
+    epoch: int,
+    fit_loss: float,
+    started: float,
+) -> EpochStats:
+    """The epoch-end metrics: loss and accuracy on the clean training subset, then loss,
+    accuracy and calibration on the validation split."""
+    t = loop.train
+    options: dict[str, Any] = {
+        "max_value": data.max_value,
+        "batch_size": t.eval_batch_size,
+        "precision": t.precision,
+        "memory_format": t.memory_format,
+    }
+    train_loss, train_acc = evaluate(loop.model, clean_train, **options)
+    val = evaluate_full(loop.model, data.val, **options)
+    return EpochStats(
+        epoch=epoch,
+        train_loss=train_loss,
+        train_accuracy=train_acc,
+        val_loss=val.loss,
+        val_accuracy=val.accuracy,
+        fit_loss=fit_loss,
+        lr=loop.optimizer.param_groups[0]["lr"],
+        epoch_seconds=time.perf_counter() - started,
+        val_ece=val.ece,
+    )
 
 
 def train(
@@ -353,89 +350,27 @@ def train(
     """
     t = cfg.train
     device = device or data.train.x.device
-    torch.manual_seed(t.seed)
-    model, model_kwargs = build_model(cfg, data)
-    channels_last = _channels_last(device, t.memory_format)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step_model: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
-    optimizer = make_optimizer(model, cfg)
-
-    n_train = len(data.train)
-    batch_size = batch_size_for(n_train) if t.batch_size == AUTO else int(t.batch_size)
-    passes, steps_per_epoch = epoch_plan(n_train, batch_size, t.min_steps_per_epoch)
-    total_steps = t.epochs * steps_per_epoch
-    warmup_steps = min(total_steps, max(1, round(t.warmup_epochs * steps_per_epoch)))
-    scheduler = _SCHEDULES[t.schedule](optimizer, total_steps, warmup_steps, t.lr)
-
-    transform = BatchTransform(
-        cfg.regularization,
-        num_classes=data.num_classes,
-        allow_flip=data.allow_flip,
-        colour=data.shape[0] == 3,
-    )
-    smoothing = cfg.regularization.label_smoothing
+    loop, model_kwargs = _loop(cfg, data, device)
     # A fixed clean subset of the training split, for the train-vs-val gap.
     g = torch.Generator().manual_seed(t.seed)
-    subset = torch.randperm(n_train, generator=g)[: t.train_eval_size].to(device)
+    subset = torch.randperm(len(data.train), generator=g)[: t.train_eval_size].to(device)
     clean_train = ImageSet(data.train.x[subset], data.train.y[subset])
-
     metric = cfg.objective.metric
-    maximize = cfg.objective.direction == "maximize"
     stopper = EarlyStopping(
         patience=cfg.early_stopping.patience,
         min_delta=cfg.early_stopping.min_delta,
-        maximize=maximize,
+        maximize=cfg.objective.direction == "maximize",
     )
     result = TrainResult(stop_reason=MAX_EPOCHS, epochs_trained=0, model_kwargs=model_kwargs)
-
     for epoch in range(1, t.epochs + 1):
         started = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        for idx in _batches(n_train, batch_size, device, passes):
-            first_step = t.compile and result.compile_seconds is None
-            step_started = time.perf_counter() if first_step else 0.0
-            x, targets = transform(*batch(data.train, idx, data.max_value, channels_last))
-            with _autocast(device, t.precision):
-                logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * idx.numel()
-            seen += idx.numel()
-            if first_step:  # one synchronisation, once a trial, only with compile
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                result.compile_seconds = time.perf_counter() - step_started
-        fit_loss = loss_sum.item() / max(1, seen)
+        fit_loss = train_one_epoch(loop, data.train, data.max_value, result)
         result.epochs_trained = epoch
         if not math.isfinite(fit_loss):
             result.stop_reason = NONFINITE
             break
-
-        eval_kwargs = {
-            "max_value": data.max_value,
-            "batch_size": t.eval_batch_size,
-            "precision": t.precision,
-            "memory_format": t.memory_format,
-        }
-        train_loss, train_acc = evaluate(model, clean_train, **eval_kwargs)
-        val = evaluate_full(model, data.val, **eval_kwargs)  # type: ignore[arg-type]
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_accuracy=train_acc,
-            val_loss=val.loss,
-            val_accuracy=val.accuracy,
-            fit_loss=fit_loss,
-            lr=optimizer.param_groups[0]["lr"],
-            epoch_seconds=time.perf_counter() - started,
-            val_ece=val.ece,
+        stats = _epoch_stats(
+            loop, clean_train, data, epoch=epoch, fit_loss=fit_loss, started=started
         )
         result.history.append(stats)
         value = getattr(stats, metric)
@@ -446,7 +381,7 @@ def train(
         if stopper.improved(value, tiebreak):
             result.best_epoch, result.best_value, result.best_stats = epoch, value, stats
             result.state_dict = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()
             }
         reason = on_epoch(stats) if on_epoch is not None else None
         if reason:

@@ -13,6 +13,7 @@ import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from search.evaluation import expected_calibration_error
 from search.evidence import (
     ABLATE_ATTR,
     ABLATION,
@@ -29,7 +30,6 @@ from search.records import BASELINE, PHASE_ATTR, SEARCH
 from search.study import best_trial, count_trials
 from search.studyfile import load_config
 from search.summary import best_summary, verdict
-from search.train import expected_calibration_error
 
 _DISTS = {
     "weight_decay": FloatDistribution(1e-5, 0.1, log=True),

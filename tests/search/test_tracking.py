@@ -136,8 +136,8 @@ def test_champion_is_registered_with_test_accuracy(tracked: Path) -> None:
     # The safetensors checkpoint + config rebuild the same network for fine-tuning.
     from search.config import DatasetConfig
     from search.data import load_dataset
+    from search.evaluation import evaluate
     from search.tracking import load_checkpoint
-    from search.train import evaluate
 
     model = load_checkpoint(client, version.run_id)
     data = load_dataset(DatasetConfig())

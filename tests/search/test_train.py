@@ -21,6 +21,7 @@ from search.config import (
     TrialConfig,
 )
 from search.data import Dataset, load_dataset
+from search.evaluation import evaluate
 from search.train import (
     EARLY_STOPPING,
     MAX_EPOCHS,
@@ -28,7 +29,6 @@ from search.train import (
     EarlyStopping,
     EpochStats,
     build_model,
-    evaluate,
     make_optimizer,
     resolve_device,
     train,
