@@ -78,7 +78,7 @@ def trial_overhead(*, repeats: int = 5, epochs: int = 20) -> dict[str, Any]:
         storage = open_storage(f"sqlite:///{tmp}/optuna.db", config.search)
         study, _ = create_or_resume(config, storage)
         tracker = Tracker.for_study(study, config, tracking_uri=f"sqlite:///{tmp}/mlflow.db")
-        tracker._warm.join()  # one-time imports: paid once per worker, not per trial
+        tracker.registry.ready()  # one-time imports: paid once per worker, not per trial
         objective = Objective(config, data, device=torch.device("cpu"), tracker=tracker)
         bare_data = data.to("cpu")
         train(replace(trial_cfg, train=trial_cfg.train.model_copy(update={"epochs": 2})), bare_data)

@@ -93,14 +93,14 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
         best = best_trial(study)
         if best is None or best.value is None:
             return None
-        current = tracker.champion_trial()
+        current = tracker.registry.champion_trial()
         if current == best.number:
             return None
         run_id = best.user_attrs.get(RUN_ID_ATTR)
         if not run_id:
             return None
         try:
-            result = tracker.checkpoint_result(run_id)
+            result = tracker.registry.checkpoint_result(run_id)
         except Exception:  # never a candidate (no checkpoint): nothing to register
             return None
         uri = tracker.register_champion(

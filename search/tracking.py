@@ -13,10 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
-import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +21,6 @@ from typing import Any
 
 import mlflow
 import optuna
-import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
@@ -33,19 +29,18 @@ from search.champion import Candidate
 from search.config import StudyConfig, flatten, safe_study_name
 from search.data import Dataset
 from search.errors import UserError, first_line
-from search.records import RUN_ID_ATTR, TRACKING_ERROR, outranks
+from search.records import RUN_ID_ATTR, TRACKING_ERROR
+from search.registry import CHAMPION, Registry, load_checkpoint
 from search.study import best_trial
 from search.train import COMPILE_SECONDS, EpochStats, TrainResult
 from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri, sqlite_path
 
-__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "load_checkpoint", "resolve_tracking_uri"]
+__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "resolve_tracking_uri"]
 
-CHAMPION = "champion"
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, "Detect
 # issues"); with it, on the runs table and their charts.
 EXPERIMENT_KIND_TAG, _TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARENT_ATTR = "mlflow_parent_run_id"
-CHECKPOINT_DIR = "checkpoint"
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 _ENDED = (
     optuna.trial.TrialState.COMPLETE,
@@ -141,28 +136,6 @@ def _rebuild_if_half_made(path: Path) -> None:
     _log.warning("MLflow store %s was half-created; moved aside to %s", path, aside.name)
 
 
-def _prewarm() -> None:
-    """The first `log_model` in a process pays ~3 s of one-time imports and a scan of the
-    installed packages; do that in the background while the first trial trains."""
-    try:
-        import torch.export._trace  # noqa: F401
-        from mlflow.utils.requirements_utils import _init_packages_to_modules_map
-
-        _init_packages_to_modules_map()
-    except Exception:  # only an optimisation
-        pass
-
-
-def _pip_requirements() -> list[str]:
-    import numpy
-
-    return [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"mlflow=={mlflow.__version__}",
-        f"numpy=={numpy.__version__}",
-    ]
-
-
 class Tracker:
     """Implements the objective's `TrialTracker` protocol with MLflow."""
 
@@ -185,9 +158,13 @@ class Tracker:
         self._pending: dict[str, list[Metric]] = {}  # epoch metrics not yet written
         self._flushed_at: dict[str, float] = {}
         self.flush_seconds = flush_seconds
-        self._warm = threading.Thread(target=_prewarm, daemon=True)
-        if config.tracking.register_model and prewarm:
-            self._warm.start()
+        self.registry = Registry(
+            client,
+            study_name=study.study_name,
+            config=config,
+            experiment_id=experiment_id,
+            prewarm=prewarm,
+        )
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -370,133 +347,26 @@ class Tracker:
         force: bool = False,
         tiebreak: float | None = None,
     ) -> str | None:
-        """Export, log and register the trial's model and move `@champion` to it (unless a
-        better one holds it; `force`: regardless). `checkpoint=False` when `save_checkpoint`
-        ran already. Call through `search.champion.promote`, which checks the study first."""
-        if not self.config.tracking.register_model or result.state_dict is None:
-            return None
-        import mlflow.pytorch
-        from mlflow.models import infer_signature
-
-        from models import create_model
-
-        if self._warm.is_alive():
-            self._warm.join()
+        """`Registry.register`, after writing the run's buffered epoch metrics."""
         self._flush(run_id)
-        model = create_model(**result.model_kwargs)
-        model.load_state_dict(result.state_dict)
-        model.eval()
-        example = data.val.x[:4].float().div(data.max_value).cpu()
-        with torch.no_grad():
-            logits = model(example)
-        signature = infer_signature(example.numpy(), logits.numpy())
-        if checkpoint:
-            self.save_checkpoint(run_id, result)
-        logged = self.client.create_logged_model(
-            self.experiment_id, name="model", source_run_id=run_id
+        return self.registry.register(
+            run_id,
+            number=number,
+            value=value,
+            result=result,
+            data=data,
+            checkpoint=checkpoint,
+            force=force,
+            tiebreak=tiebreak,
         )
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            serialization_format="pt2",
-            input_example=example.numpy(),
-            signature=signature,
-            pip_requirements=_pip_requirements(),
-            run_id=run_id,
-            model_id=logged.model_id,
-            validate_serving_input=False,
-            metadata={
-                "classes": list(data.classes),
-                "input": "float32 images in [0, 1], shape (N, C, H, W); returns logits",
-                "pixel_scale": data.max_value,
-            },
-        )
-        if tiebreak is None:
-            tiebreak = result.best_stats.val_loss if result.best_stats is not None else math.inf
-        version = self._create_version(
-            info.model_uri, info.model_id, run_id, number, value, data, tiebreak
-        )
-        if force:
-            self.client.set_registered_model_alias(self.study_name, CHAMPION, version)
-        else:
-            self._move_alias(version, value, tiebreak)
-        return f"models:/{self.study_name}/{version}"
+
+    def save_checkpoint(self, run_id: str, result: TrainResult) -> None:
+        self.registry.save_checkpoint(run_id, result)
 
     def promote(self, study: optuna.Study, candidate: Candidate, data: Dataset) -> str | None:
         from search.champion import promote
 
         return promote(self, study, candidate, data)
-
-    def champion_trial(self) -> int | None:
-        """The trial number of the version `@champion` points at (None: no alias yet)."""
-        try:
-            version = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
-        except MlflowException:
-            return None
-        trial = version.tags.get("trial")
-        return int(trial) if trial is not None and trial.isdigit() else None
-
-    def checkpoint_result(self, run_id: str) -> TrainResult:
-        """The weights a trial saved with `save_checkpoint`, as `register_champion` takes them."""
-        kwargs, state = _read_checkpoint(self.client, run_id)
-        return TrainResult(stop_reason="", epochs_trained=0, state_dict=state, model_kwargs=kwargs)
-
-    def save_checkpoint(self, run_id: str, result: TrainResult) -> None:
-        """safetensors weights + the `create_model` arguments, to rebuild for fine-tuning."""
-        from safetensors.torch import save_file
-
-        assert result.state_dict is not None
-        with tempfile.TemporaryDirectory() as tmp:
-            save_file(
-                {k: v.contiguous() for k, v in result.state_dict.items()},
-                f"{tmp}/model.safetensors",
-            )
-            Path(tmp, "model_config.json").write_text(json.dumps(result.model_kwargs, indent=2))
-            self.client.log_artifacts(run_id, tmp, CHECKPOINT_DIR)
-
-    def _create_version(
-        self,
-        source: str,
-        model_id: str,
-        run_id: str,
-        number: int,
-        value: float,
-        data: Dataset,
-        tiebreak: float,
-    ) -> str:
-        with contextlib.suppress(MlflowException):  # already registered
-            self.client.create_registered_model(
-                self.study_name,
-                description=f"Champion of regsearch study {self.study_name!r}.",
-            )
-        mv = self.client.create_model_version(
-            self.study_name,
-            source=source,
-            run_id=run_id,
-            model_id=model_id,  # a tracking server refuses a models:/m-… source without it
-            tags={
-                "trial": str(number),
-                "value": repr(value),
-                "val_loss": repr(tiebreak),  # decides between equal values (`best_trial`)
-                "metric": self.config.objective.metric,
-                "classes": json.dumps(list(data.classes)),
-            },
-        )
-        return str(mv.version)
-
-    def _move_alias(self, version: str, value: float, tiebreak: float = math.inf) -> None:
-        """Move `champion` unless another worker already registered a model at least as good
-        (a better value, or the same value at a validation loss no higher: `best_trial`)."""
-        try:
-            current = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
-            best = float(current.tags.get("value", "nan"))
-            held = float(current.tags.get("val_loss", "inf"))
-            maximize = self.config.objective.direction == "maximize"
-            if best == best and not outranks(value, tiebreak, best, held, maximize=maximize):
-                return
-        except MlflowException:
-            pass  # no champion yet
-        self.client.set_registered_model_alias(self.study_name, CHAMPION, version)
 
     # ------------------------------------------------------------------ end of a launch
     def close(self, study: optuna.Study, *, finished: bool, data: Dataset | None = None) -> None:
@@ -620,47 +490,5 @@ class Tracker:
             result["baseline"] = dict(result["champion"])
             result["gain"] = {"mean": 0.0, "low": 0.0, "high": 0.0, "method": "same model"}
         study.set_user_attr(TEST_ATTR, result)
-        self._describe_champion(result["champion"]["accuracy"], len(data.test))
+        self.registry.describe_champion(result["champion"]["accuracy"], len(data.test))
         return result
-
-    def _describe_champion(self, accuracy: float, images: int) -> None:
-        """Tag and describe the `@champion` version with its test accuracy (a worker of an
-        earlier launch may have tagged it already: a tracking server then refuses the insert)."""
-        try:
-            mv = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
-            if mv.tags.get("test_accuracy") != repr(accuracy):
-                self.client.set_model_version_tag(
-                    self.study_name, mv.version, "test_accuracy", repr(accuracy)
-                )
-            self.client.update_model_version(
-                self.study_name,
-                mv.version,
-                description=f"Trial {mv.tags.get('trial')}: {self.config.objective.metric} "
-                f"{float(mv.tags.get('value', 'nan')):.4f}, test accuracy {accuracy:.4f} "
-                f"({images} held-out images). Input: float32 images in [0, 1], shape "
-                "(N, C, H, W); returns logits.",
-            )
-        except MlflowException as exc:  # the evidence stands; the description is a courtesy
-            _log.warning("@champion not described with its test accuracy: %s", exc)
-
-
-def _read_checkpoint(
-    client: MlflowClient, run_id: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = client.download_artifacts(run_id, CHECKPOINT_DIR, tmp)
-        kwargs = json.loads(Path(local, "model_config.json").read_text())
-        state = load_file(str(Path(local, "model.safetensors")))
-    return kwargs, state
-
-
-def load_checkpoint(client: MlflowClient, run_id: str) -> torch.nn.Module:
-    """Rebuild a trial's model from its safetensors checkpoint (for fine-tuning or testing)."""
-    from models import create_model
-
-    kwargs, state = _read_checkpoint(client, run_id)
-    model = create_model(**kwargs)
-    model.load_state_dict(state)
-    return model.eval()

@@ -160,7 +160,7 @@ print(json.dumps(np.asarray(model.predict(x), dtype=np.float32).tolist()))
     on_cpu = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
     from mlflow import MlflowClient
 
-    from search.tracking import load_checkpoint
+    from search.registry import load_checkpoint
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     version = client.get_model_version_by_alias("gpu", "champion")

@@ -137,7 +137,7 @@ def test_champion_is_registered_with_test_accuracy(tracked: Path) -> None:
     from search.config import DatasetConfig
     from search.data import load_dataset
     from search.evaluation import evaluate
-    from search.tracking import load_checkpoint
+    from search.registry import load_checkpoint
 
     model = load_checkpoint(client, version.run_id)
     data = load_dataset(DatasetConfig())
@@ -213,11 +213,11 @@ def test_the_alias_moves_to_an_equal_value_only_at_a_lower_validation_loss(
         return str(client.get_model_version_by_alias("ties", "champion").version)
 
     first = version(1.0, 0.25)
-    tracker._move_alias(first, 1.0, 0.25)
-    tracker._move_alias(version(1.0, 0.30), 1.0, 0.30)
+    tracker.registry.move_alias(first, 1.0, 0.25)
+    tracker.registry.move_alias(version(1.0, 0.30), 1.0, 0.30)
     assert champion() == first, "same accuracy, higher loss: stays"
     lower = version(1.0, 0.20)
-    tracker._move_alias(lower, 1.0, 0.20)
+    tracker.registry.move_alias(lower, 1.0, 0.20)
     assert champion() == lower, "same accuracy, lower loss: moves"
-    tracker._move_alias(version(0.99, 0.01), 0.99, 0.01)
+    tracker.registry.move_alias(version(0.99, 0.01), 0.99, 0.01)
     assert champion() == lower, "a lower accuracy never wins on loss"
