@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -26,10 +26,11 @@ from search.study import best_trial
 
 if TYPE_CHECKING:
     from search.data import Dataset
+    from search.registry import Registry
     from search.tracking import Tracker
     from search.train import TrainResult
 
-__all__ = ["CHAMPION_ATTR", "Candidate", "model_uri_of", "promote", "repair"]
+__all__ = ["CHAMPION_ATTR", "Candidate", "evaluate_on_test", "model_uri_of", "promote", "repair"]
 
 _log = logging.getLogger(__name__)
 # Study user attribute: {"trial": number, "uri": "models:/<study>/<version>"} of the champion
@@ -119,3 +120,51 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
                 "@champion pointed at trial %s, not the best trial %d: moved", current, best.number
             )
         return uri
+
+
+def evaluate_on_test(
+    registry: Registry, study: optuna.Study, data: Dataset
+) -> dict[str, Any] | None:
+    """The champion's and the baseline recipe's one evaluation on the test split
+    (`search.evidence.held_out`), kept in the study; computed again only when the
+    champion or the baseline's model changes (a study extended later)."""
+    # Workers that finish together evaluate once: the second reads the first's result.
+    with study_lock(study, "test-evidence"):
+        return _test_evidence(registry, study, data)
+
+
+def _test_evidence(registry: Registry, study: optuna.Study, data: Dataset) -> dict[str, Any] | None:
+    from mlflow.exceptions import MlflowException
+
+    from search.evidence import TEST_ATTR, baseline_model_trial, held_out
+    from search.registry import load_checkpoint
+
+    champion = best_trial(study)
+    if champion is None or not champion.user_attrs.get(RUN_ID_ATTR):
+        return None
+    base = baseline_model_trial(study)
+    key = {
+        "champion_trial": champion.number,
+        "baseline_trial": None if base is None else base.number,
+    }
+    stored = study.user_attrs.get(TEST_ATTR)
+    if isinstance(stored, dict) and all(stored.get(k) == v for k, v in key.items()):
+        return stored
+    try:
+        model = load_checkpoint(registry.client, champion.user_attrs[RUN_ID_ATTR])
+    except (MlflowException, OSError) as exc:
+        _log.warning("champion not evaluated on the test split: %s", exc)
+        return None
+    base_model = None
+    if base is not None and base.number != champion.number:
+        try:
+            base_model = load_checkpoint(registry.client, base.user_attrs[RUN_ID_ATTR])
+        except (KeyError, MlflowException, OSError):  # e.g. a run of an older version
+            base_model = None
+    result = {**key, **held_out(model, base_model, data)}
+    if base is not None and base.number == champion.number:  # the recipe won
+        result["baseline"] = dict(result["champion"])
+        result["gain"] = {"mean": 0.0, "low": 0.0, "high": 0.0, "method": "same model"}
+    study.set_user_attr(TEST_ATTR, result)
+    registry.describe_champion(result["champion"]["accuracy"], len(data.test))
+    return result

@@ -25,13 +25,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from search.champion import Candidate
+from search.champion import Candidate, evaluate_on_test
 from search.config import StudyConfig, flatten, safe_study_name
 from search.data import Dataset
 from search.errors import UserError, first_line
 from search.records import RUN_ID_ATTR, TRACKING_ERROR
-from search.registry import CHAMPION, Registry, load_checkpoint
-from search.study import best_trial
+from search.registry import CHAMPION, Registry
 from search.train import COMPILE_SECONDS, EpochStats, TrainResult
 from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri, sqlite_path
 
@@ -389,7 +388,7 @@ class Tracker:
             from search.champion import repair
 
             repair(self, study, data)
-            test = self._held_out(study, data)
+            test = evaluate_on_test(self.registry, study, data)
             if test is not None:
                 uri = f"models:/{self.study_name}@{CHAMPION}"
                 tags.append(RunTag("champion_uri", uri))
@@ -449,46 +448,3 @@ class Tracker:
                 continue
             with contextlib.suppress(MlflowException):
                 self.client.set_terminated(run.info.run_id, status="KILLED")
-
-    def _held_out(self, study: optuna.Study, data: Dataset) -> dict[str, Any] | None:
-        """The champion's and the baseline recipe's one evaluation on the test split
-        (`search.evidence.held_out`), kept in the study; computed again only when the
-        champion or the baseline's model changes (a study extended later)."""
-        from search.storage import study_lock
-
-        # Workers that finish together evaluate once: the second reads the first's result.
-        with study_lock(study, "test-evidence"):
-            return self._held_out_locked(study, data)
-
-    def _held_out_locked(self, study: optuna.Study, data: Dataset) -> dict[str, Any] | None:
-        from search.evidence import TEST_ATTR, baseline_model_trial, held_out
-
-        champion = best_trial(study)
-        if champion is None or not champion.user_attrs.get(RUN_ID_ATTR):
-            return None
-        base = baseline_model_trial(study)
-        key = {
-            "champion_trial": champion.number,
-            "baseline_trial": None if base is None else base.number,
-        }
-        stored = study.user_attrs.get(TEST_ATTR)
-        if isinstance(stored, dict) and all(stored.get(k) == v for k, v in key.items()):
-            return stored
-        try:
-            model = load_checkpoint(self.client, champion.user_attrs[RUN_ID_ATTR])
-        except (MlflowException, OSError) as exc:
-            _log.warning("champion not evaluated on the test split: %s", exc)
-            return None
-        base_model = None
-        if base is not None and base.number != champion.number:
-            try:
-                base_model = load_checkpoint(self.client, base.user_attrs[RUN_ID_ATTR])
-            except (KeyError, MlflowException, OSError):  # e.g. a run of an older version
-                base_model = None
-        result = {**key, **held_out(model, base_model, data)}
-        if base is not None and base.number == champion.number:  # the recipe won
-            result["baseline"] = dict(result["champion"])
-            result["gain"] = {"mean": 0.0, "low": 0.0, "high": 0.0, "method": "same model"}
-        study.set_user_attr(TEST_ATTR, result)
-        self.registry.describe_champion(result["champion"]["accuracy"], len(data.test))
-        return result
