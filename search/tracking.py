@@ -135,6 +135,70 @@ def _rebuild_if_half_made(path: Path) -> None:
     _log.warning("MLflow store %s was half-created; moved aside to %s", path, aside.name)
 
 
+def _experiment(client: MlflowClient, name: str, local_dir: Path | None) -> str:
+    """The study's experiment (named as the study): found, restored if deleted, or created
+    with its artifacts beside a local store and the tag that opens the UI on its runs."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        if EXPERIMENT_KIND_TAG not in found.tags:  # stores of earlier versions
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, _TRAINING)
+        return str(found.experiment_id)
+    location = (
+        (local_dir / "artifacts" / safe_study_name(name)).resolve().as_uri()
+        if local_dir is not None
+        else None
+    )
+    try:
+        return str(
+            client.create_experiment(
+                name,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: _TRAINING},  # the UI opens on training runs
+            )
+        )
+    except MlflowException:  # another worker created it a moment ago
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def _parent_run(
+    client: MlflowClient, study: optuna.Study, config: StudyConfig, experiment_id: str
+) -> str:
+    """Re-attach to the study's parent run (its id is kept in the study) or create it."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if run_id:
+        try:
+            run = client.get_run(run_id)
+            if run.info.lifecycle_stage != "deleted":
+                if run.info.status != "RUNNING":
+                    client.update_run(run_id, status="RUNNING")
+                return str(run_id)
+        except MlflowException:
+            pass  # the tracking store was reset: start a new parent
+    run = client.create_run(
+        experiment_id,
+        run_name=study.study_name,
+        tags={
+            "study": study.study_name,
+            "role": "study",
+            "optuna.study_id": str(study._study_id),
+        },
+    )
+    params = {
+        k: json.dumps(v) if isinstance(v, list | dict) else str(v)
+        for k, v in flatten(config.portable_dict()).items()
+        if not k.startswith("space.") and k != "space"
+    }
+    params.update({f"space.{k}": json.dumps(v) for k, v in config.space.items()})
+    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+    study.set_user_attr(PARENT_ATTR, run.info.run_id)
+    return str(run.info.run_id)
+
+
 class Tracker:
     """Implements the objective's `TrialTracker` protocol with MLflow."""
 
@@ -192,12 +256,12 @@ class Tracker:
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             client = MlflowClient(uri, registry_uri=uri)
-            experiment_id = cls._experiment(client, study.study_name, local_dir)
+            experiment_id = _experiment(client, study.study_name, local_dir)
         except (MlflowException, OSError, Exception) as exc:  # bad scheme, unreachable server…
             raise UserError(
                 f"cannot use tracking URI {redact_url(uri)}: {first_line(exc)}"
             ) from None
-        parent = cls._parent_run(client, study, config, experiment_id)
+        parent = _parent_run(client, study, config, experiment_id)
         return cls(
             client,
             study=study,
@@ -206,68 +270,6 @@ class Tracker:
             parent_run_id=parent,
             prewarm=prewarm,
         )
-
-    @staticmethod
-    def _experiment(client: MlflowClient, name: str, local_dir: Path | None) -> str:
-        found = client.get_experiment_by_name(name)
-        if found is not None:
-            if found.lifecycle_stage == "deleted":
-                client.restore_experiment(found.experiment_id)
-            if EXPERIMENT_KIND_TAG not in found.tags:  # stores of earlier versions
-                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, _TRAINING)
-            return str(found.experiment_id)
-        location = (
-            (local_dir / "artifacts" / safe_study_name(name)).resolve().as_uri()
-            if local_dir is not None
-            else None
-        )
-        try:
-            return str(
-                client.create_experiment(
-                    name,
-                    artifact_location=location,
-                    tags={EXPERIMENT_KIND_TAG: _TRAINING},  # the UI opens on training runs
-                )
-            )
-        except MlflowException:  # another worker created it a moment ago
-            found = client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return str(found.experiment_id)
-
-    @staticmethod
-    def _parent_run(
-        client: MlflowClient, study: optuna.Study, config: StudyConfig, experiment_id: str
-    ) -> str:
-        """Re-attach to the study's parent run (its id is kept in the study) or create it."""
-        run_id = study.user_attrs.get(PARENT_ATTR)
-        if run_id:
-            try:
-                run = client.get_run(run_id)
-                if run.info.lifecycle_stage != "deleted":
-                    if run.info.status != "RUNNING":
-                        client.update_run(run_id, status="RUNNING")
-                    return str(run_id)
-            except MlflowException:
-                pass  # the tracking store was reset: start a new parent
-        run = client.create_run(
-            experiment_id,
-            run_name=study.study_name,
-            tags={
-                "study": study.study_name,
-                "role": "study",
-                "optuna.study_id": str(study._study_id),
-            },
-        )
-        params = {
-            k: json.dumps(v) if isinstance(v, list | dict) else str(v)
-            for k, v in flatten(config.portable_dict()).items()
-            if not k.startswith("space.") and k != "space"
-        }
-        params.update({f"space.{k}": json.dumps(v) for k, v in config.space.items()})
-        client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
-        study.set_user_attr(PARENT_ATTR, run.info.run_id)
-        return str(run.info.run_id)
 
     # ------------------------------------------------------------------ TrialTracker
     def start_trial(self, number: int, params: Mapping[str, Any], *, phase: str = "search") -> str:
