@@ -39,7 +39,7 @@ def report_command(study_name: str, out_dir: Path | None, storage: str | None, q
     out = out_dir if out_dir is not None else Path("reports") / safe_study_name(study_name)
     names = {s.study_name for s in _summaries(opened)}
     if sweep_studies(opened, study_name):  # a size sweep of that name (and maybe a study too)
-        from search.sweep_report import write_sweep_report
+        from search.report.sweep import write_sweep_report
 
         where = out / "sweep" if study_name in names else out
         sweep = _writing(where, lambda: write_sweep_report(opened, study_name, where))

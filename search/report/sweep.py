@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from search.files import write_atomic
-from search.report import _new_figure, _png
+from search.report.figures import new_figure, png
 from search.summary import format_value
 from search.sweep import sweep_rows, trends
 
@@ -41,7 +41,7 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes:
     baseline recipe); each searched regularizer's chosen value (bars: min–max over the top
     configurations); each one's contribution by ablation (bars: 95% interval over seeds);
     the champion's train − validation accuracy gap."""
-    fig, (acc, reg, contrib, gap) = _new_figure(7.0, 10.0, rows=4)
+    fig, (acc, reg, contrib, gap) = new_figure(7.0, 10.0, rows=4)
     xs = [_x(r) for r in rows]
     for key, label, style in (
         ("champion_test", "champion", "o-"),
@@ -85,7 +85,7 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes:
     gap.xaxis.set_minor_formatter(NullFormatter())
     gap.grid(alpha=0.3)
     fig.suptitle("How much regularization for how much data")
-    return _png(fig, dpi=dpi)
+    return png(fig, dpi=dpi)
 
 
 Bar = tuple[float, float, float] | None  # (value, low, high)

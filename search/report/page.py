@@ -1,0 +1,428 @@
+"""`regsearch report`: one self-contained HTML page (plotly.js inlined once, works offline) with
+Optuna's interactive figures, plus PNG figures (matplotlib, Agg) saved next to it and embedded:
+the train/validation gap against each searched regularizer (and, for grid studies over several
+regularizers, per setting), learning curves, and the epochs saved by pruning and early stopping.
+
+The report reads a snapshot of the study's finished trials (COMPLETE and PRUNED), so it can be
+made while workers are still running. Every file is written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import html
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.champion import model_uri_of
+from search.files import write_atomic
+from search.report.data import (
+    MAX_SETTINGS,
+    EpochTotals,
+    Skip,
+    discrete,
+    epoch_totals,
+    epochs_trained,
+    searched_regularizers,
+    snapshot,
+)
+from search.report.figures import (
+    contributions_figure,
+    epochs_figure,
+    learning_curves,
+    regularizer_figure,
+    settings_figure,
+)
+from search.report.plots import importances, intermediate_values, needs_complete
+from search.space import REGULARIZERS
+from search.study import best_trial
+from search.summary import format_value
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from search.config import StudyConfig
+
+__all__ = [
+    "ReportResult",
+    "write_report",
+]
+
+
+@dataclass
+class ReportResult:
+    index: Path
+    pngs: list[Path] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)  # section title → why it is missing
+    seconds: dict[str, float] = field(default_factory=dict)  # section title → render time
+
+
+@dataclass(frozen=True)
+class _Section:
+    title: str
+    render: Callable[[], str]  # an HTML fragment; raises Skip
+
+
+def _table(rows: Sequence[tuple[str, Any]]) -> str:
+    body = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(format_value(v))}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table>{body}</table>"
+
+
+def _verdict_section(best: Mapping[str, Any] | None, metric: str) -> str:
+    """The study's answer: the same line as `run`, `best` and the dashboard note, then the
+    configurations the confirm phase compared and the held-out test evaluation."""
+    from search.summary import verdict
+
+    if best is None:
+        return "<p class='note'>No completed trial yet.</p>"
+    parts = [f"<p class='verdict'><b>{html.escape(verdict(dict(best), metric))}</b></p>"]
+    champion, test = best.get("champion"), best.get("test")
+    if champion is None:
+        parts.append(
+            "<p class='note'>No confirm phase yet (or `search.confirm: none`): the best trial "
+            "is one trial with one seed, scored on the split it was chosen on. "
+            "<code>regsearch confirm STUDY</code> retrains the top configurations with fresh "
+            "seeds.</p>"
+        )
+    rows: list[tuple[str, Any]] = []
+    if champion is not None:
+        val = champion["val"]
+        interval = "" if val["low"] is None else f" [{val['low']:.4f}, {val['high']:.4f}]"
+        rows.append(("champion configuration", f"of trial {champion['source']}"))
+        rows.append((f"{metric}, mean over seeds", f"{val['mean']:.4f}{interval} (n={val['n']})"))
+        rows.append(("seeds", ", ".join(map(str, champion["seeds"]))))
+        if best.get("gain_interval"):
+            g = best["gain_interval"]
+            shown = f"{g['mean']:+.4f}" + (
+                "" if g["low"] is None else f" [{g['low']:+.4f}, {g['high']:+.4f}]"
+            )
+            rows.append((f"gain over the baseline on {metric} (paired by seed)", shown))
+    if test is not None:
+        for who in ("champion", "baseline"):
+            if test.get(who):
+                t = test[who]
+                rows.append(
+                    (
+                        f"test: {who}",
+                        f"accuracy {t['accuracy']:.4f}, ECE {t['ece']:.4f}, NLL {t['nll']:.4f}",
+                    )
+                )
+        if test.get("gain"):
+            g = test["gain"]
+            rows.append(
+                (
+                    "test gain (95% interval)",
+                    f"{g['mean']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] — {g['method']}",
+                )
+            )
+    rows.append(("champion model", best.get("champion_uri") or best.get("model_uri") or "–"))
+    parts.append(_table(rows))
+    return "".join(parts)
+
+
+def _best_table(
+    best: FrozenTrial | None, metric: str, budget: int | None, model_uri: str | None = None
+) -> str:
+    if best is None:
+        return "<p class='note'>No completed trial yet.</p>"
+    attrs = best.user_attrs
+    rows: list[tuple[str, Any]] = [
+        ("trial", best.number),
+        (metric, best.value),
+        ("best epoch", attrs.get("best_epoch")),
+        ("epochs trained", f"{epochs_trained(best)}" + (f" of {budget}" if budget else "")),
+        ("stop reason", attrs.get("stop_reason")),
+        ("train accuracy", attrs.get("train_accuracy")),
+        ("val accuracy", attrs.get("val_accuracy")),
+        ("model URI", model_uri or attrs.get("model_uri") or "(not registered)"),
+        ("MLflow run", attrs.get("mlflow_run_id")),
+    ]
+    rows += [(f"param: {k}", v) for k, v in best.params.items()]
+    return _table(rows)
+
+
+def _image(name: str, data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return (
+        f"<a href='{html.escape(name)}'><img alt='{html.escape(alt)}' "
+        f"src='data:image/png;base64,{encoded}'></a>"
+        f"<p class='file'>{html.escape(name)}</p>"
+    )
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .5em 0; }
+th, td { text-align: left; padding: .2em .8em; border-bottom: 1px solid #eee; font-size: .92em; }
+th { font-weight: 600; color: #555; } img { max-width: 100%; }
+.note { color: #8a6d3b; background: #fcf8e3; padding: .4em .8em; }
+.file { color: #888; font-size: .8em; margin-top: 0; }
+"""
+
+
+def _page(title: str, head_rows: str, sections: Sequence[tuple[str, str]]) -> str:
+    from plotly.offline import get_plotlyjs
+
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>",
+        f"<script type='text/javascript'>{get_plotlyjs()}</script>",
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        head_rows,
+    ]
+    for heading, fragment in sections:
+        parts.append(f"<section><h2>{html.escape(heading)}</h2>{fragment}</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+class _Progress:
+    """One task per figure: a rich progress display on a terminal, one line per figure in
+    logs, nothing without a console."""
+
+    def __init__(self, titles: Sequence[str], console: Console | None) -> None:
+        self.console = console
+        self._live = None
+        self._tasks: dict[str, Any] = {}
+        if console is not None and console.is_terminal:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._live = Progress(
+                SpinnerColumn(finished_text="[green]✓"),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            )
+            self._tasks = {t: self._live.add_task(t, total=1, start=False) for t in titles}
+
+    def __enter__(self) -> _Progress:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.perf_counter()
+        if self._live is not None:
+            self._live.start_task(self._tasks[title])
+        yield
+        if self._live is not None:
+            self._live.update(self._tasks[title], completed=1)
+        elif self.console is not None:
+            self.console.print(f"report: {title} ({time.perf_counter() - started:.1f} s)")
+
+
+def write_report(
+    study: optuna.Study,
+    out_dir: Path,
+    *,
+    config: StudyConfig | None = None,
+    console: Console | None = None,
+) -> ReportResult:
+    """Render `out_dir/index.html` and its PNG figures; returns what was written.
+
+    `config` (the study's stored config) supplies the epoch budget, the objective metric and
+    the fixed regularizers; without it they are inferred from the trials.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    snap = snapshot(study)
+    trials = snap.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = best_trial(snap) if complete else None  # of the search (curves, figures)
+    champion = best_trial(study)  # the confirmed champion's retrain once there is one
+    metric = (
+        config.objective.metric
+        if config
+        else str(study.user_attrs.get("objective_metric", "value"))
+    )
+    budget = config.train.epochs if config else None
+
+    def budget_of(t: FrozenTrial) -> int:
+        searched = t.params.get("epochs")
+        if isinstance(searched, int):
+            return searched
+        return budget if budget is not None else max(map(epochs_trained, trials), default=0)
+
+    totals = epoch_totals(trials, budget_of)
+    result = ReportResult(index=out_dir / "index.html")
+
+    def png_section(name: str, alt: str, make: Callable[[], bytes]) -> Callable[[], str]:
+        def render() -> str:
+            data = make()
+            write_atomic(out_dir / name, data)
+            result.pngs.append(out_dir / name)
+            return _image(name, data, alt)
+
+        return render
+
+    import optuna.visualization as vis
+
+    from search.summary import best_summary
+
+    summary = best_summary(study)
+    sections = [_Section("Verdict", lambda: _verdict_section(summary, metric))]
+    if summary is not None and summary.get("contributions"):
+        contributions = summary["contributions"]
+        sections.append(
+            _Section(
+                "Contributions (ablation of the champion)",
+                png_section(
+                    "contributions.png",
+                    "each regularizer's contribution with its interval",
+                    lambda: contributions_figure(contributions, metric),
+                ),
+            )
+        )
+    sections += [
+        _Section(
+            "Champion trial",
+            lambda: _best_table(
+                champion, metric, budget, model_uri_of(snap, champion) if champion else None
+            ),
+        ),
+        _Section(
+            "Optimization history",
+            lambda: needs_complete(len(complete), lambda: vis.plot_optimization_history(snap)),
+        ),
+        _Section(
+            "Parameter importances (fANOVA, search trials)",
+            lambda: importances(snap, len(complete)),
+        ),
+    ]
+    for name in searched_regularizers(trials):
+        file = f"regularizer-{name}.png"
+        sections.append(
+            _Section(
+                f"Regularizer: {name}",
+                png_section(
+                    file,
+                    f"{name}: train/val accuracy and gap",
+                    functools.partial(regularizer_figure, name, trials),
+                ),
+            )
+        )
+    searched = searched_regularizers(trials)
+    combos = {tuple(t.params.get(n) for n in searched) for t in complete}
+    if len(searched) > 1 and discrete(trials, searched) and 2 <= len(combos) <= MAX_SETTINGS:
+        sections.append(
+            _Section(
+                "Regularizer settings compared",
+                png_section(
+                    "settings.png",
+                    "train/val accuracy per setting",
+                    functools.partial(settings_figure, searched, trials),
+                ),
+            )
+        )
+    sections += [
+        _Section(
+            "Learning curves",
+            png_section(
+                "learning-curves.png",
+                "learning curves",
+                lambda: learning_curves(trials, best, metric, budget),
+            ),
+        ),
+        _Section(
+            "Epochs trained and saved",
+            png_section(
+                "epochs.png", "epochs per trial", lambda: epochs_figure(trials, budget_of, totals)
+            ),
+        ),
+        _Section(
+            "Parallel coordinates",
+            lambda: needs_complete(len(complete), lambda: vis.plot_parallel_coordinate(snap)),
+        ),
+        _Section(
+            "Slices",
+            lambda: needs_complete(len(complete), lambda: vis.plot_slice(snap), height=420),
+        ),
+        _Section("Intermediate values", lambda: intermediate_values(snap)),
+    ]
+
+    rendered: list[tuple[str, str]] = []
+    with _Progress([s.title for s in sections], console) as progress:
+        for section in sections:
+            started = time.perf_counter()
+            with progress.step(section.title):
+                try:
+                    fragment = section.render()
+                except Skip as skip:
+                    result.notes[section.title] = str(skip)
+                    fragment = f"<p class='note'>Not shown: {html.escape(str(skip))}</p>"
+            result.seconds[section.title] = time.perf_counter() - started
+            rendered.append((section.title, fragment))
+
+    page = _page(
+        f"regsearch report — study {study.study_name}",
+        _header(study, config, totals),
+        rendered,
+    )
+    write_atomic(result.index, page.encode("utf-8"))
+    return result
+
+
+def _header(study: optuna.Study, config: StudyConfig | None, totals: EpochTotals) -> str:
+    states: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    rows: list[tuple[str, Any]] = [
+        ("direction", study.direction.name.lower()),
+        ("trials", ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) or "none"),
+        ("generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+    ]
+    if states.get("RUNNING"):
+        rows.append(("note", f"{states['RUNNING']} running trial(s) are not included"))
+    if config is not None:
+        rows += [
+            ("dataset", config.dataset.name),
+            ("model", config.model.name),
+            ("epochs (budget per trial)", config.train.epochs),
+            ("sampler / pruner", f"{config.search.sampler.name} / {config.search.pruner.name}"),
+        ]
+        fixed = _fixed_regularizers(config.space)
+        if fixed:
+            rows.append(
+                (
+                    "fixed regularizers",
+                    ", ".join(f"{k}={format_value(v)}" for k, v in fixed.items()),
+                )
+            )
+    if totals.budget:
+        saved = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in sorted(totals.saved_by.items()))
+        rows.append(
+            (
+                "epochs trained",
+                f"{totals.trained} of {totals.budget}" + (f" (saved: {saved})" if saved else ""),
+            )
+        )
+    return _table(rows)
+
+
+def _fixed_regularizers(space: Mapping[str, Any]) -> dict[str, Any]:
+    fixed = {}
+    for key, value in space.items():
+        name = str(key).rpartition(".")[2]
+        if name in REGULARIZERS and not isinstance(value, Mapping):
+            fixed[name] = value
+    return fixed
