@@ -186,7 +186,9 @@ def sweep_rows(storage: optuna.storages.BaseStorage, sweep: str) -> list[dict[st
                 "fraction": fraction,
                 "train_images": study.user_attrs.get(TRAIN_IMAGES_ATTR),
                 "trials": len(study.get_trials(deepcopy=False)),
-                "champion_val": None if best is None else best["value"],
+                # The confirmed champion's mean over its seeds; before (or without) a confirm
+                # phase, the best trial's value.
+                "champion_val": _champion_value(best),
                 "champion_test": (test.get("champion") or {}).get("accuracy"),
                 "baseline_test": (test.get("baseline") or {}).get("accuracy"),
                 "train_val_gap": _gap(champion),
@@ -199,6 +201,14 @@ def sweep_rows(storage: optuna.storages.BaseStorage, sweep: str) -> list[dict[st
             }
         )
     return rows
+
+
+def _champion_value(best: dict[str, Any] | None) -> float | None:
+    if best is None:
+        return None
+    confirmed = (best.get("champion") or {}).get("val") or {}
+    mean = confirmed.get("mean")
+    return float(mean) if mean is not None else best["value"]
 
 
 def trends(rows: Sequence[dict[str, Any]]) -> list[str]:
