@@ -10,6 +10,8 @@ import contextlib
 import gc
 import logging
 import math
+import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,12 +35,13 @@ from search.records import (
     SURPLUS,
     TIEBREAK_ATTR,
     TRACKING_ERROR,
+    WORKER_ATTR,
     is_budget_trial,
 )
 from search.space import SearchSpace
 from search.storage import describe_storage_error, storage_error_of
 from search.study import beats_best
-from search.train import COMPILE_SECONDS, NONFINITE, EpochStats, TrainResult, train
+from search.train import COMPILE_SECONDS, NONFINITE, EpochStats, Trainer, TrainResult, train
 
 if TYPE_CHECKING:
     from optuna.artifacts._protocol import ArtifactStore
@@ -107,8 +110,10 @@ class Objective:
         tracker: TrialTracker | None = None,
         listeners: Sequence[RunListener] = (),
         artifact_store: ArtifactStore | None = None,
+        trainer: Trainer = train,
     ) -> None:
         self.config = config
+        self.trainer = trainer  # `train`; the pruning benchmark replays recorded curves
         self.space = SearchSpace.from_config(config)
         self.data = data.to(device)  # once per worker, not once per trial
         self.device = device
@@ -136,6 +141,7 @@ class Objective:
             trial.set_user_attr(STOP_REASON_ATTR, SURPLUS)
             raise SurplusTrial(f"trial {trial.number}: the study's n_trials is already reached")
         self.running_trial_id = trial._trial_id
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         phase = trial.user_attrs.get(PHASE_ATTR)
         if phase is None:
             phase = SEARCH
@@ -280,7 +286,7 @@ class Objective:
                 listener.epoch_done(trial.number, stats)
             return PRUNED if stop else None
 
-        return train(cfg, self.data, device=self.device, on_epoch=on_epoch)
+        return self.trainer(cfg, self.data, device=self.device, on_epoch=on_epoch)
 
     def _finish(
         self, trial: optuna.Trial, run_id: str | None, state: str, summary: Mapping[str, Any]

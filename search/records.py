@@ -24,6 +24,7 @@ __all__ = [
     "TIEBREAK_ATTR",
     "TRACKING_ERROR",
     "TRAIN_IMAGES_ATTR",
+    "WORKER_ATTR",
     "baseline_trial",
     "is_budget_trial",
     "outranks",
@@ -37,6 +38,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 STOP_REASON_ATTR = "stop_reason"  # why it ended: max_epochs, early_stopping, pruned, surplus, …
 RUN_ID_ATTR = "mlflow_run_id"  # its MLflow run
 MODEL_URI_ATTR = "model_uri"  # the registered model version, when it became the champion
+WORKER_ATTR = "worker"  # host:pid of the worker process that ran it
 SURPLUS = "surplus"  # the stop reason of a trial started after the budget was reached
 # A trial whose MLflow run could not be closed (a tracking outage); `Tracker.close` closes it.
 TRACKING_ERROR = "tracking_error"

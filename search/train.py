@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,14 @@ __all__ = [
     "COMPILE_SECONDS",
     "EarlyStopping",
     "EpochStats",
+    "Epochs",
     "TrainResult",
+    "Trainer",
     "build_model",
     "epoch_plan",
     "make_optimizer",
     "resolve_device",
+    "run_epochs",
     "train",
     "train_one_epoch",
 ]
@@ -76,6 +79,19 @@ class TrainResult:
 
 
 EpochCallback = Callable[[EpochStats], str | None]
+
+
+class Trainer(Protocol):
+    """What trains a trial for the objective: `train`, or a replay of recorded curves."""
+
+    def __call__(
+        self,
+        cfg: TrialConfig,
+        data: Dataset,
+        *,
+        device: torch.device | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> TrainResult: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -336,6 +352,45 @@ def _epoch_stats(
     )
 
 
+class Epochs:
+    """A trial's epochs, each trained when the next is asked for: a consumer that stops asking
+    stops training. `train` is one consumer; `regsearch bench --only pruning` replays many
+    pruners over the same curves with another. A non-finite fit loss ends the run with a last
+    `EpochStats` whose metrics are NaN (no epoch-end evaluation is spent on a diverged model).
+    """
+
+    def __init__(self, cfg: TrialConfig, data: Dataset, *, device: torch.device | None = None):
+        t = cfg.train
+        self.cfg, self.data = cfg, data
+        self.device = device or data.train.x.device
+        self.loop, model_kwargs = _loop(cfg, data, self.device)
+        # A fixed clean subset of the training split, for the train-vs-val gap.
+        g = torch.Generator().manual_seed(t.seed)
+        subset = torch.randperm(len(data.train), generator=g)[: t.train_eval_size]
+        subset = subset.to(self.device)
+        self.clean_train = ImageSet(data.train.x[subset], data.train.y[subset])
+        self.result = TrainResult(
+            stop_reason=MAX_EPOCHS, epochs_trained=0, model_kwargs=model_kwargs
+        )
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loop.model
+
+    def __iter__(self) -> Iterator[EpochStats]:
+        data = self.data
+        for epoch in range(1, self.cfg.train.epochs + 1):
+            started = time.perf_counter()
+            fit_loss = train_one_epoch(self.loop, data.train, data.max_value, self.result)
+            if not math.isfinite(fit_loss):
+                nan = math.nan
+                yield EpochStats(epoch, nan, nan, nan, nan, fit_loss, nan, nan)
+                return
+            yield _epoch_stats(
+                self.loop, self.clean_train, data, epoch=epoch, fit_loss=fit_loss, started=started
+            )
+
+
 def train(
     cfg: TrialConfig,
     data: Dataset,
@@ -348,30 +403,31 @@ def train(
     `data` should already live on `device` (`Dataset.to`), so the loop never copies images
     from the host. `on_epoch` may return a stop reason (e.g. "pruned") to end the run.
     """
-    t = cfg.train
-    device = device or data.train.x.device
-    loop, model_kwargs = _loop(cfg, data, device)
-    # A fixed clean subset of the training split, for the train-vs-val gap.
-    g = torch.Generator().manual_seed(t.seed)
-    subset = torch.randperm(len(data.train), generator=g)[: t.train_eval_size].to(device)
-    clean_train = ImageSet(data.train.x[subset], data.train.y[subset])
+    run = Epochs(cfg, data, device=device)
+    return run_epochs(cfg, run, result=run.result, model=run.model, on_epoch=on_epoch)
+
+
+def run_epochs(
+    cfg: TrialConfig,
+    epochs: Iterable[EpochStats],
+    *,
+    result: TrainResult,
+    model: nn.Module | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
+    """Consume `epochs` as a trial does: keep the best epoch (with `model`'s weights at it),
+    call `on_epoch`, stop on its reason, on patience or on a non-finite value."""
     metric = cfg.objective.metric
     stopper = EarlyStopping(
         patience=cfg.early_stopping.patience,
         min_delta=cfg.early_stopping.min_delta,
         maximize=cfg.objective.direction == "maximize",
     )
-    result = TrainResult(stop_reason=MAX_EPOCHS, epochs_trained=0, model_kwargs=model_kwargs)
-    for epoch in range(1, t.epochs + 1):
-        started = time.perf_counter()
-        fit_loss = train_one_epoch(loop, data.train, data.max_value, result)
-        result.epochs_trained = epoch
-        if not math.isfinite(fit_loss):
+    for stats in epochs:
+        result.epochs_trained = stats.epoch
+        if not math.isfinite(stats.fit_loss):
             result.stop_reason = NONFINITE
             break
-        stats = _epoch_stats(
-            loop, clean_train, data, epoch=epoch, fit_loss=fit_loss, started=started
-        )
         result.history.append(stats)
         value = getattr(stats, metric)
         if not math.isfinite(value):
@@ -379,15 +435,16 @@ def train(
             break
         tiebreak = stats.val_loss if metric == "val_accuracy" else None
         if stopper.improved(value, tiebreak):
-            result.best_epoch, result.best_value, result.best_stats = epoch, value, stats
-            result.state_dict = {
-                k: v.detach().to("cpu", copy=True) for k, v in loop.model.state_dict().items()
-            }
+            result.best_epoch, result.best_value, result.best_stats = stats.epoch, value, stats
+            if model is not None:
+                result.state_dict = {
+                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                }
         reason = on_epoch(stats) if on_epoch is not None else None
         if reason:
             result.stop_reason = reason
             break
-        if stopper.should_stop and epoch < t.epochs:  # out of patience on the last epoch: max
+        if stopper.should_stop and stats.epoch < cfg.train.epochs:  # the last epoch: max
             result.stop_reason = EARLY_STOPPING
             break
     return result
