@@ -118,126 +118,40 @@ def _champion_seconds(
     return seconds
 
 
-PG_ADMIN_ENV = "REGSEARCH_BENCH_PG"  # e.g. postgresql://postgres@127.0.0.1:5432/postgres
-
-
-def _storage_loop(url: str, *, trials: int, epochs: int) -> list[float]:
-    """Seconds per trial of the service's own Optuna work with no training: ask, sample the
-    contract space, report (+ prune check) every epoch, tell, with the default study's sampler
-    and pruner, as the objective does them. How it grows with the study."""
-    import optuna
-
-    from search.objective import report_epoch
-    from search.storage import open_storage
-    from search.study import make_pruner, make_sampler
-
-    config = load_config()
-    space = SearchSpace.from_config(config)
-    study = optuna.create_study(
-        storage=open_storage(url),  # ask/tell has no heartbeat thread: measure without one
-        sampler=make_sampler(config),
-        pruner=make_pruner(config),
-        direction=config.objective.direction,
-        study_name="bench-storage",
-    )
-    seconds = []
-    for number in range(trials):
-        start = time.perf_counter()
-        trial = study.ask()
-        cfg = space.sample(trial)
-        value = 0.5 + 0.4 * cfg.regularization.dropout  # any deterministic curve will do
-        state = optuna.trial.TrialState.COMPLETE
-        for epoch in range(1, epochs + 1):
-            curve = value * epoch / epochs + 0.001 * (number % 7)
-            if report_epoch(trial, curve, epoch, can_prune=True):
-                state = optuna.trial.TrialState.PRUNED
-                break
-        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def storage_ms_per_trial(*, trials: int = 1000, epochs: int = 10) -> dict[str, Any]:
-    """Milliseconds of storage + sampler + pruner work per trial near trial 10 and near the
-    last trial, on SQLite and (when `$REGSEARCH_BENCH_PG` names an admin URL, or a server
-    answers on 127.0.0.1:5432) on PostgreSQL in a scratch database."""
-    import os
-    import uuid
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    out: dict[str, Any] = {"trials": trials, "epochs_per_trial": epochs}
-
-    def summarise(seconds: list[float]) -> dict[str, float]:
-        return {
-            "ms_at_10": round(1000 * statistics.median(seconds[5:15]), 2),
-            f"ms_at_{trials}": round(1000 * statistics.median(seconds[-10:]), 2),
-        }
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out["sqlite"] = summarise(
-            _storage_loop(f"sqlite:///{tmp}/bench.db", trials=trials, epochs=epochs)
-        )
-    admin_url = os.environ.get(PG_ADMIN_ENV, "postgresql://postgres@127.0.0.1:5432/postgres")
-    try:
-        import psycopg
-
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
-    except Exception as exc:  # no driver or no server: report why, measure the rest
-        out["postgresql"] = f"skipped: {type(exc).__name__}"
-        return out
-    name = f"regsearch_bench_{uuid.uuid4().hex[:8]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-            out["postgresql"] = summarise(
-                _storage_loop(f"{base}/{name}", trials=trials, epochs=epochs)
-            )
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    return out
-
-
-def worker_scaling(*, trials: int = 8, epochs: int = 3) -> dict[str, Any]:
-    """Finished trials per minute of a digits study with 2 workers ÷ with 1, one CPU thread
-    per worker (the same CPU budget per trial), timed from the first trial's start to the
-    last trial's end so process start-up is not counted."""
-    import subprocess
-    import sys
-
-    import optuna
-
-    rates = {}
-    for workers in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "search", "run", "--study", "scaling", "--quiet"]
-            cmd += ["--workers", str(workers), "--threads", "1", "--n-trials", str(trials)]
-            cmd += ["--set", f"train.epochs={epochs}", "--set", "search.pruner=none"]
-            cmd += ["--set", "tracking.enabled=false", "--set", "early_stopping.patience=null"]
-            cmd += ["--set", "search.confirm=none"]  # search throughput, not the retrains
-            subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
-            study = optuna.load_study(
-                study_name="scaling", storage=f"sqlite:///{tmp}/studies/regsearch.db"
-            )
-            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-            start = min(t.datetime_start for t in done if t.datetime_start)
-            end = max(t.datetime_complete for t in done if t.datetime_complete)
-            rates[workers] = len(done) / ((end - start).total_seconds() / 60)
-    return {
-        "worker_scaling": round(rates[2] / rates[1], 3),
-        "trials_per_minute_1_worker": round(rates[1], 1),
-        "trials_per_minute_2_workers": round(rates[2], 1),
-        "trials": trials,
-        "epochs": epochs,
-    }
-
-
 def _sweep_warm_start() -> dict[str, Any]:
     from search.bench_sweep import sweep_warm_start
 
     return sweep_warm_start()
+
+
+def _pruning() -> dict[str, Any]:
+    from search.bench_search import pruning
+
+    return pruning()
+
+
+def _samplers() -> dict[str, Any]:
+    from search.bench_search import samplers
+
+    return samplers()
+
+
+def _storage_ms_per_trial() -> dict[str, Any]:
+    from search.bench_storage import storage_ms_per_trial
+
+    return storage_ms_per_trial()
+
+
+def _worker_scaling() -> dict[str, Any]:
+    from search.bench_runs import worker_scaling
+
+    return worker_scaling()
+
+
+def _time_to_target() -> dict[str, Any]:
+    from search.bench_runs import time_to_target
+
+    return time_to_target()
 
 
 def _real_data() -> dict[str, Any]:
@@ -251,8 +165,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     "trial_overhead": lambda _: trial_overhead(),
     "train_images_per_second": lambda device: train_images_per_second(device=device),
     "augment_speedup": lambda device: augment_speedup(device=device),
-    "storage_ms_per_trial": lambda _: storage_ms_per_trial(),
-    "worker_scaling": lambda _: worker_scaling(),
+    "pruning": lambda _: _pruning(),
+    "samplers": lambda _: _samplers(),
+    "time_to_target": lambda _: _time_to_target(),
+    "storage_ms_per_trial": lambda _: _storage_ms_per_trial(),
+    "worker_scaling": lambda _: _worker_scaling(),
     "airbench_trial": lambda device: airbench_trial(device=device),
     "real_data": lambda _: _real_data(),
     "sweep_warm_start": lambda _: _sweep_warm_start(),
@@ -280,7 +197,15 @@ def run_benchmarks(
     out: dict[str, Any] = {"machine": {**machine(), "retain_freed_memory": retain_freed_memory()}}
     out["machine"]["device"] = str(where)
     default = DEVICE_FIGURES if where.type == "cuda" and device != "auto" else None
-    for name in names or default or [n for n in BENCHMARKS if n not in OPT_IN]:
+    todo = list(names or default or [n for n in BENCHMARKS if n not in OPT_IN])
+    replayed = tuple(n for n in ("pruning", "samplers") if n in todo)
+    if len(replayed) > 1:  # one pool for both: its jobs balance over the cores
+        from search.bench_search import prefetch
+
+        if echo:
+            echo(f"bench: {' and '.join(replayed)}: replaying their studies …")
+        prefetch(replayed)
+    for name in todo:
         if echo:
             echo(f"bench: {name} …")
         out[name] = BENCHMARKS[name](where)
