@@ -15,8 +15,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.config import StudyConfig, flatten, parse_config
+from search.config import StudyConfig, parse_config
 from search.errors import UserError
+from search.overrides import flatten
 from search.records import (
     BASELINE,
     CONFIG_ATTR,

@@ -10,8 +10,9 @@ from typing import Any
 
 import yaml
 
-from search.config import DEFAULTS, StudyConfig, apply_overrides, deep_merge, parse_config
+from search.config import DEFAULTS, StudyConfig, parse_config
 from search.errors import UserError, first_line
+from search.overrides import apply_overrides, deep_merge
 
 __all__ = ["load_config", "read_study_file", "validate_config"]
 

@@ -26,9 +26,10 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from search.champion import Candidate, evaluate_on_test
-from search.config import StudyConfig, flatten, safe_study_name
+from search.config import StudyConfig, safe_study_name
 from search.data import Dataset
 from search.errors import UserError, first_line
+from search.overrides import flatten
 from search.records import RUN_ID_ATTR, TRACKING_ERROR
 from search.registry import CHAMPION, Registry
 from search.train import COMPILE_SECONDS, EpochStats, TrainResult

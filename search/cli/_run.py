@@ -335,7 +335,7 @@ def worker_command(
     quiet: bool,
 ) -> None:
     """Join an existing study (its config is stored in the study), e.g. from another machine."""
-    from search.config import apply_overrides
+    from search.overrides import apply_overrides
     from search.storage import open_storage, resolve_storage_url
     from search.study import load_existing
     from search.studyfile import validate_config

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from search.config import DEFAULT_SPACE, DEFAULTS, StudyConfig, apply_overrides, deep_merge
+from search.config import DEFAULT_SPACE, DEFAULTS, StudyConfig
 from search.errors import UserError
+from search.overrides import apply_overrides, deep_merge
 from search.studyfile import load_config
 
 
@@ -39,7 +40,7 @@ def test_defaults_load() -> None:
     assert config.objective.metric == "val_accuracy"
     assert config.objective.direction == "maximize"
     assert config.search.sampler.name == "tpe"
-    assert config.search.pruner.name == "median"
+    assert config.search.pruner.name == "successive-halving"
     assert config.space == DEFAULT_SPACE
 
 

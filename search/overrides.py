@@ -1,0 +1,109 @@
+"""Nested study-file mappings: merging a file over the defaults (`deep_merge`), `--set KEY=VALUE`
+items (`apply_overrides`, values parsed as YAML) and dotted keys (`flatten`). Plain mappings in,
+plain mappings out: validation is `search.config.parse_config`'s.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import yaml
+
+from search.errors import UserError, first_line
+
+__all__ = ["apply_overrides", "deep_merge", "flatten"]
+
+
+def _merges(old: Any, new: Any) -> bool:
+    """Whether `new` refines `old` key by key rather than replacing it. A space distribution
+    (`type: ...`) or a differently named sampler/pruner (`name: ...`) replaces: a categorical
+    must not inherit `low`/`high`, a hyperband pruner must not inherit the median's options."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return False
+    return "type" not in new and new.get("name", old.get("name")) == old.get("name")
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, recursively for mappings that refine rather than replace."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        old = merged.get(key)
+        if isinstance(old, Mapping) and _merges(old, value):
+            merged[key] = deep_merge(old, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _parse_assignment(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {item!r}: expected KEY.SUB=VALUE")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(
+            f"--set {key}: value {raw!r} is not valid YAML ({first_line(exc)})"
+        ) from None
+    return key.split("."), value
+
+
+def apply_overrides(data: Mapping[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
+    """Apply `--set a.b=value` items; values are parsed as YAML (numbers, lists, mappings)."""
+    result = copy.deepcopy(dict(data))
+    for item in assignments:
+        path, value = _parse_assignment(item)
+        node: dict[str, Any] = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(
+                    f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a mapping"
+                )
+            node = child
+        if _merges(node.get(path[-1]), value):
+            node[path[-1]] = deep_merge(node[path[-1]], value)
+        elif _renames(path, node, value):
+            # `search.pruner.name=hyperband`: the median's options are not hyperband's. A
+            # sampler's seed is every sampler's option, and stays.
+            seed = (
+                {**node.get("options", {}), **node}.get("seed") if path[-2] == "sampler" else None
+            )
+            node.clear()
+            node["name"] = value
+            if seed is not None:
+                node["seed"] = seed
+        else:
+            node[path[-1]] = value
+    return result
+
+
+def _renames(path: list[str], node: Mapping[str, Any], value: Any) -> bool:
+    """Whether `--set search.sampler.name=…` / `search.pruner.name=…` picks another class."""
+    return (
+        len(path) >= 2
+        and path[-1] == "name"
+        and path[-2] in ("sampler", "pruner")
+        and node.get("name") != value
+    )
+
+
+def flatten(
+    data: Mapping[str, Any], *, keep: Iterable[str] = (), prefix: str = ""
+) -> dict[str, Any]:
+    """Dotted keys of a nested mapping (`{"train": {"lr": 1}}` → `{"train.lr": 1}`); the
+    mappings at keys in `keep` (dotted) and empty ones stay whole values."""
+    keep = frozenset(keep)
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and path not in keep:
+            flat.update(flatten(value, keep=keep, prefix=f"{path}."))
+        else:
+            flat[path] = value
+    return flat

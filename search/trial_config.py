@@ -1,0 +1,229 @@
+"""The sections of a study file that say how one model trains — data set, model, training,
+early stopping, objective — and the `TrialConfig` a trial trains with (those sections plus the
+sampled `Regularization`). The study as a whole (`StudyConfig`) is `search.config`'s.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "DatasetConfig",
+    "EarlyStoppingConfig",
+    "Int",
+    "ModelConfig",
+    "ObjectiveConfig",
+    "Regularization",
+    "Section",
+    "TrainConfig",
+    "TrialConfig",
+    "auto_or_positive_int",
+    "off_is_none",
+]
+
+
+def auto_or_positive_int(value: Any) -> Any:
+    """`auto` or an integer >= 1 (not a bool, not 2.5): one message for every such key."""
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected auto or an integer >= 1, got {value!r}")
+    return value
+
+
+def off_is_none(value: Any) -> Any:
+    """`none`, `off` or `false` in a study file turns a section off (None)."""
+    return None if value is None or str(value).lower() in ("none", "off", "false") else value
+
+
+# Integers are integers: YAML's `true` is not 1 and 2.5 is not 2.
+Int = Annotated[int, Strict()]
+
+
+class Section(BaseModel):
+    # No NaN or infinity in any float key: `warmup_epochs: .inf` would fail every trial.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DatasetConfig(Section):
+    name: Literal[
+        "digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder"
+    ] = "digits"
+    # The folder holding the files of cifar10, cifar100, mnist, fashion-mnist (torchvision's
+    # layout: <root>/cifar-10-batches-py, <root>/MNIST/raw, ...) or imagefolder (one sub-folder
+    # of images per class). Required for those; unused by digits and synthetic.
+    root: Path | None = None
+    # Fetch a missing torchvision data set into `root` (needs network access); off by default.
+    download: bool = False
+    # Data sets with an official test split (cifar10, cifar100, mnist, fashion-mnist) keep it as
+    # the test split: `test_fraction` is then unused and `val_fraction` is the share of the
+    # official training images held out for validation.
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: Int = 0
+    # Train on this share of the training split: a stratified subset (at least one image a
+    # class), seeded by `split_seed`, each smaller fraction inside every larger one. The
+    # validation and test splits stay the same, so studies at other fractions compare.
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # `synthetic` only: a learnable set of any shape, for tests and benchmarks.
+    num_samples: Int = Field(2000, ge=20)
+    num_classes: Int = Field(10, ge=2)
+    # Channels of the images the models see: `auto` keeps the data set's own (an ImageFolder:
+    # the majority of its images, so grayscale PNGs stay 1-channel; `synthetic`: 1); 1 or 3
+    # converts (luma, or the grey channel repeated). `synthetic` makes any count it is given.
+    channels: Literal["auto"] | int = "auto"
+    # Whether augmentation may mirror images: `auto` follows the data set (no for digits and
+    # MNIST, whose mirrored glyphs are other glyphs; yes for photos, clothes and folders).
+    flip: Literal["auto"] | bool = "auto"
+    # Side of the square images of `synthetic` (default 8) and `imagefolder` (default 32, the
+    # size images are resized to); filled in from the name when left out, unused by the others.
+    image_size: Int | None = Field(None, ge=4)
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DatasetConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 0.9, got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        return self
+
+    @field_validator("flip", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, flip: Any) -> Any:
+        if flip != "auto" and not isinstance(flip, bool):
+            raise ValueError(f"expected auto, true or false, got {flip!r}")
+        return flip
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _auto_or_channels(cls, channels: Any) -> Any:
+        return auto_or_positive_int(channels)
+
+    @model_validator(mode="after")
+    def _root_and_image_size(self) -> DatasetConfig:
+        file_based = ("cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder")
+        if self.name in file_based and self.root is None:
+            where = (
+                "a folder with one sub-folder of images per class"
+                if self.name == "imagefolder"
+                else "the folder that holds its files, or receives them with dataset.download: true"
+            )
+            raise ValueError(f"dataset.root is required for dataset {self.name} ({where})")
+        default_size = {"synthetic": 8, "imagefolder": 32}.get(self.name)
+        if self.image_size is None and default_size is not None:
+            object.__setattr__(self, "image_size", default_size)
+        return self
+
+
+class ModelConfig(Section):
+    # `auto`: chosen from the data set's image size, channels and size (`search.auto`); the
+    # choice is what the study stores.
+    name: str = "auto"
+    width: Int | None = Field(None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str, info: ValidationInfo) -> str:
+        if name == "auto" or (info.context and not info.context.get("check_model", True)):
+            return name  # a stored config, read by a command that builds no model
+        from models import list_models  # imports torch: seconds
+
+        if name not in list_models():
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        return name
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class TrainConfig(Section):
+    epochs: Int = Field(20, ge=1)
+    # `auto`: from the training split's size (`search.auto.batch_size_for`), so a small split
+    # still gets several optimizer steps an epoch.
+    batch_size: Literal["auto"] | int = "auto"
+    # An epoch (the unit of pruning and early-stopping patience) repeats passes over a tiny
+    # training split until it holds at least this many optimizer steps.
+    min_steps_per_epoch: Int = Field(8, ge=1)
+    lr: float = Field(3e-3, gt=0.0, le=10.0)  # above 10 every trial diverges
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # `auto`: channels_last on CUDA (what its convolutions run fastest in), contiguous else.
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    compile: bool = False
+    seed: Int = 0
+    train_eval_size: Int = Field(512, ge=1)
+    eval_batch_size: Int = Field(1024, ge=1)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _auto_or_size(cls, size: Any) -> Any:
+        return auto_or_positive_int(size)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not _DEVICE.match(device):
+            raise ValueError(f"expected auto, cpu, mps, cuda or cuda:N, got {device!r}")
+        return device
+
+
+class EarlyStoppingConfig(Section):
+    patience: Int | None = Field(6, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class ObjectiveConfig(Section):
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @model_validator(mode="after")
+    def _direction_matches_metric(self) -> ObjectiveConfig:
+        natural = "minimize" if self.metric.endswith("loss") else "maximize"
+        if self.direction is None:
+            object.__setattr__(self, "direction", natural)
+        elif self.direction != natural:
+            raise ValueError(f"{self.metric} must be {natural}d, got direction={self.direction!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """The regularizer values of one trial, under their contract names."""
+
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    aug_strength: float = 0.0
+    mixup_alpha: float = 0.0
+    label_smoothing: float = 0.0
+    cutmix_alpha: float = 0.0
+    cutout: float = 0.0
+    drop_path: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one training run needs; built by `space.sample`, consumed by `train.train`."""
+
+    model: ModelConfig
+    train: TrainConfig
+    regularization: Regularization
+    early_stopping: EarlyStoppingConfig
+    objective: ObjectiveConfig
