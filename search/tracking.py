@@ -29,6 +29,7 @@ from search.champion import Candidate, evaluate_on_test
 from search.config import StudyConfig, safe_study_name
 from search.data import Dataset
 from search.errors import UserError, first_line
+from search.mlflow_store import create_store, rebuild_if_half_made
 from search.overrides import flatten
 from search.records import RUN_ID_ATTR, TRACKING_ERROR
 from search.registry import CHAMPION, Registry
@@ -58,82 +59,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # minutes (7 retries with back-off 2, 120 s timeout); the trial's outcome stands either way.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
-def _init_store(uri: str) -> None:
-    """Run MLflow's schema migrations on the store at `uri` (tracking and registry tables)."""
-    client = MlflowClient(uri, registry_uri=uri)
-    client.search_experiments(max_results=1)
-    client.search_registered_models(max_results=1)
-
-
-def _create_store(path: Path) -> None:
-    """Create MLflow's SQLite store at `path` complete or not at all.
-
-    The migrations take seconds, and a Ctrl+C or a kill in the middle left a file every later
-    launch refused ("table … already exists", "out-of-date database schema"). They now run
-    on a temporary file beside it, which is linked into place once complete: a reader sees no
-    store or a whole one, and of two workers creating it at once, one link wins."""
-    if path.exists():
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        _init_store(f"sqlite:///{tmp}")
-        with contextlib.suppress(FileExistsError):  # another process was quicker
-            os.link(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def _holds_runs(path: Path) -> bool:
-    """Whether a SQLite MLflow store holds any run or registered model (unreadable: True)."""
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            return any(
-                conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
-                for table in ("runs", "registered_models")
-                if table in tables
-            )
-    except sqlite3.Error:
-        return True  # not ours to throw away
-
-
-def _schema_is_whole(path: Path) -> bool:
-    """Whether the SQLite store's schema is MLflow's current one, with no migration left
-    half-done (`_alembic_tmp_*` tables)."""
-    import sqlite3
-
-    import sqlalchemy
-    from mlflow.store.db.utils import _get_latest_schema_revision, _get_schema_version
-
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if any(t.startswith("_alembic_tmp") for t in tables) or "alembic_version" not in tables:
-        return False
-    engine = sqlalchemy.create_engine(f"sqlite:///{path}")
-    try:
-        return bool(_get_schema_version(engine) == _get_latest_schema_revision())
-    finally:
-        engine.dispose()
-
-
-def _rebuild_if_half_made(path: Path) -> None:
-    """A store left half-created by an interrupted first launch of an older version (its
-    schema incomplete, and no run or model in it: nothing to lose) is moved aside and made
-    anew. A store with runs is never touched (an older MLflow's: `mlflow db upgrade`)."""
-    try:
-        whole = _schema_is_whole(path)
-    except Exception:  # unreadable as SQLite: not ours to judge
-        return
-    if whole or _holds_runs(path):
-        return
-    aside = path.with_name(f"{path.name}.broken-{int(time.time())}")
-    os.replace(path, aside)
-    _log.warning("MLflow store %s was half-created; moved aside to %s", path, aside.name)
 
 
 def _experiment(client: MlflowClient, name: str, local_dir: Path | None) -> str:
@@ -252,8 +177,8 @@ class Tracker:
             if local_db is not None:
                 local_db.parent.mkdir(parents=True, exist_ok=True)
                 if local_db.exists():
-                    _rebuild_if_half_made(local_db)
-                _create_store(local_db)
+                    rebuild_if_half_made(local_db)
+                create_store(local_db)
             mlflow.set_tracking_uri(uri)
             mlflow.set_registry_uri(uri)
             client = MlflowClient(uri, registry_uri=uri)

@@ -23,6 +23,7 @@ from search.auto import AUTO, batch_size_for, model_for
 from search.config import TrainConfig, TrialConfig
 from search.data import Dataset, ImageSet
 from search.evaluation import autocast, batch, evaluate, evaluate_full, uses_channels_last
+from search.optim import EarlyStopping, make_optimizer, make_scheduler
 
 __all__ = [
     "COMPILE_SECONDS",
@@ -132,90 +133,6 @@ def build_model(cfg: TrialConfig, data: Dataset) -> tuple[nn.Module, dict[str, A
     return create_model(**kwargs), kwargs
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices and kernels only: never on biases or normalisation
-    parameters (all of which are 1-D)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-_OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], TrainConfig], torch.optim.Optimizer]] = {
-    "adamw": lambda groups, t: torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999)),
-    "sgd": lambda groups, t: torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True),
-}
-
-
-def make_optimizer(model: nn.Module, cfg: TrialConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, cfg.regularization.weight_decay)
-    return _OPTIMIZERS[cfg.train.optimizer](groups, cfg.train)
-
-
-def _warmup_cosine(total: int, warmup: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _warmup_constant(total: int, warmup: int) -> Callable[[int], float]:
-    return lambda step: (step + 1) / warmup if step < warmup else 1.0
-
-
-_SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int, int, float], Any]] = {
-    "cosine": lambda opt, total, warmup, lr: torch.optim.lr_scheduler.LambdaLR(
-        opt, _warmup_cosine(total, warmup)
-    ),
-    "constant": lambda opt, total, warmup, lr: torch.optim.lr_scheduler.LambdaLR(
-        opt, _warmup_constant(total, warmup)
-    ),
-    "onecycle": lambda opt, total, warmup, lr: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=total, pct_start=min(max(warmup / total, 0.05), 0.95)
-    ),
-}
-
-
-class EarlyStopping:
-    """The seed's patience rule: stop after `patience` epochs without an improvement of more
-    than `min_delta` in the monitored value.
-
-    An optional tie-break (lower is better: the validation loss when the metric is accuracy)
-    decides between epochs of equal value. On a small validation split accuracy moves in
-    steps of 1/N and stalls for many epochs while the model still improves; without it the
-    earliest, least-trained epoch of a plateau would win and patience would end the run."""
-
-    def __init__(self, *, patience: int | None, min_delta: float, maximize: bool) -> None:
-        self.patience, self.min_delta, self.maximize = patience, min_delta, maximize
-        self.best: float | None = None
-        self.best_tiebreak = math.inf
-        self.bad_epochs = 0
-
-    def improved(self, value: float, tiebreak: float | None = None) -> bool:
-        """Record `value` (and its tie-break); True when it is a new best."""
-        better = self.best is None or (
-            value > self.best + self.min_delta
-            if self.maximize
-            else value < self.best - self.min_delta
-        )
-        tied = self.best is not None and value == self.best
-        if better or (tied and tiebreak is not None and tiebreak < self.best_tiebreak):
-            self.best, self.bad_epochs = value, 0
-            self.best_tiebreak = math.inf if tiebreak is None else tiebreak
-            return True
-        self.bad_epochs += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience is not None and self.bad_epochs >= self.patience
-
-
 def _batches(
     n: int, batch_size: int, device: torch.device, passes: int = 1
 ) -> Iterator[torch.Tensor]:
@@ -280,7 +197,7 @@ def _loop(cfg: TrialConfig, data: Dataset, device: torch.device) -> tuple[_Loop,
         model=model,
         step_model=step_model,
         optimizer=optimizer,
-        scheduler=_SCHEDULES[t.schedule](optimizer, total_steps, warmup_steps, t.lr),
+        scheduler=make_scheduler(optimizer, t, total_steps, warmup_steps),
         transform=transform,
         batch_size=batch_size,
         passes=passes,

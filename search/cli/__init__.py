@@ -26,9 +26,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from search.cli import _bench, _dashboard, _report, _run, _status, _ui
+    from search.cli import _bench, _confirm, _dashboard, _report, _run, _status, _ui
 
-    for module in (_run, _status, _report, _dashboard, _ui, _bench):
+    for module in (_run, _confirm, _status, _report, _dashboard, _ui, _bench):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -22,7 +22,7 @@ def _console() -> Any:
 
 
 @dataclass(frozen=True)
-class _Launch:
+class Launch:
     """The per-machine settings of one launch (the study's own settings are in its config)."""
 
     url: str
@@ -119,22 +119,22 @@ def run_command(
     from search.storage import resolve_storage_url
 
     url = resolve_storage_url(storage, config.storage)
-    _check_tracking(config, tracking_uri)
-    launch = _Launch(url, tracking_uri, device, threads, artifacts, quiet)
+    check_tracking(config, tracking_uri)
+    launch = Launch(url, tracking_uri, device, threads, artifacts, quiet)
     sweep = fractions or (config.sweep.fractions if config.sweep is not None else None)
     if sweep:
         warm = config.sweep.warm_start if config.sweep is not None else True
         _run_sweep(config, launch, pinned, parse_fractions(sweep), warm_start=warm)
         return
     if workers == 1 and pinned == [None]:
-        _run_in_process(config, launch, title=f"regsearch run {config.study}")
+        run_in_process(config, launch, title=f"regsearch run {config.study}")
         return
     _run_workers(config, launch, pinned)
 
 
 def _run_sweep(
     config: Any,
-    launch: _Launch,
+    launch: Launch,
     pinned: list[str | None],
     fractions: list[float],
     *,
@@ -155,7 +155,7 @@ def _run_sweep(
                 f"{member.fraction:g} of the training split{seeded}"
             )
         if pinned == [None]:
-            _run_in_process(cfg, launch, title=f"regsearch run {cfg.study}", sweep=member)
+            run_in_process(cfg, launch, title=f"regsearch run {cfg.study}", sweep=member)
         else:
             _run_workers(cfg, launch, pinned, sweep=member)
         previous = cfg.study if warm_start else None
@@ -182,7 +182,7 @@ def _stored(study_name: str | None, storage: str | None) -> dict[str, Any] | Non
     return stored_config(opened, study_name or DEFAULTS["study"])
 
 
-def _check_tracking(config: Any, flag: str | None) -> None:
+def check_tracking(config: Any, flag: str | None) -> None:
     """An unreachable tracking server stops the launch here, before anything is created."""
     if config.tracking.enabled:
         from search.cli._options import check_reachable
@@ -200,9 +200,9 @@ def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | N
     return worker_gpus(workers, gpus, device=device, count=count, visible=visible)
 
 
-def _run_in_process(
+def run_in_process(
     config: Any,
-    launch: _Launch,
+    launch: Launch,
     *,
     title: str,
     worker_index: int = 0,
@@ -235,7 +235,7 @@ def _run_in_process(
 
 
 def _run_workers(
-    config: Any, launch: _Launch, pinned: list[str | None], *, sweep: Any = None
+    config: Any, launch: Launch, pinned: list[str | None], *, sweep: Any = None
 ) -> None:
     """Create the study here, then start one `regsearch worker` process per entry of `pinned`
     (its `CUDA_VISIBLE_DEVICES`, or None), each with its share of the CPU threads; Ctrl+C /
@@ -350,71 +350,18 @@ def worker_command(
     if overrides:
         # Anything beyond machine-local keys is refused by the resume check in create_or_resume.
         config = validate_config(apply_overrides(config.model_dump(mode="json"), overrides))
-    _check_tracking(config, tracking_uri)
+    check_tracking(config, tracking_uri)
     # Started by `regsearch run --workers N` (which passes --worker-index and prints the
     # summary itself), or on its own, e.g. on another machine.
     spawned = worker_index is not None
     index = worker_index if worker_index is not None else os.getpid()
-    _run_in_process(
+    run_in_process(
         config,
-        _Launch(url, tracking_uri, device, threads, artifacts, quiet),
+        Launch(url, tracking_uri, device, threads, artifacts, quiet),
         title=f"regsearch worker {study_name}" + (f" #{worker_index}" if spawned else ""),
         worker_index=index,
         summary=not spawned,
     )
 
 
-@click.command("confirm")
-@click.argument("study_name", metavar="STUDY")
-@storage_option
-@tracking_option
-@click.option(
-    "--top-k", type=click.IntRange(min=1), default=None, help="Configurations to retrain."
-)
-@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Fresh seeds for each.")
-@click.option("--ablation/--no-ablation", default=None, help="Ablate the champion (default on).")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--threads", type=int, default=None, help="CPU threads for this worker.")
-@artifacts_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def confirm_command(
-    study_name: str,
-    storage: str | None,
-    tracking_uri: str | None,
-    top_k: int | None,
-    seeds: int | None,
-    ablation: bool | None,
-    device: str | None,
-    threads: int | None,
-    artifacts: str | None,
-    quiet: bool,
-) -> None:
-    """Run, finish or extend a study's confirm phase: the top configurations and the baseline
-    retrained with fresh seeds, the champion chosen by its mean, then its ablation. A larger
-    --top-k or --seeds adds only the missing retrains; other workers may join with
-    `regsearch worker STUDY`."""
-    from search.config import ConfirmConfig
-    from search.storage import open_storage, resolve_storage_url
-    from search.study import load_existing
-    from search.studyfile import validate_config
-
-    url = resolve_storage_url(storage)
-    _, config = load_existing(study_name, open_storage(url, create=False))
-    if config is None:
-        raise UserError(f"study {study_name!r} has no stored config: it is not a regsearch study")
-    current = (config.search.confirm or ConfirmConfig()).model_dump()
-    asked = {"top_k": top_k, "seeds": seeds, "ablation": ablation}
-    current.update({k: v for k, v in asked.items() if v is not None})
-    data = config.model_dump(mode="json")
-    data["search"]["confirm"] = current
-    config = validate_config(data)
-    _check_tracking(config, tracking_uri)
-    _run_in_process(
-        config,
-        _Launch(url, tracking_uri, device, threads, artifacts, quiet),
-        title=f"regsearch confirm {study_name}",
-        worker_index=os.getpid(),
-    )
-
-
-COMMANDS = [run_command, worker_command, confirm_command]
+COMMANDS = [run_command, worker_command]

@@ -9,7 +9,6 @@ made while workers are still running. Every file is written atomically (temp fil
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import html
@@ -42,6 +41,7 @@ from search.report.figures import (
     regularizer_figure,
     settings_figure,
 )
+from search.report.markup import best_table, image, page_html, table, verdict_section
 from search.report.plots import importances, intermediate_values, needs_complete
 from search.space import REGULARIZERS
 from search.study import best_trial
@@ -70,125 +70,6 @@ class ReportResult:
 class _Section:
     title: str
     render: Callable[[], str]  # an HTML fragment; raises Skip
-
-
-def _table(rows: Sequence[tuple[str, Any]]) -> str:
-    body = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(format_value(v))}</td></tr>"
-        for k, v in rows
-    )
-    return f"<table>{body}</table>"
-
-
-def _verdict_section(best: Mapping[str, Any] | None, metric: str) -> str:
-    """The study's answer: the same line as `run`, `best` and the dashboard note, then the
-    configurations the confirm phase compared and the held-out test evaluation."""
-    from search.summary import verdict
-
-    if best is None:
-        return "<p class='note'>No completed trial yet.</p>"
-    parts = [f"<p class='verdict'><b>{html.escape(verdict(dict(best), metric))}</b></p>"]
-    champion, test = best.get("champion"), best.get("test")
-    if champion is None:
-        parts.append(
-            "<p class='note'>No confirm phase yet (or `search.confirm: none`): the best trial "
-            "is one trial with one seed, scored on the split it was chosen on. "
-            "<code>regsearch confirm STUDY</code> retrains the top configurations with fresh "
-            "seeds.</p>"
-        )
-    rows: list[tuple[str, Any]] = []
-    if champion is not None:
-        val = champion["val"]
-        interval = "" if val["low"] is None else f" [{val['low']:.4f}, {val['high']:.4f}]"
-        rows.append(("champion configuration", f"of trial {champion['source']}"))
-        rows.append((f"{metric}, mean over seeds", f"{val['mean']:.4f}{interval} (n={val['n']})"))
-        rows.append(("seeds", ", ".join(map(str, champion["seeds"]))))
-        if best.get("gain_interval"):
-            g = best["gain_interval"]
-            shown = f"{g['mean']:+.4f}" + (
-                "" if g["low"] is None else f" [{g['low']:+.4f}, {g['high']:+.4f}]"
-            )
-            rows.append((f"gain over the baseline on {metric} (paired by seed)", shown))
-    if test is not None:
-        for who in ("champion", "baseline"):
-            if test.get(who):
-                t = test[who]
-                rows.append(
-                    (
-                        f"test: {who}",
-                        f"accuracy {t['accuracy']:.4f}, ECE {t['ece']:.4f}, NLL {t['nll']:.4f}",
-                    )
-                )
-        if test.get("gain"):
-            g = test["gain"]
-            rows.append(
-                (
-                    "test gain (95% interval)",
-                    f"{g['mean']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] — {g['method']}",
-                )
-            )
-    rows.append(("champion model", best.get("champion_uri") or best.get("model_uri") or "–"))
-    parts.append(_table(rows))
-    return "".join(parts)
-
-
-def _best_table(
-    best: FrozenTrial | None, metric: str, budget: int | None, model_uri: str | None = None
-) -> str:
-    if best is None:
-        return "<p class='note'>No completed trial yet.</p>"
-    attrs = best.user_attrs
-    rows: list[tuple[str, Any]] = [
-        ("trial", best.number),
-        (metric, best.value),
-        ("best epoch", attrs.get("best_epoch")),
-        ("epochs trained", f"{epochs_trained(best)}" + (f" of {budget}" if budget else "")),
-        ("stop reason", attrs.get("stop_reason")),
-        ("train accuracy", attrs.get("train_accuracy")),
-        ("val accuracy", attrs.get("val_accuracy")),
-        ("model URI", model_uri or attrs.get("model_uri") or "(not registered)"),
-        ("MLflow run", attrs.get("mlflow_run_id")),
-    ]
-    rows += [(f"param: {k}", v) for k, v in best.params.items()]
-    return _table(rows)
-
-
-def _image(name: str, data: bytes, alt: str) -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    return (
-        f"<a href='{html.escape(name)}'><img alt='{html.escape(alt)}' "
-        f"src='data:image/png;base64,{encoded}'></a>"
-        f"<p class='file'>{html.escape(name)}</p>"
-    )
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: .5em 0; }
-th, td { text-align: left; padding: .2em .8em; border-bottom: 1px solid #eee; font-size: .92em; }
-th { font-weight: 600; color: #555; } img { max-width: 100%; }
-.note { color: #8a6d3b; background: #fcf8e3; padding: .4em .8em; }
-.file { color: #888; font-size: .8em; margin-top: 0; }
-"""
-
-
-def _page(title: str, head_rows: str, sections: Sequence[tuple[str, str]]) -> str:
-    from plotly.offline import get_plotlyjs
-
-    parts = [
-        "<!DOCTYPE html>",
-        "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>",
-        f"<script type='text/javascript'>{get_plotlyjs()}</script>",
-        "</head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        head_rows,
-    ]
-    for heading, fragment in sections:
-        parts.append(f"<section><h2>{html.escape(heading)}</h2>{fragment}</section>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 class _Progress:
@@ -271,7 +152,7 @@ def write_report(
             data = make()
             write_atomic(out_dir / name, data)
             result.pngs.append(out_dir / name)
-            return _image(name, data, alt)
+            return image(name, data, alt)
 
         return render
 
@@ -280,7 +161,7 @@ def write_report(
     from search.summary import best_summary
 
     summary = best_summary(study)
-    sections = [_Section("Verdict", lambda: _verdict_section(summary, metric))]
+    sections = [_Section("Verdict", lambda: verdict_section(summary, metric))]
     if summary is not None and summary.get("contributions"):
         contributions = summary["contributions"]
         sections.append(
@@ -296,7 +177,7 @@ def write_report(
     sections += [
         _Section(
             "Champion trial",
-            lambda: _best_table(
+            lambda: best_table(
                 champion, metric, budget, model_uri_of(snap, champion) if champion else None
             ),
         ),
@@ -373,7 +254,7 @@ def write_report(
             result.seconds[section.title] = time.perf_counter() - started
             rendered.append((section.title, fragment))
 
-    page = _page(
+    page = page_html(
         f"regsearch report — study {study.study_name}",
         _header(study, config, totals),
         rendered,
@@ -416,7 +297,7 @@ def _header(study: optuna.Study, config: StudyConfig | None, totals: EpochTotals
                 f"{totals.trained} of {totals.budget}" + (f" (saved: {saved})" if saved else ""),
             )
         )
-    return _table(rows)
+    return table(rows)
 
 
 def _fixed_regularizers(space: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,11 +22,10 @@ from search.evidence import (
     SOURCE_ATTR,
     confirm_seeds,
     evidence,
-    mean_interval,
-    paired_bootstrap,
     plan,
 )
 from search.records import BASELINE, PHASE_ATTR, SEARCH
+from search.stats import mean_interval, paired_bootstrap
 from search.study import best_trial, count_trials
 from search.studyfile import load_config
 from search.summary import best_summary, verdict

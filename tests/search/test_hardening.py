@@ -166,8 +166,8 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_none_or_a_whole_one(
     db = tmp_path / "mlruns" / "mlflow.db"
     db.parent.mkdir()
     code = (
-        "from pathlib import Path; from search.tracking import _create_store; "
-        f"_create_store(Path({str(db)!r}))"
+        "from pathlib import Path; from search.mlflow_store import create_store; "
+        f"create_store(Path({str(db)!r}))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
     time.sleep(delay)

@@ -1,0 +1,67 @@
+"""`regsearch confirm`: run, finish or extend a study's confirm phase."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from search.cli._options import artifacts_option, storage_option, tracking_option
+from search.cli._run import Launch, check_tracking, run_in_process
+from search.errors import UserError
+
+
+@click.command("confirm")
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+@tracking_option
+@click.option(
+    "--top-k", type=click.IntRange(min=1), default=None, help="Configurations to retrain."
+)
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Fresh seeds for each.")
+@click.option("--ablation/--no-ablation", default=None, help="Ablate the champion (default on).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--threads", type=int, default=None, help="CPU threads for this worker.")
+@artifacts_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def confirm_command(
+    study_name: str,
+    storage: str | None,
+    tracking_uri: str | None,
+    top_k: int | None,
+    seeds: int | None,
+    ablation: bool | None,
+    device: str | None,
+    threads: int | None,
+    artifacts: str | None,
+    quiet: bool,
+) -> None:
+    """Run, finish or extend a study's confirm phase: the top configurations and the baseline
+    retrained with fresh seeds, the champion chosen by its mean, then its ablation. A larger
+    --top-k or --seeds adds only the missing retrains; other workers may join with
+    `regsearch worker STUDY`."""
+    from search.config import ConfirmConfig
+    from search.storage import open_storage, resolve_storage_url
+    from search.study import load_existing
+    from search.studyfile import validate_config
+
+    url = resolve_storage_url(storage)
+    _, config = load_existing(study_name, open_storage(url, create=False))
+    if config is None:
+        raise UserError(f"study {study_name!r} has no stored config: it is not a regsearch study")
+    current = (config.search.confirm or ConfirmConfig()).model_dump()
+    asked = {"top_k": top_k, "seeds": seeds, "ablation": ablation}
+    current.update({k: v for k, v in asked.items() if v is not None})
+    data = config.model_dump(mode="json")
+    data["search"]["confirm"] = current
+    config = validate_config(data)
+    check_tracking(config, tracking_uri)
+    run_in_process(
+        config,
+        Launch(url, tracking_uri, device, threads, artifacts, quiet),
+        title=f"regsearch confirm {study_name}",
+        worker_index=os.getpid(),
+    )
+
+
+COMMANDS = [confirm_command]
