@@ -110,10 +110,12 @@ class Objective:
         tracker: TrialTracker | None = None,
         listeners: Sequence[RunListener] = (),
         artifact_store: ArtifactStore | None = None,
-        trainer: Trainer = train,
+        trainer: Trainer | None = None,
     ) -> None:
         self.config = config
-        self.trainer = trainer  # `train`; the pruning benchmark replays recorded curves
+        # None: `search.train.train`, looked up per trial; the pruning benchmark replays
+        # recorded curves instead.
+        self.trainer = trainer
         self.space = SearchSpace.from_config(config)
         self.data = data.to(device)  # once per worker, not once per trial
         self.device = device
@@ -286,7 +288,8 @@ class Objective:
                 listener.epoch_done(trial.number, stats)
             return PRUNED if stop else None
 
-        return self.trainer(cfg, self.data, device=self.device, on_epoch=on_epoch)
+        trainer = self.trainer or train
+        return trainer(cfg, self.data, device=self.device, on_epoch=on_epoch)
 
     def _finish(
         self, trial: optuna.Trial, run_id: str | None, state: str, summary: Mapping[str, Any]
