@@ -119,6 +119,14 @@ def upload_learning_curve(
     storage when `trial` is a `FrozenTrial`."""
     if not history:
         return None
+    # Optuna 5.1 writes the artifact's file before it checks the trial: check first, so a
+    # finished trial leaves no orphaned file in the store.
+    storage = trial.storage if isinstance(trial, optuna.Trial) else study._storage
+    state = storage.get_trial(trial._trial_id).state
+    if state.is_finished():
+        raise optuna.exceptions.UpdateFinishedTrialError(
+            f"trial {trial.number} is already {state.name}: its learning curve is not attached"
+        )
     data = learning_curve_png(
         history,
         title=f"study {study.study_name} — trial {trial.number}",
