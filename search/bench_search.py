@@ -9,7 +9,8 @@ epoch: a configuration and seed give the same curve on the CPU, and stopping ear
 truncates it (the learning-rate schedule spans the configured epochs). Every contender thus sees
 exactly the values its real study would and the bank trains each configuration only as far as
 the furthest contender went. Epoch counts are exact; a contender's wall time is its own Optuna
-and objective time, measured in the replay, plus the measured seconds of the epochs it used.
+and objective time, measured in the replay, plus its trials' set-ups and epochs at the bank's
+median cost (each epoch was trained once, for whichever contender reached it first).
 """
 
 from __future__ import annotations
