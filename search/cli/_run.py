@@ -45,6 +45,8 @@ def _finish(study: Any, config: Any, console: Any) -> None:
     console.print(verdict(best, config.objective.metric), soft_wrap=True)
     if best["model_uri"]:
         console.print(f"model: {best['model_uri']}")
+    if best["champion_uri"]:  # what `mlflow.pyfunc.load_model` takes, whichever trial holds it
+        console.print(f"champion: {best['champion_uri']}")
 
 
 @click.command("run")

@@ -24,7 +24,14 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     proc = regsearch("run", "--study", "tiny", "--n-trials", "3", *TINY, cwd=root)
     assert proc.returncode == 0, proc.stderr
+    (root / "run.log").write_text(proc.stderr)
     return root
+
+
+def test_run_ends_with_the_champion_uri(tiny_study: Path) -> None:
+    lines = (tiny_study / "run.log").read_text().splitlines()
+    assert "champion: models:/tiny@champion" in lines
+    assert any(line.startswith("model: models:/tiny/") for line in lines)
 
 
 def test_help_lists_the_contract_commands(tmp_path: Path) -> None:
