@@ -12,7 +12,7 @@ import logging
 import os
 import sqlite3
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +82,7 @@ def open_storage(
     `status`, so that a typo in a path does not leave an empty database behind).
     """
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     engine_kwargs: dict[str, Any] = {}
     db_file = sqlite_path(url)
@@ -98,7 +98,6 @@ def open_storage(
         engine_kwargs["pool_pre_ping"] = True
 
     heartbeat: dict[str, Any] = {}
-    storage_class: type[RDBStorage] = RDBStorage
     if search is not None and search.heartbeat_interval:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -108,11 +107,10 @@ def open_storage(
             "grace_period": search.grace_period or 4 * search.heartbeat_interval,
             "heartbeat_stale_trial_callback": _retry_without_outcome(retry),
         }
-        storage_class = _heartbeating_storage()
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.x
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = storage_class(url, engine_kwargs=engine_kwargs, **heartbeat)
+            storage = _storage_class()(url, engine_kwargs=engine_kwargs, **heartbeat)
     except optuna.exceptions.StorageInternalError as exc:
         cause = exc.__cause__ or exc
         raise UserError(f"cannot open storage {redact_url(url)}: {first_line(cause)}") from None
@@ -126,21 +124,51 @@ def open_storage(
 
 
 @functools.cache
-def _heartbeating_storage() -> type[optuna.storages.RDBStorage]:
-    """An `RDBStorage` whose heartbeat survives a storage outage. Optuna's heartbeat thread
-    dies (with a traceback on stderr) at the first failed write, and the trial then goes
-    stale while it still trains; here a failed beat is one warning line, and the next beat
-    tries again. (A class made on first use: optuna is imported lazily.)"""
-    from optuna.storages import RDBStorage
+def _storage_class() -> type[optuna.storages.RDBStorage]:
+    """Optuna's `RDBStorage` with two repairs. (A class made on first use: optuna is imported
+    lazily.)
 
-    class HeartbeatingStorage(RDBStorage):
+    - A WAITING trial (the baseline recipe, a retry, a confirm retrain) is claimed by one
+      worker only. Optuna reads the trial with `SELECT … FOR UPDATE`, then writes RUNNING;
+      SQLite has no row locks, so two local workers could both read WAITING and both train the
+      trial (74 of 200 enqueued trials claimed twice by 4 threads, measured); the second then
+      crashed with "Cannot tell a COMPLETE trial". The claim is now one conditional UPDATE.
+    - The heartbeat survives a storage outage. Optuna's heartbeat thread dies (with a
+      traceback on stderr) at the first failed write, and the trial then goes stale while it
+      still trains; here a failed beat is one warning line, and the next beat tries again.
+    """
+    from datetime import datetime
+
+    from optuna.storages import RDBStorage
+    from optuna.trial import TrialState
+
+    class Storage(RDBStorage):
+        def set_trial_state_values(
+            self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+        ) -> bool:
+            if state != TrialState.RUNNING or values is not None:
+                return bool(super().set_trial_state_values(trial_id, state, values))
+            from optuna.storages._rdb.models import TrialModel
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            with _create_scoped_session(self.scoped_session) as session:
+                claimed = (
+                    session.query(TrialModel)
+                    .filter(TrialModel.trial_id == trial_id, TrialModel.state == TrialState.WAITING)
+                    .update({TrialModel.state: TrialState.RUNNING}, synchronize_session=False)
+                )
+                if claimed == 1:  # in the same transaction, which holds the write lock now
+                    trial = TrialModel.find_or_raise_by_id(trial_id, session)
+                    trial.datetime_start = datetime.now()
+            return bool(claimed == 1)
+
         def record_heartbeat(self, trial_id: int) -> None:
             try:
                 super().record_heartbeat(trial_id)
             except Exception as exc:
                 _log.warning("trial heartbeat not recorded: %s", describe_storage_error(exc))
 
-    return HeartbeatingStorage
+    return Storage
 
 
 def _sync_normal(storage: optuna.storages.RDBStorage) -> None:

@@ -59,6 +59,44 @@ def test_sqlite_connections_commit_without_an_fsync_per_transaction(tmp_path: Pa
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
+def test_an_enqueued_trial_is_claimed_by_one_local_worker_only(tmp_path: Path) -> None:
+    """Four workers on one SQLite file race for 100 WAITING trials (the baseline recipe, a
+    retry, a confirm retrain are all enqueued): each is claimed exactly once. With Optuna's
+    own claim, which relies on row locks SQLite lacks, about a third were claimed twice and
+    trained twice; the second worker then crashed telling an already COMPLETE trial."""
+    import threading
+    from collections import Counter
+
+    url = f"sqlite:///{tmp_path}/race.db"
+    study = optuna.create_study(storage=open_storage(url), study_name="race")
+    for x in range(100):
+        study.enqueue_trial({"x": float(x)})
+    claims: Counter[int] = Counter()
+    start = threading.Barrier(4)
+
+    def worker() -> None:
+        storage = open_storage(url)
+        study_id = storage.get_study_id_from_name("race")
+        start.wait()
+        while waiting := storage.get_all_trials(
+            study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,)
+        ):
+            for trial in waiting[:3]:  # the oldest first, as `study.ask` takes them
+                if storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.RUNNING):
+                    claims[trial.number] += 1
+                    break
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(claims) == list(range(100))
+    assert [n for n, count in claims.items() if count > 1] == []
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert len(running) == 100 and all(t.datetime_start is not None for t in running)
+
+
 def test_sqlite_absolute_path_and_query(tmp_path: Path) -> None:
     path = tmp_path / "abs" / "s.db"
     open_storage(f"sqlite:///{path}?timeout=5")
