@@ -1,5 +1,9 @@
 """The local MLflow store (`sqlite:///mlruns/mlflow.db`): created whole or not at all, and a
 store an interrupted first launch left half-made rebuilt when nothing in it can be lost.
+
+MLflow's schema migrations take about 2 s, so they run once per MLflow version, into an empty
+template store in the user's cache (`$XDG_CACHE_HOME/regsearch`, else `~/.cache/regsearch`);
+each new project's store is a copy of it.
 """
 
 from __future__ import annotations
@@ -24,18 +28,67 @@ def _init_store(uri: str) -> None:
     client.search_registered_models(max_results=1)
 
 
+def _template() -> Path | None:
+    """The migrated, empty store of this MLflow version in the user's cache (made now if
+    missing, whole or not at all); None where the cache cannot be written."""
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "regsearch"
+    template = cache / f"mlflow-{mlflow.__version__}.db"
+    if template.exists():
+        return template
+    tmp = cache / f".{template.name}.{os.getpid()}.tmp"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        _init_store(f"sqlite:///{tmp}")
+        with contextlib.suppress(FileExistsError):  # another process was quicker
+            os.link(tmp, template)
+    except Exception as exc:  # a read-only cache, a full disk: migrate in place instead
+        _log.debug("no MLflow store template in %s: %s", cache, exc)
+        return None
+    finally:
+        with contextlib.suppress(OSError):  # linked into place, or never made
+            tmp.unlink()
+    return template
+
+
+def _copy_template(template: Path, dest: Path) -> None:
+    """`template` copied to `dest`, its Default experiment made as MLflow would make it here
+    (artifacts under `./mlruns/0` of this folder, created now)."""
+    import shutil
+    import sqlite3
+
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
+
+    shutil.copyfile(template, dest)
+    location = append_to_uri_path(resolve_uri_if_local(DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH), "0")
+    now = int(time.time() * 1000)
+    with contextlib.closing(sqlite3.connect(dest)) as conn, conn:
+        conn.execute(
+            "UPDATE experiments SET artifact_location = ?, creation_time = ?,"
+            " last_update_time = ? WHERE experiment_id = 0",
+            (location, now, now),
+        )
+
+
 def create_store(path: Path) -> None:
     """Create MLflow's SQLite store at `path` complete or not at all.
 
     The migrations take seconds, and a Ctrl+C or a kill in the middle left a file every later
     launch refused ("table … already exists", "out-of-date database schema"). They now run
-    on a temporary file beside it, which is linked into place once complete: a reader sees no
-    store or a whole one, and of two workers creating it at once, one link wins."""
+    on a temporary file beside it (a copy of the cached template, `_template`), which is linked
+    into place once complete: a reader sees no store or a whole one, and of two workers
+    creating it at once, one link wins."""
     if path.exists():
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        _init_store(f"sqlite:///{tmp}")
+        template = _template()
+        if template is not None:
+            _copy_template(template, tmp)
+        else:
+            _init_store(f"sqlite:///{tmp}")
         with contextlib.suppress(FileExistsError):  # another process was quicker
             os.link(tmp, path)
     finally:

@@ -158,6 +158,7 @@ def test_a_study_left_without_its_config_is_completed_by_the_next_run(tmp_path: 
 def test_a_kill_while_the_mlflow_store_is_created_leaves_none_or_a_whole_one(
     tmp_path: Path, delay: float
 ) -> None:
+    import os
     import signal
     import subprocess
     import sys
@@ -169,7 +170,9 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_none_or_a_whole_one(
         "from pathlib import Path; from search.mlflow_store import create_store; "
         f"create_store(Path({str(db)!r}))"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
+    # An empty cache: the kill falls in MLflow's migrations (of the cached template).
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2], env=env)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -178,7 +181,9 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_none_or_a_whole_one(
 
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
-    proc = regsearch("run", "--n-trials", "1", "--set", "train.epochs=1", "--quiet", cwd=tmp_path)
+    proc = regsearch(
+        "run", "--n-trials", "1", "--set", "train.epochs=1", "--quiet", cwd=tmp_path, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert db.exists()
 
