@@ -103,7 +103,7 @@ def worker_rate(trials: list[Any]) -> float:
     return rate
 
 
-def worker_scaling(*, trials: int = 12, epochs: int = 8, repeats: int = 3) -> dict[str, Any]:
+def worker_scaling(*, trials: int = 12, epochs: int = 6, repeats: int = 3) -> dict[str, Any]:
     """Trials per minute of a digits study with 2 workers ÷ with 1, one CPU thread per worker
     (the same CPU per trial), no pruning or early stopping (every trial the same work),
     `repeats` times alternating; the median ratio and its spread."""

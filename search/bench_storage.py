@@ -14,6 +14,7 @@ The PostgreSQL contenders, each in its own scratch database:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import statistics
@@ -33,13 +34,56 @@ __all__ = ["PG_ADMIN_ENV", "storage_ms_per_trial"]
 PG_ADMIN_ENV = "REGSEARCH_BENCH_PG"  # e.g. postgresql://postgres@127.0.0.1:5432/postgres
 
 
-def _storage_loop(storage: Any, *, trials: int, epochs: int) -> list[float]:
-    """Seconds per trial of the service's own Optuna work with no training: ask, sample the
-    contract space, report (+ prune check) every epoch, tell, with the default study's sampler
-    and pruner, as the objective does them. How it grows with the study."""
+def _measured_trial(study: Any, space: SearchSpace, number: int, epochs: int) -> float:
+    """Seconds of one trial's Optuna work with no training: ask, sample the contract space,
+    report (+ prune check) every epoch, tell, as the objective does them."""
     import optuna
 
     from search.objective import report_epoch
+
+    start = time.perf_counter()
+    trial = study.ask()
+    cfg = space.sample(trial)
+    value = 0.5 + 0.4 * cfg.regularization.dropout  # any deterministic curve will do
+    state = optuna.trial.TrialState.COMPLETE
+    for epoch in range(1, epochs + 1):
+        curve = value * epoch / epochs + 0.001 * (number % 7)
+        if report_epoch(trial, curve, epoch, can_prune=True):
+            state = optuna.trial.TrialState.PRUNED
+            break
+    study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+    return time.perf_counter() - start
+
+
+def _fill(study: Any, until: int) -> None:
+    """Add whole trials (copies of the study's own: params, curves, pruner rungs, values)
+    until it holds `until`: what a long study's storage holds, without paying each one's
+    round trips (one `add_trial` each)."""
+    import optuna
+
+    own = study.get_trials(deepcopy=False)
+    copies = [
+        optuna.trial.create_trial(
+            state=t.state,
+            value=t.value,
+            params=t.params,
+            distributions=t.distributions,
+            intermediate_values=t.intermediate_values,
+            user_attrs=t.user_attrs,
+            system_attrs=t.system_attrs,
+        )
+        for t in (own[i % len(own)] for i in range(len(own), until))
+    ]
+    study.add_trials(copies)
+
+
+def _storage_loop(storage: Any, *, trials: int, epochs: int, measured: int = 15) -> list[float]:
+    """Seconds per trial of the service's own Optuna work (`_measured_trial`) with the default
+    study's sampler and pruner: the first `measured` trials, then the study filled with whole
+    trials (`_fill`) to `trials - measured`, then the last `measured` trials up to `trials`,
+    measured again. The list has one entry per trial; the filled ones are NaN."""
+    import optuna
+
     from search.study import make_pruner, make_sampler
 
     config = load_config()
@@ -51,20 +95,12 @@ def _storage_loop(storage: Any, *, trials: int, epochs: int) -> list[float]:
         direction=config.objective.direction,
         study_name="bench-storage",
     )
-    seconds = []
-    for number in range(trials):
-        start = time.perf_counter()
-        trial = study.ask()
-        cfg = space.sample(trial)
-        value = 0.5 + 0.4 * cfg.regularization.dropout  # any deterministic curve will do
-        state = optuna.trial.TrialState.COMPLETE
-        for epoch in range(1, epochs + 1):
-            curve = value * epoch / epochs + 0.001 * (number % 7)
-            if report_epoch(trial, curve, epoch, can_prune=True):
-                state = optuna.trial.TrialState.PRUNED
-                break
-        study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
-        seconds.append(time.perf_counter() - start)
+    seconds = [_measured_trial(study, space, n, epochs) for n in range(min(measured, trials))]
+    tail = max(measured, trials - measured)
+    if tail > measured:
+        _fill(study, tail)
+        seconds += [math.nan] * (tail - measured)
+    seconds += [_measured_trial(study, space, n, epochs) for n in range(len(seconds), trials)]
     return seconds
 
 
@@ -136,14 +172,12 @@ def _pg_contenders() -> dict[str, Callable[[str], contextlib.AbstractContextMana
     return {"rdb": rdb, "rdb_no_pre_ping": no_pre_ping, "grpc_proxy": _grpc_proxy}
 
 
-def storage_ms_per_trial(
-    *, trials: int = 1000, epochs: int = 10, contender_trials: int = 200
-) -> dict[str, Any]:
-    """Milliseconds of storage + sampler + pruner work per trial near trial 10 and near the
-    last trial, on SQLite and (when `$REGSEARCH_BENCH_PG` names an admin URL, or a server
-    answers on 127.0.0.1:5432) on PostgreSQL, one scratch database per contender. The
-    PostgreSQL figure is the service's own storage (`rdb`), run to `trials`; the other
-    contenders run to `contender_trials` and are compared with `rdb` at that trial."""
+def storage_ms_per_trial(*, trials: int = 1000, epochs: int = 10) -> dict[str, Any]:
+    """Milliseconds of storage + sampler + pruner work per trial near trial 10 and near trial
+    `trials`, on SQLite and (when `$REGSEARCH_BENCH_PG` names an admin URL, or a server answers
+    on 127.0.0.1:5432) on PostgreSQL, one scratch database per contender. The PostgreSQL
+    figure is the service's own storage (`rdb`). Between the two ends the study is filled with
+    whole trials (`_storage_loop`), so every contender is measured at `trials`."""
     import optuna
 
     from search.storage import open_storage
@@ -155,12 +189,12 @@ def storage_ms_per_trial(
         """Median milliseconds of the ten trials up to trial `n`."""
         return round(1000 * statistics.median(seconds[max(0, n - 10) : n]), 2)
 
-    def summarise(seconds: list[float], *points: int) -> dict[str, float]:
-        return {"ms_at_10": at(seconds, 15), **{f"ms_at_{n}": at(seconds, n) for n in points}}
+    def summarise(seconds: list[float]) -> dict[str, float]:
+        return {"ms_at_10": at(seconds, 15), f"ms_at_{trials}": at(seconds, trials)}
 
     with tempfile.TemporaryDirectory() as tmp:
         storage = open_storage(f"sqlite:///{tmp}/bench.db")
-        out["sqlite"] = summarise(_storage_loop(storage, trials=trials, epochs=epochs), trials)
+        out["sqlite"] = summarise(_storage_loop(storage, trials=trials, epochs=epochs))
     admin_url = os.environ.get(PG_ADMIN_ENV, "postgresql://postgres@127.0.0.1:5432/postgres")
     try:
         import psycopg
@@ -171,13 +205,8 @@ def storage_ms_per_trial(
         return out
     table = {}
     for name, contender in _pg_contenders().items():
-        n = trials if name == "rdb" else min(trials, contender_trials)
         with _scratch_database(admin_url) as url, contender(url) as storage:
-            seconds = _storage_loop(storage, trials=n, epochs=epochs)
-        table[name] = summarise(seconds, *sorted({min(trials, contender_trials), n}))
-    out["postgresql"] = {
-        k: v for k, v in table["rdb"].items() if k in ("ms_at_10", f"ms_at_{trials}")
-    }
+            table[name] = summarise(_storage_loop(storage, trials=trials, epochs=epochs))
+    out["postgresql"] = table["rdb"]
     out["postgresql_contenders"] = table
-    out["contender_trials"] = min(trials, contender_trials)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -82,8 +83,8 @@ def _postgres_answers() -> bool:
 def test_storage_ms_per_trial_reports_both_ends_of_the_study_on_each_storage() -> None:
     from search.bench_storage import storage_ms_per_trial
 
-    out = storage_ms_per_trial(trials=20, epochs=2)
-    assert out["sqlite"]["ms_at_10"] > 0 and out["sqlite"]["ms_at_20"] > 0
+    out = storage_ms_per_trial(trials=40, epochs=2)
+    assert out["sqlite"]["ms_at_10"] > 0 and out["sqlite"]["ms_at_40"] > 0
     if not _postgres_answers():
         assert out["postgresql"].startswith("skipped: "), out["postgresql"]
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432: only the SQLite figure measured")
@@ -91,7 +92,28 @@ def test_storage_ms_per_trial_reports_both_ends_of_the_study_on_each_storage() -
     assert set(contenders) == {"rdb", "rdb_no_pre_ping", "grpc_proxy"}
     assert out["postgresql"] == contenders["rdb"]  # the headline is the service's own storage
     for figures in contenders.values():
-        assert figures["ms_at_10"] > 0 and figures["ms_at_20"] > 0
+        assert figures["ms_at_10"] > 0 and figures["ms_at_40"] > 0
+
+
+def test_the_storage_figure_s_study_is_filled_to_its_size_between_the_measured_ends(
+    tmp_path: Path,
+) -> None:
+    import math
+
+    from search.bench_storage import _storage_loop
+    from search.storage import open_storage
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    seconds = _storage_loop(open_storage(url), trials=40, epochs=3, measured=15)
+    assert [math.isnan(s) for s in seconds] == [False] * 15 + [True] * 10 + [False] * 15
+    trials = optuna.load_study(study_name="bench-storage", storage=url).trials
+    assert [t.number for t in trials] == list(range(40))
+    filled = trials[15:25]
+    assert all(
+        t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        for t in filled
+    )
+    assert all(t.intermediate_values and t.params for t in filled), "whole trials, curves too"
 
 
 @pytest.mark.slow
