@@ -20,7 +20,7 @@ print(json.dumps({
 }))
 PY
 start=$(date +%s)
-timeout 300 "$py" -m pytest -m cuda -q -rA -p no:cacheprovider tests/search/test_cuda.py \
+timeout 300 "$py" -m pytest -m cuda -n 0 -q -rA -p no:cacheprovider tests/search/test_cuda.py \
   --junitxml="$out/junit.xml" > "$out/pytest.txt" 2>&1
 rc=$?
 bench_rc=0

@@ -1,5 +1,10 @@
 """Shared fixtures: every test runs in its own working directory with a clean environment, so
-the default stores (studies/regsearch.db, mlruns/) never touch the repository."""
+the default stores (studies/regsearch.db, mlruns/) never touch the repository, and the user's
+cache (the MLflow store template) is one of the session's own.
+
+Under pytest-xdist (`-n 2`, the README's command) each worker's processes get one CPU thread,
+and the slow end-to-end tests are handed out first, longest-first scheduling that keeps one of
+them from finishing alone at the end."""
 
 from __future__ import annotations
 
@@ -27,8 +32,18 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         os.environ.pop(var, None)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one core each: no oversubscribed CPU
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow first
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _threads() -> None:
+def _session(tmp_path_factory: pytest.TempPathFactory) -> None:
     import torch
 
     torch.set_num_threads(1)
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))

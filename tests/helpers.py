@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,17 +34,82 @@ def _without_confirm(args: tuple[str, ...], confirm: bool) -> list[str]:
     return [args[0], "--set", "search.confirm=none", *args[1:]]
 
 
+class _Zygote:
+    """The client of one `tests/zygote.py` process (started on first use, one per pytest
+    process): each command runs in a fresh child forked from it, without the imports."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            code = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(Path(__file__).with_name("zygote.py"))],
+                cwd=tempfile.gettempdir(),
+                env=_user_env(None),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            if self._read(300).get("ready") is not True:
+                raise RuntimeError("tests/zygote.py did not start")
+        return self._proc
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        assert self._proc is not None and self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], max(timeout, 0))
+        if not ready:
+            raise subprocess.TimeoutExpired("zygote", timeout)
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("tests/zygote.py ended")
+        return dict(json.loads(line))
+
+    def run(
+        self, argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        proc = self._start()
+        assert proc.stdin is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            request = {"argv": argv, "cwd": str(Path(cwd).resolve()), "env": env}
+            proc.stdin.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}))
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            deadline = time.monotonic() + timeout
+            pid = int(self._read(30)["pid"])
+            try:
+                status = int(self._read(deadline - time.monotonic())["status"])
+            except subprocess.TimeoutExpired:
+                os.kill(pid, signal.SIGKILL)
+                self._read(30)
+                raise subprocess.TimeoutExpired(argv, timeout) from None
+            return subprocess.CompletedProcess(
+                argv, os.waitstatus_to_exitcode(status), out.read_text(), err.read_text()
+            )
+
+
+_ZYGOTE = _Zygote()
+
+
 def regsearch(
     *args: str,
     cwd: Path,
     env: dict[str, str] | None = None,
     timeout: float = 300,
     confirm: bool = False,
+    real: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real console entry point in a subprocess (as a user would); a `run` has no
-    confirm phase unless `confirm` (see `_without_confirm`)."""
+    """Run the console entry point (`python -m search`) in a process of its own, as a user
+    would; a `run` has no confirm phase unless `confirm` (see `_without_confirm`). The process
+    is forked from the pre-imported `tests/zygote.py` unless `real` (or
+    `REGSEARCH_TEST_FORK=0`): a new interpreter then pays the imports."""
+    argv = _without_confirm(args, confirm)
+    if not real and os.environ.get("REGSEARCH_TEST_FORK", "1") != "0":
+        return _ZYGOTE.run(argv, cwd=cwd, env=_user_env(env), timeout=timeout)
     return subprocess.run(
-        [sys.executable, "-m", "search", *_without_confirm(args, confirm)],
+        [sys.executable, "-m", "search", *argv],
         cwd=cwd,
         env=_user_env(env),
         capture_output=True,
