@@ -80,6 +80,7 @@ def _postgres_answers() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_storage_ms_per_trial_reports_both_ends_of_the_study_on_each_storage() -> None:
     from search.bench_storage import storage_ms_per_trial
 

@@ -53,6 +53,7 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_confirm_retrains_the_top_configuration_and_the_baseline_then_ablates(
     confirmed: Path,
 ) -> None:
@@ -96,6 +97,7 @@ def test_the_champion_alias_points_at_the_confirmed_winner(confirmed: Path) -> N
     assert best["model_uri"] == f"models:/c/{version.version}"
 
 
+@pytest.mark.slow
 def test_the_verdict_is_the_same_in_the_cli_the_parent_run_the_report_and_the_note(
     confirmed: Path,
 ) -> None:

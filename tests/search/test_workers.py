@@ -109,6 +109,7 @@ def test_password_never_reaches_study_or_mlflow(tmp_path: Path, pg_url: str) -> 
         assert "s3cr3t" not in json.dumps([run.data.params, run.data.tags])
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="reads /proc/PID/cmdline")
 def test_process_title_hides_the_password_and_shows_the_trial(tmp_path: Path, pg_url: str) -> None:
@@ -131,6 +132,7 @@ def test_process_title_hides_the_password_and_shows_the_trial(tmp_path: Path, pg
     assert any(t.startswith("regsearch run title: trial ") for t in titles), titles[-3:]
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_two_machines_share_learning_curves_through_one_artifact_folder(
     tmp_path: Path, pg_url: str
@@ -161,6 +163,7 @@ def test_two_machines_share_learning_curves_through_one_artifact_folder(
     assert not (machine_a / "studies").exists() and not (machine_b / "studies").exists()
 
 
+@pytest.mark.slow
 def test_four_local_workers_on_sqlite_do_not_lock(tmp_path: Path) -> None:
     proc = regsearch(
         "run",
@@ -232,6 +235,7 @@ def _wait_for_running_trial(
     raise AssertionError(f"no trial started training in time (last: {last_error!r})")
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_running_trial_cleanly(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
     proc = _start(
@@ -265,6 +269,7 @@ def test_sigterm_ends_the_running_trial_cleanly(tmp_path: Path) -> None:
     assert client.get_run(parent).info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_s_trial_is_retried_with_the_same_params(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
     proc = _start(
@@ -297,6 +302,7 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params(tmp_path: Path)
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("CI") == "true",
     reason="in the full CI suite on a fresh clone the first launch is never seen RUNNING "
