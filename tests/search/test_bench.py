@@ -4,6 +4,7 @@ thresholds: the figures depend on the machine)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -121,11 +122,44 @@ def test_the_storage_figure_s_study_is_filled_to_its_size_between_the_measured_e
 def test_worker_scaling_compares_one_and_two_workers_repeatedly() -> None:
     from search.bench_runs import worker_scaling
 
-    out = worker_scaling(trials=2, epochs=1, repeats=2)
-    assert len(out["ratios"]) == 2
-    assert out["spread"] == [min(out["ratios"]), max(out["ratios"])]
-    assert min(out["ratios"]) <= out["worker_scaling"] <= max(out["ratios"])
+    out = worker_scaling(trials=2, epochs=1, repeats=1)  # one 1-worker and one 2-worker study
+    assert len(out["ratios"]) == 1 and out["spread"] == [out["ratios"][0]] * 2
+    assert out["worker_scaling"] == out["ratios"][0] > 0
     assert out["trials_per_minute_1_worker"] > 0 and out["trials_per_minute_2_workers"] > 0
+
+
+def test_worker_rate_sums_each_worker_s_own_span_of_complete_trials() -> None:
+    """Two workers, each timed from its first trial's start to its last trial's end: their
+    start-up and the tail where one waits for the other do not count."""
+    import datetime as dt
+
+    from search.bench_runs import worker_rate
+    from search.records import WORKER_ATTR
+
+    t0 = dt.datetime(2026, 12, 3, 10, 0, 0)
+
+    def trial(worker: str, start_s: float, end_s: float, state: str = "COMPLETE") -> Any:
+        return optuna.trial.FrozenTrial(
+            number=0,
+            state=optuna.trial.TrialState[state],
+            value=0.5 if state == "COMPLETE" else None,
+            datetime_start=t0 + dt.timedelta(seconds=start_s),
+            datetime_complete=t0 + dt.timedelta(seconds=end_s),
+            params={},
+            distributions={},
+            user_attrs={WORKER_ATTR: worker},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=0,
+        )
+
+    trials = [
+        trial("a", 10, 40),  # worker a: 2 trials in 60 s
+        trial("a", 40, 70),
+        trial("b", 30, 60),  # worker b: 1 trial in 30 s, started 20 s later
+        trial("b", 60, 61, state="FAIL"),  # not a finished trial of the budget
+    ]
+    assert worker_rate(trials) == 2 / 1.0 + 1 / 0.5
 
 
 @pytest.mark.slow

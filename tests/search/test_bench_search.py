@@ -32,12 +32,12 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def config() -> StudyConfig:
     return load_config(overrides=TINY)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def data(config: StudyConfig) -> Dataset:
     return load_dataset(config.dataset)
 

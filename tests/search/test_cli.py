@@ -18,7 +18,7 @@ CONTRACT = ("weight_decay", "dropout", "aug_strength", "mixup_alpha", "label_smo
 TINY = ("--set", "train.epochs=3", "--set", "search.pruner=none", "--quiet")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small finished study shared by the read-only tests below."""
     root = tmp_path_factory.mktemp("tiny")

@@ -41,7 +41,7 @@ def _phases(study: optuna.Study) -> dict[str, int]:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 3-trial study run without a confirm phase, then `regsearch confirm` on it."""
     root = tmp_path_factory.mktemp("confirm")

@@ -18,7 +18,7 @@ def _rows(images: ImageSet) -> list[tuple[int, ...]]:
     return [tuple(r) for r in images.x.flatten(1).tolist()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def digits() -> Dataset:
     return load_dataset(DatasetConfig(name="digits"))
 

@@ -30,7 +30,7 @@ SMALL = (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def reported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 6-trial digits study with one trial still RUNNING (as if a worker were busy), and its
     report in `out/`."""

@@ -30,7 +30,7 @@ def _trials(cwd: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("sweep")
     proc = regsearch(*ARGS, cwd=cwd, confirm=True, timeout=600)

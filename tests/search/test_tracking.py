@@ -37,7 +37,7 @@ RUN_ARGS = (
 )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def tracked(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tracked")
     proc = regsearch("run", *RUN_ARGS, "--n-trials", "4", cwd=root)

@@ -37,7 +37,7 @@ from search.train import (
 NUM_CLASSES = 3
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def data() -> Dataset:
     return load_dataset(
         DatasetConfig(
