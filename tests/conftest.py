@@ -2,7 +2,7 @@
 the default stores (studies/regsearch.db, mlruns/) never touch the repository, and the user's
 cache (the MLflow store template) is one of the session's own.
 
-Under pytest-xdist (`-n 2`, the README's command) each worker's processes get one CPU thread,
+Under pytest-xdist (`-n auto` in pyproject's addopts) each worker's processes get one CPU thread,
 and the slow end-to-end tests are handed out first, longest-first scheduling that keeps one of
 them from finishing alone at the end."""
 

@@ -39,9 +39,10 @@ class _Zygote:
     process): each command runs in a fresh child forked from it, without the imports."""
 
     def __init__(self) -> None:
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buffer = b""  # read from its stdout, not yet a whole line
 
-    def _start(self) -> subprocess.Popen[str]:
+    def _start(self) -> subprocess.Popen[bytes]:
         if self._proc is None or self._proc.poll() is not None:
             code = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
             self._proc = subprocess.Popen(
@@ -50,20 +51,28 @@ class _Zygote:
                 env=_user_env(None),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                text=True,
+                bufsize=0,
             )
+            self._buffer = b""
             if self._read(300).get("ready") is not True:
                 raise RuntimeError("tests/zygote.py did not start")
         return self._proc
 
     def _read(self, timeout: float) -> dict[str, Any]:
+        """The next reply, within `timeout` seconds (unbuffered reads, so that a reply that
+        came with the one before is not left waiting in a buffer `select` cannot see)."""
         assert self._proc is not None and self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], max(timeout, 0))
-        if not ready:
-            raise subprocess.TimeoutExpired("zygote", timeout)
-        line = self._proc.stdout.readline()
-        if not line:
-            raise RuntimeError("tests/zygote.py ended")
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                raise subprocess.TimeoutExpired("zygote", timeout)
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError("tests/zygote.py ended")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
         return dict(json.loads(line))
 
     def run(
@@ -74,8 +83,8 @@ class _Zygote:
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             request = {"argv": argv, "cwd": str(Path(cwd).resolve()), "env": env}
-            proc.stdin.write(json.dumps({**request, "stdout": str(out), "stderr": str(err)}))
-            proc.stdin.write("\n")
+            message = json.dumps({**request, "stdout": str(out), "stderr": str(err)})
+            proc.stdin.write(message.encode() + b"\n")
             proc.stdin.flush()
             deadline = time.monotonic() + timeout
             pid = int(self._read(30)["pid"])
