@@ -33,7 +33,10 @@ def _template() -> Path | None:
     missing, whole or not at all); None where the cache cannot be written."""
     import mlflow
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "regsearch"
+    try:  # Path.home() raises where there is no home (no $HOME, no passwd entry)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "regsearch"
+    except RuntimeError:
+        return None
     template = cache / f"mlflow-{mlflow.__version__}.db"
     if template.exists():
         return template

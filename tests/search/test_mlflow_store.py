@@ -50,3 +50,16 @@ def test_without_a_writable_cache_the_store_is_migrated_in_place(
     mlflow_store.create_store(tmp_path / "mlruns" / "mlflow.db")
     assert _default_artifacts(tmp_path / "mlruns" / "mlflow.db") == str(tmp_path / "mlruns" / "0")
     assert sorted(p.name for p in (tmp_path / "mlruns").iterdir()) == ["mlflow.db"]
+
+
+def test_without_a_home_the_store_is_migrated_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    (tmp_path / "mlruns").mkdir()
+    mlflow_store.create_store(tmp_path / "mlruns" / "mlflow.db")
+    assert _default_artifacts(tmp_path / "mlruns" / "mlflow.db") == str(tmp_path / "mlruns" / "0")
