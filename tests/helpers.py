@@ -150,7 +150,6 @@ def free_port() -> int:
 
 def wait_for_url(url: str, server: subprocess.Popen[bytes], *, timeout: float, what: str) -> bytes:
     """The body of the first successful GET of `url`, polling while `server` starts up."""
-    import time
     import urllib.request
 
     deadline = time.monotonic() + timeout
