@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -98,8 +99,64 @@ class _Zygote:
                 argv, os.waitstatus_to_exitcode(status), out.read_text(), err.read_text()
             )
 
+    def start(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> _Background:
+        """`argv` in the background: the zygote replies with its pid at once."""
+        proc = self._start()
+        assert proc.stdin is not None
+        files = Path(tempfile.mkdtemp(prefix="regsearch-bg-"))
+        request = {"argv": argv, "cwd": str(Path(cwd).resolve()), "env": env}
+        names = {k: str(files / k) for k in ("stdout", "stderr", "status")}
+        proc.stdin.write(json.dumps({**request, **names}).encode() + b"\n")
+        proc.stdin.flush()
+        return _Background(argv, int(self._read(30)["pid"]), files)
+
+
+class _Background:
+    """What a test does with a `subprocess.Popen` of `regsearch` (poll, wait, signal, kill,
+    communicate) for a command forked by the zygote: its exit status arrives as a file."""
+
+    def __init__(self, args: list[str], pid: int, files: Path) -> None:
+        self.args, self.pid, self._files = args, pid, files
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            with contextlib.suppress(FileNotFoundError):
+                status = int((self._files / "status").read_text())
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            time.sleep(0.02)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        out, err = ((self._files / name).read_text() for name in ("stdout", "stderr"))
+        shutil.rmtree(self._files, ignore_errors=True)
+        return out, err
+
 
 _ZYGOTE = _Zygote()
+Launch = subprocess.Popen[str] | _Background  # what `start_regsearch` returns
+
+
+def forked(real: bool = False) -> bool:
+    """Whether a test's `regsearch` commands are forked from the zygote (see `regsearch`)."""
+    return not real and os.environ.get("REGSEARCH_TEST_FORK", "1") != "0"
 
 
 def regsearch(
@@ -115,7 +172,7 @@ def regsearch(
     is forked from the pre-imported `tests/zygote.py` unless `real` (or
     `REGSEARCH_TEST_FORK=0`): a new interpreter then pays the imports."""
     argv = _without_confirm(args, confirm)
-    if not real and os.environ.get("REGSEARCH_TEST_FORK", "1") != "0":
+    if forked(real):
         return _ZYGOTE.run(argv, cwd=cwd, env=_user_env(env), timeout=timeout)
     return subprocess.run(
         [sys.executable, "-m", "search", *argv],
@@ -127,10 +184,14 @@ def regsearch(
     )
 
 
-def start_regsearch(*args: str, cwd: Path, confirm: bool = False) -> subprocess.Popen[str]:
-    """`regsearch` started in the background (to be signalled or killed by the test)."""
+def start_regsearch(*args: str, cwd: Path, confirm: bool = False, real: bool = False) -> Launch:
+    """`regsearch` started in the background (to be signalled or killed by the test), forked
+    from the zygote as `regsearch(...)` is unless `real`."""
+    argv = _without_confirm(args, confirm)
+    if forked(real):
+        return _ZYGOTE.start(argv, cwd=cwd, env=_user_env(None))
     return subprocess.Popen(
-        [sys.executable, "-m", "search", *_without_confirm(args, confirm)],
+        [sys.executable, "-m", "search", *argv],
         cwd=cwd,
         env=_user_env(None),
         stdout=subprocess.PIPE,

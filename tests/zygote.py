@@ -7,12 +7,14 @@ that changes into the test's folder and environment, points its stdin/stdout/std
 files the test named and runs the real entry point (`python -m search`); the child's exit
 status goes back on stdout. Each child is a separate process of its own, started from the same
 clean state, so nothing a command does can leak into the next; what it skips is only the import
-work. Tests that signal or kill a launch start real subprocesses instead
-(`tests.helpers.start_regsearch`).
+work. A test may signal or kill it as it would any process (`tests.helpers.start_regsearch`).
 
 Protocol, one JSON object per line: request `{"argv", "cwd", "env", "stdout", "stderr"}`
-(`argv`: what follows `python -m search`);
-replies `{"pid": N}` right after the fork, then `{"status": S}` (`os.waitpid`'s) when it ends.
+(`argv`: what follows `python -m search`), plus `"status": PATH` for a command in the
+background. Replies: `{"pid": N}` (the command's) right after the fork; then, in the foreground,
+`{"status": S}` (`os.waitpid`'s) when it ends. A background command is the child of a small
+monitor process, forked for it, which waits for it and writes S to PATH (whole, by a rename),
+so the zygote takes the next request at once.
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ def _serve() -> dict[str, Any]:
         request = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
+        if "status" in request:
+            if _background(request):
+                return dict(request)
+            continue
         pid = os.fork()
         if pid == 0:
             return dict(request)
@@ -77,6 +83,35 @@ def _serve() -> dict[str, Any]:
         _, status = os.waitpid(pid, 0)
         _reply({"status": status})
     sys.exit(0)
+
+
+def _background(request: dict[str, Any]) -> bool:
+    """Start the command under a monitor and reply with its pid; True in the command itself."""
+    while True:  # monitors of commands that ended: reap them
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # the monitor
+        os.close(read_end)
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_end)
+            return True
+        os.write(write_end, f"{pid}\n".encode())
+        os.close(write_end)
+        _, status = os.waitpid(pid, 0)
+        path = request["status"]
+        with open(f"{path}.part", "w") as f:
+            f.write(str(status))
+        os.rename(f"{path}.part", path)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        _reply({"pid": int(pipe.readline())})
+    return False
 
 
 def _become(request: dict[str, Any]) -> None:

@@ -22,13 +22,14 @@ import pytest
 
 from search.records import FINISHED
 from search.study import best_trial
-from tests.helpers import regsearch, start_regsearch
+from tests.helpers import Launch, forked, regsearch, start_regsearch
 
 N_TRIALS = 3
 ROUNDS = 10
-# A launch of this study takes about 8.5 s on 2 cores (11 s with the store's creation): the
-# random moments fall inside it, from start-up through training and registration.
-_LAUNCH_S = 7.5
+# A launch of this study takes about 3.5 s forked from the tests' zygote (8.5 s as a new
+# interpreter, which spends 5 s of it on imports): the random moments fall inside it, from
+# start-up through training and registration.
+_LAUNCH_S = 3.5 if forked() else 7.5
 SETTINGS = (
     "--set",
     "train.epochs=3",
@@ -55,9 +56,7 @@ def _trials(root: Path, study: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def _kill_when(
-    proc: subprocess.Popen[str], root: Path, study: str, moment: str, delay: float
-) -> str:
+def _kill_when(proc: Launch, root: Path, study: str, moment: str, delay: float) -> str:
     """SIGKILL `proc` at `moment`: after `delay` seconds ("random"), as soon as a trial is
     COMPLETE ("registering": its model registers right after), or when the last trial of the
     budget runs ("last"). Returns what happened."""

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 import uuid
@@ -19,7 +18,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import assert_runs_ended, regsearch, serving, start_regsearch
+from tests.helpers import Launch, assert_runs_ended, regsearch, serving, start_regsearch
 
 PG_ADMIN = os.environ.get("REGSEARCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TINY = ("--set", "train.epochs=2", "--set", "search.pruner=none", "--quiet")
@@ -183,7 +182,7 @@ def test_four_local_workers_on_sqlite_do_not_lock(tmp_path: Path) -> None:
     assert sum(t.state.name == "COMPLETE" for t in trials) == 4
 
 
-def _start(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+def _start(tmp_path: Path, *args: str) -> Launch:
     return start_regsearch("run", *args, cwd=tmp_path)
 
 
@@ -217,7 +216,7 @@ def _running_with_an_epoch(storage: str, study: str) -> int | None:
 
 
 def _wait_for_running_trial(
-    storage: str, study: str, timeout: float = 120, proc: subprocess.Popen[str] | None = None
+    storage: str, study: str, timeout: float = 120, proc: Launch | None = None
 ) -> optuna.trial.FrozenTrial:
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
