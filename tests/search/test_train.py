@@ -431,13 +431,23 @@ def test_bf16_autocast_and_channels_last_train_and_keep_float32_weights(data: Da
     assert fp32_accuracy == pytest.approx(result.best_stats.val_accuracy, abs=0.05)
 
 
-@pytest.mark.slow
-def test_compile_pays_once_a_worker_whatever_rates_the_trials_sample() -> None:
+def test_compile_pays_once_a_worker_whatever_rates_the_trials_sample(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """`train.compile`: the first trial compiles; later trials with other dropout and
     stochastic-depth rates reuse the graph. (Torch's dropout modules hold the rate as a float
     that dynamo specialises on: every trial recompiled, and past dynamo's recompile limit of 8
-    the rest of a study silently ran uncompiled.)"""
+    the rest of a study silently ran uncompiled.)
+
+    Whether a trial recompiles is dynamo's decision (its guards), whatever backend then turns
+    the graph into code; the test uses `aot_eager` (dynamo + AOTAutograd, forward and backward)
+    instead of inductor, whose C++ build of every kernel takes a minute on one CPU thread. The
+    GPU checks (tests/search/test_cuda.py) compile with inductor."""
+    import functools
+
     from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
 
     data = load_dataset(
         DatasetConfig(name="synthetic", num_samples=200, image_size=16, channels=3, num_classes=4)
