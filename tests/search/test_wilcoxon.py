@@ -39,9 +39,9 @@ def test_every_decision_is_optuna_s(direction: str) -> None:
     rng = np.random.default_rng(2)
     study = optuna.create_study(direction=direction)
     sign = 1 if direction == "maximize" else -1
-    base = np.round(np.linspace(0.6, 0.95, 12) * 360) / 360
+    base = np.round(np.linspace(0.6, 0.95, 10) * 360) / 360
     for k in range(3):
-        curve = base + sign * rng.integers(-3, 2, size=12) / 360
+        curve = base + sign * rng.integers(-3, 2, size=10) / 360
         study.add_trial(
             optuna.trial.create_trial(
                 value=float(curve[-1]),
@@ -56,8 +56,8 @@ def test_every_decision_is_optuna_s(direction: str) -> None:
         theirs = optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=3)
     verdicts = []
     for shift in range(-6, 4):
-        curve = base + sign * (shift + rng.integers(-2, 3, size=12)) / 360
-        for steps in range(1, 13):
+        curve = base + sign * (shift + rng.integers(-2, 3, size=10)) / 360
+        for steps in range(1, 11):
             trial = optuna.trial.create_trial(
                 state=optuna.trial.TrialState.RUNNING,
                 intermediate_values=dict(enumerate(curve[:steps].tolist(), 1)),

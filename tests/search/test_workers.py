@@ -113,9 +113,11 @@ def test_password_never_reaches_study_or_mlflow(tmp_path: Path, pg_url: str) -> 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="reads /proc/PID/cmdline")
 def test_process_title_hides_the_password_and_shows_the_trial(tmp_path: Path, pg_url: str) -> None:
     """What `ps` shows of a worker: never the password once regsearch has started (the
-    interpreter's first milliseconds are before any of our code runs), then the trial."""
+    interpreter's first milliseconds are before any of our code runs), then the trial. A real
+    interpreter: a child forked from the tests' zygote never had the URL in its argv."""
     secret_url = pg_url.replace("postgres@", "postgres:s3cr3t-pw@")
-    proc = _start(tmp_path, "--study", "title", "--n-trials", "2", "--storage", secret_url, *TINY)
+    args = ("--study", "title", "--n-trials", "2", "--storage", secret_url, *TINY)
+    proc = _start(tmp_path, *args, real=True)
     cmdline = Path(f"/proc/{proc.pid}/cmdline")
     titles = []
     while proc.poll() is None:
@@ -182,8 +184,8 @@ def test_four_local_workers_on_sqlite_do_not_lock(tmp_path: Path) -> None:
     assert sum(t.state.name == "COMPLETE" for t in trials) == 4
 
 
-def _start(tmp_path: Path, *args: str) -> Launch:
-    return start_regsearch("run", *args, cwd=tmp_path)
+def _start(tmp_path: Path, *args: str, real: bool = False) -> Launch:
+    return start_regsearch("run", *args, cwd=tmp_path, real=real)
 
 
 # A worker's death is noticed within seconds; every epoch of a trial is trained.
