@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -66,8 +67,18 @@ def _prepare_sqlite(path: Path) -> None:
     """Create the folder and switch the database to WAL once (the mode persists in the file):
     readers no longer block the writer, which is what several local workers need."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(path, timeout=_SQLITE_BUSY_TIMEOUT_S) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
+    for attempt in range(1, 11):
+        with contextlib.closing(sqlite3.connect(path, timeout=_SQLITE_BUSY_TIMEOUT_S)) as conn:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                # Another process switching a new file at the same moment: the switch takes
+                # an exclusive lock that SQLite does not wait for.
+                if attempt == 10 or "locked" not in str(exc):
+                    raise
+        time.sleep(0.05 * attempt)
 
 
 def open_storage(
@@ -108,9 +119,7 @@ def open_storage(
             "heartbeat_stale_trial_callback": _retry_without_outcome(retry),
         }
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.x
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = _storage_class()(url, engine_kwargs=engine_kwargs, **heartbeat)
+        storage = _create_storage(url, engine_kwargs, heartbeat)
     except optuna.exceptions.StorageInternalError as exc:
         cause = exc.__cause__ or exc
         raise UserError(f"cannot open storage {redact_url(url)}: {first_line(cause)}") from None
@@ -121,6 +130,43 @@ def open_storage(
     if db_file is not None:
         _sync_normal(storage)
     return storage
+
+
+def _create_storage(
+    url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any], *, attempts: int = 5
+) -> optuna.storages.RDBStorage:
+    """Our `RDBStorage` on `url`. Opening a database that holds no schema yet creates it, and
+    two processes doing that at once (two launches on a fresh project, a test polling one)
+    collide: the slower one finds a table or the schema's version row already there, or (SQLite)
+    a lock it cannot wait for, and fails. The other one is creating the schema, so it opens the
+    storage again, a few times."""
+    import optuna
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.x
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _storage_class()(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except Exception as exc:
+            if attempt == attempts or not _lost_creation_race(exc):
+                raise
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _lost_creation_race(exc: BaseException) -> bool:
+    """Whether `exc` (or its cause) is another process having created the schema first."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, IntegrityError) or (
+            isinstance(seen, OperationalError | ProgrammingError)
+            and any(m in str(seen) for m in ("already exists", "database is locked"))
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @functools.cache

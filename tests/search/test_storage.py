@@ -59,6 +59,35 @@ def test_sqlite_connections_commit_without_an_fsync_per_transaction(tmp_path: Pa
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 
 
+def test_launches_that_create_a_new_sqlite_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """Two launches on a fresh project at the same moment (or a launch and something reading
+    the study) both create the schema: the slower one used to fail on a table or version row
+    the other had just made, or on the switch to WAL (60 of 80 opens, 4 at a time)."""
+    import threading
+
+    for round_ in range(8):
+        url = f"sqlite:///{tmp_path}/r{round_}/regsearch.db"
+        start = threading.Barrier(4)
+        errors: list[str] = []
+
+        def launch(
+            url: str = url, start: threading.Barrier = start, errors: list[str] = errors
+        ) -> None:
+            start.wait()
+            try:
+                optuna.create_study(study_name="s", storage=open_storage(url), load_if_exists=True)
+            except Exception as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=launch) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert [s.study_name for s in optuna.get_all_study_summaries(open_storage(url))] == ["s"]
+
+
 def test_an_enqueued_trial_is_claimed_by_one_local_worker_only(tmp_path: Path) -> None:
     """Four workers on one SQLite file race for 100 WAITING trials (the baseline recipe, a
     retry, a confirm retrain are all enqueued): each is claimed exactly once. With Optuna's
