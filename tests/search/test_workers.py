@@ -304,11 +304,6 @@ def test_a_killed_worker_s_trial_is_retried_with_the_same_params(tmp_path: Path)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("CI") == "true",
-    reason="in the full CI suite on a fresh clone the first launch is never seen RUNNING "
-    "within 120 s (passes alone and in the dev tree); skipped in CI until understood",
-)
 def test_a_killed_worker_s_last_trial_is_retried_and_the_study_finishes(tmp_path: Path) -> None:
     """The budget's last trial: the relaunch (right away, inside the grace period) must not
     count the dead RUNNING trial as done, but wait for it to go stale and retry it."""
