@@ -1,5 +1,6 @@
-"""Optuna storage: the URL (flag, env, file, default), an `RDBStorage` with heartbeats, and
-SQLite set up for a few concurrent local workers (WAL + busy timeout)."""
+"""Optuna storage: the URL (flag, env, file, default), an `RDBStorage` with heartbeats (SQLite
+set up for a few concurrent local workers by `search.sqlite_setup`), stale trials, and what a
+storage error says."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import UserError, first_line
+from search.sqlite_setup import SQLITE_BUSY_TIMEOUT_S, prepare_sqlite, sync_normal
 from search.urls import redact_url, sqlite_path
 
 if TYPE_CHECKING:
@@ -44,7 +46,6 @@ _log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///studies/regsearch.db"
 STORAGE_ENV = "REGSEARCH_STORAGE"
 ARTIFACTS_ENV = "REGSEARCH_ARTIFACTS"
-_SQLITE_BUSY_TIMEOUT_S = 60
 
 
 def resolve_storage_url(flag: str | None = None, config_value: str | None = None) -> str:
@@ -61,24 +62,6 @@ def artifact_dir(url: str, flag: str | Path | None = None) -> Path:
         return Path(chosen)
     path = sqlite_path(url)
     return (path.parent if path is not None else Path("studies")) / "artifacts"
-
-
-def _prepare_sqlite(path: Path) -> None:
-    """Create the folder and switch the database to WAL once (the mode persists in the file):
-    readers no longer block the writer, which is what several local workers need."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, 11):
-        with contextlib.closing(sqlite3.connect(path, timeout=_SQLITE_BUSY_TIMEOUT_S)) as conn:
-            try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    conn.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                # Another process switching a new file at the same moment: the switch takes
-                # an exclusive lock that SQLite does not wait for.
-                if attempt == 10 or "locked" not in str(exc):
-                    raise
-        time.sleep(0.05 * attempt)
 
 
 def open_storage(
@@ -101,10 +84,10 @@ def open_storage(
         if not create and not db_file.exists():
             raise UserError(f"no study storage at {db_file} (run `regsearch run` first)")
         try:
-            _prepare_sqlite(db_file)
+            prepare_sqlite(db_file)
         except (OSError, sqlite3.Error) as exc:
             raise UserError(f"cannot open storage {redact_url(url)}: {exc}") from None
-        engine_kwargs["connect_args"] = {"timeout": _SQLITE_BUSY_TIMEOUT_S}
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     elif url.startswith(("postgresql", "mysql")):
         engine_kwargs["pool_pre_ping"] = True
 
@@ -128,7 +111,7 @@ def open_storage(
     except Exception as exc:  # SQLAlchemy's ArgumentError, NoSuchModuleError, OperationalError…
         raise UserError(f"cannot open storage {redact_url(url)}: {first_line(exc)}") from None
     if db_file is not None:
-        _sync_normal(storage)
+        sync_normal(storage)
     return storage
 
 
@@ -215,20 +198,6 @@ def _storage_class() -> type[optuna.storages.RDBStorage]:
                 _log.warning("trial heartbeat not recorded: %s", describe_storage_error(exc))
 
     return Storage
-
-
-def _sync_normal(storage: optuna.storages.RDBStorage) -> None:
-    """`synchronous=NORMAL` on every SQLite connection: in WAL mode a commit then appends to
-    the log without an fsync (the log is synced at checkpoints). A crashed worker loses
-    nothing; a power cut may lose the last commits but never corrupts the file (SQLite's
-    documented guarantee for WAL). A `trial.report` costs about a third less."""
-    from sqlalchemy import event
-
-    def on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
-    event.listen(storage.engine, "connect", on_connect)
-    storage.engine.dispose()  # connections opened while Optuna set up the schema lack it
 
 
 def _missing_driver(url: str) -> str:
