@@ -141,15 +141,19 @@ def _lost_creation_race(exc: BaseException) -> bool:
     """Whether `exc` (or its cause) is another process having created the schema first."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, IntegrityError) or (
-            isinstance(seen, OperationalError | ProgrammingError)
-            and any(m in str(seen) for m in ("already exists", "database is locked"))
-        ):
-            return True
+    while seen is not None and seen not in chain:  # a chain may loop back on itself
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return False
+    return any(
+        isinstance(e, IntegrityError)
+        or (
+            isinstance(e, OperationalError | ProgrammingError)
+            and any(m in str(e) for m in ("already exists", "database is locked"))
+        )
+        for e in chain
+    )
 
 
 @functools.cache
