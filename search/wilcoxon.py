@@ -4,7 +4,7 @@
 reports. Validation accuracies tie often (a few hundred images give few distinct values), and
 for up to 13 paired steps with ties or zeros scipy then runs an exact permutation test over all
 2**n sign flips, calling its statistic once per flip from Python: about 1 s a step on a CPU
-core, 94 s of Optuna time in one 24-trial digits study (`regsearch bench --only pruning`).
+core, about 75 s of Optuna time per 24-trial digits study (`regsearch bench --only pruning`).
 
 `WilcoxonPruner` here decides as Optuna's does (same steps compared, same safety rule, same
 p-values); the one difference is that the permutation test evaluates the statistic for every
