@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
+
+from ._external import build_external, is_external
 
 __all__ = ["create_model", "list_models", "register_model"]
 
@@ -78,6 +80,8 @@ def create_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     image_size: int | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    path: str | None = None,
 ) -> nn.Module:
     """Build a registered model that maps float images in [0, 1], (N, C, H, W), to logits.
 
@@ -88,9 +92,18 @@ def create_model(
     normalization baked into the model (default 0.5 / 0.25). ``image_size`` is the side of
     the (square) training images: size-aware models such as ``small-cnn`` add stages for larger
     images so their receptive field covers the input (default 8); the others ignore it.
+
+    ``name`` may also be ``timm/<name>``, ``torchvision/<name>`` or a factory
+    ``package.module:callable`` (imported from ``sys.path``, then from the folder ``path``):
+    the same contract, with ``kwargs`` passed to that builder as they are (`_external`).
     """
-    if name not in _MODELS:
+    external = is_external(name)
+    if not external and name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if kwargs and not external:
+        raise ValueError(
+            f"model.kwargs applies to timm/, torchvision/ and factory models, not {name!r}"
+        )
     if not _is_int(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes=}")
     if not _is_int(in_channels) or in_channels < 1:
@@ -103,10 +116,26 @@ def create_model(
         raise ValueError(f"width must be None or an int >= 1, got {width=}")
     if image_size is not None and (not _is_int(image_size) or image_size < 1):
         raise ValueError(f"image_size must be None or an int >= 1, got {image_size=}")
-    mean_t = _stats(mean, DEFAULT_MEAN, "mean", in_channels)
-    std_t = _stats(std, DEFAULT_STD, "std", in_channels)
+    # An outside network's statistics may be its weights' own (3 values for grey images).
+    channels = len(mean) if external and mean is not None else in_channels
+    mean_t = _stats(mean, DEFAULT_MEAN, "mean", channels)
+    std_t = _stats(std, DEFAULT_STD, "std", len(mean_t))
     if not all(s > 0 for s in std_t):
         raise ValueError(f"std must be > 0 for every channel, got {std=}")
+    if external:
+        return build_external(
+            name,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            dropout=float(dropout),
+            drop_path=float(drop_path),
+            width=width,
+            mean=mean_t,
+            std=std_t,
+            image_size=image_size,
+            kwargs=kwargs,
+            path=path,
+        )
     sized = {"image_size": image_size} if name in _SIZED and image_size is not None else {}
     return _MODELS[name](
         **sized,
