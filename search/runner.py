@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from search.tracking import Tracker
 
-__all__ = ["RunOptions", "prepare", "run_study"]
+__all__ = ["RunOptions", "prepare", "record_choice", "run_study"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class RunOptions:
     title: str | None = None  # process title prefix, e.g. "regsearch worker digits #1"
     artifacts: str | None = None  # --artifacts (else $REGSEARCH_ARTIFACTS, else a default)
     sweep: Member | None = None  # the study is one fraction of a size sweep
+    # Export an outside network untrained before the first trial (the launch does; a worker
+    # joins a study whose launch did).
+    export_check: bool = True
 
 
 _log = logging.getLogger(__name__)
@@ -204,10 +207,30 @@ def _confirm_until_done(
         failures = _failures_after(ran, failures, max_consecutive_failures, "retrains")
 
 
-def prepare(config: StudyConfig) -> tuple[AutoChoice, Dataset]:
-    """The data set and the config with every `auto` chosen for it (what the study stores)."""
+def prepare(config: StudyConfig, *, export: bool = True) -> tuple[AutoChoice, Dataset]:
+    """The data set and the config with every `auto` chosen for it and the regularizers its
+    network cannot take left out (what the study stores), after building the network once
+    (`search.network.check_network`; `export`: an outside network is exported untrained)."""
+    from search.network import check_network
+
     data = load_dataset(config.dataset)
-    return resolve(config, data), data
+    return check_network(resolve(config, data), data, export=export), data
+
+
+def record_choice(study: optuna.Study, tracker: Tracker | None, choice: AutoChoice) -> None:
+    """What was chosen for the data and the network: on the MLflow parent run (`auto`), and
+    the regularizers left out on the study and the parent run (`left_out`)."""
+    from search.network import LEFT_OUT_ATTR
+
+    left = dict(choice.left_out)
+    if left:
+        study.set_user_attr(LEFT_OUT_ATTR, left)
+    if tracker is not None:
+        if choice.notes:
+            tracker.client.set_tag(tracker.parent_run_id, "auto", choice.summary)
+        if left:
+            why = "; ".join(f"{k}: {v}" for k, v in left.items())
+            tracker.client.set_tag(tracker.parent_run_id, LEFT_OUT_ATTR, why)
 
 
 def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> optuna.Study:
@@ -220,7 +243,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         device = resolve_device(device_name)
     except RuntimeError as exc:
         raise UserError(f"train.device: {exc}") from None
-    choice, data = prepare(config)
+    choice, data = prepare(config, export=options.export_check)
     config = choice.config
     if choice.notes and not options.quiet:
         for note in choice.notes:
@@ -244,8 +267,8 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         from search.tracking import Tracker
 
         tracker = Tracker.for_study(study, config, tracking_uri=options.tracking_uri)
-        if choice.notes:
-            tracker.client.set_tag(tracker.parent_run_id, "auto", choice.summary)
+    record_choice(study, tracker, choice)
+    if tracker is not None:
         from search.champion import repair
 
         repair(tracker, study, data)  # a kill between a trial's outcome and its alias

@@ -7,8 +7,8 @@ import os
 import click
 
 from search.cli._options import artifacts_option, storage_option, tracking_option
-from search.cli._run import Launch, check_tracking, run_in_process
 from search.errors import UserError
+from search.launch import Launch, check_tracking, run_in_process
 
 
 @click.command("confirm")

@@ -7,8 +7,9 @@ from typing import Any, TypeVar
 
 import click
 
-from search.errors import UserError
-from search.urls import redact_url
+from search.launch import check_reachable, make_console
+
+__all__ = ["check_reachable", "make_console"]  # where commands find them
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,14 +36,6 @@ artifacts_option = click.option(
 )
 
 
-def make_console(*, stderr: bool = False) -> Any:
-    """A rich console; off a terminal (CI logs, pipes) 200 columns rather than rich's 80."""
-    from rich.console import Console
-
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=200)
-
-
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -67,33 +60,3 @@ def warn_if_public(host: str) -> None:
             fg="yellow",
             err=True,
         )
-
-
-def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
-    """Fail fast, with one line, when an http(s) tracking server does not answer.
-
-    MLflow's client retries a refused connection for minutes (7 retries with back-off) before
-    it says anything; one GET of the server's `/health` within `timeout` seconds answers the
-    same question before any study, run or folder exists. Any HTTP answer (even 401 or 404
-    from a proxy) counts as reachable; other schemes are not probed.
-    """
-    import urllib.error
-    import urllib.request
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
-        return
-    netloc = parts.netloc.rpartition("@")[2]  # urllib takes no credentials in the URL
-    health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
-    try:
-        with urllib.request.urlopen(health, timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return  # it answered
-    except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise UserError(
-            f"cannot reach tracking server {redact_url(uri)} ({reason}); start it, fix "
-            "--tracking-uri / $MLFLOW_TRACKING_URI, or set tracking.enabled: false"
-        ) from None

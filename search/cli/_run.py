@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,39 +10,14 @@ import click
 
 from search.cli._options import artifacts_option, make_console, storage_option, tracking_option
 from search.errors import UserError
+from search.launch import Launch, check_tracking, run_in_process, run_workers
 from search.placement import parse_gpus, worker_gpus
+
+__all__ = ["COMMANDS", "Launch", "check_tracking", "run_in_process", "run_workers"]
 
 
 def _console() -> Any:
     return make_console(stderr=True)
-
-
-@dataclass(frozen=True)
-class Launch:
-    """The per-machine settings of one launch (the study's own settings are in its config)."""
-
-    url: str
-    tracking_uri: str | None
-    device: str | None
-    threads: int | None
-    artifacts: str | None
-    quiet: bool
-
-
-def _finish(study: Any, config: Any, console: Any) -> None:
-    from search.summary import best_summary, trials_table, verdict
-
-    console.print(trials_table(study, limit=10, title=f"study {study.study_name} — top 10"))
-    best = best_summary(study)
-    if best is None:
-        console.print("no trial completed yet")
-        return
-    # One line however narrow the terminal: scripts and tests look for it whole.
-    console.print(verdict(best, config.objective.metric), soft_wrap=True)
-    if best["model_uri"]:
-        console.print(f"model: {best['model_uri']}")
-    if best["champion_uri"]:  # what `mlflow.pyfunc.load_model` takes, whichever trial holds it
-        console.print(f"champion: {best['champion_uri']}")
 
 
 @click.command("run")
@@ -131,7 +102,7 @@ def run_command(
     if workers == 1 and pinned == [None]:
         run_in_process(config, launch, title=f"regsearch run {config.study}")
         return
-    _run_workers(config, launch, pinned)
+    run_workers(config, launch, pinned)
 
 
 def _run_sweep(
@@ -159,7 +130,7 @@ def _run_sweep(
         if pinned == [None]:
             run_in_process(cfg, launch, title=f"regsearch run {cfg.study}", sweep=member)
         else:
-            _run_workers(cfg, launch, pinned, sweep=member)
+            run_workers(cfg, launch, pinned, sweep=member)
         previous = cfg.study if warm_start else None
     from search.storage import open_storage
     from search.sweep import sweep_table
@@ -184,15 +155,6 @@ def _stored(study_name: str | None, storage: str | None) -> dict[str, Any] | Non
     return stored_config(opened, study_name or DEFAULTS["study"])
 
 
-def check_tracking(config: Any, flag: str | None) -> None:
-    """An unreachable tracking server stops the launch here, before anything is created."""
-    if config.tracking.enabled:
-        from search.cli._options import check_reachable
-        from search.urls import resolve_tracking_uri
-
-        check_reachable(resolve_tracking_uri(flag, config.tracking.uri))
-
-
 def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | None]:
     """`CUDA_VISIBLE_DEVICES` per worker (torch is loaded already: config validation)."""
     import torch
@@ -200,113 +162,6 @@ def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | N
     count = torch.cuda.device_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     return worker_gpus(workers, gpus, device=device, count=count, visible=visible)
-
-
-def run_in_process(
-    config: Any,
-    launch: Launch,
-    *,
-    title: str,
-    worker_index: int = 0,
-    summary: bool = True,
-    sweep: Any = None,
-) -> None:
-    """Run trials in this process; `title` prefixes its process title (`ps`, `top`)."""
-    from search.memory import retain_freed_memory
-    from search.runner import RunOptions, run_study
-
-    if launch.threads:
-        import torch
-
-        torch.set_num_threads(launch.threads)
-    retain_freed_memory()
-    options = RunOptions(
-        launch.url,
-        launch.tracking_uri,
-        launch.device,
-        worker_index=worker_index,
-        quiet=launch.quiet,
-        title=title,
-        artifacts=launch.artifacts,
-        sweep=sweep,
-    )
-    console = _console()
-    study = run_study(config, options, console=console)
-    if summary:
-        _finish(study, config, console)
-
-
-def _run_workers(
-    config: Any, launch: Launch, pinned: list[str | None], *, sweep: Any = None
-) -> None:
-    """Create the study here, then start one `regsearch worker` process per entry of `pinned`
-    (its `CUDA_VISIBLE_DEVICES`, or None), each with its share of the CPU threads; Ctrl+C /
-    SIGTERM is passed on to them."""
-    import optuna
-
-    from search.runner import prepare
-    from search.storage import open_storage
-    from search.study import create_or_resume, load_existing
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    choice = prepare(config)[0]  # the workers read the choice from the study (data freed)
-    config = choice.config
-    console = _console()
-    if not launch.quiet:
-        for note in choice.notes:
-            console.print(f"{config.study}: {note}")
-    study, _ = create_or_resume(config, open_storage(launch.url, config.search))
-    if sweep is not None:
-        from search.sweep import warm_start
-
-        warm_start(study, sweep)
-    if config.tracking.enabled:
-        # Create the MLflow store, experiment and parent run once, here: N workers racing
-        # to run the store's schema migrations on a fresh SQLite file would break it.
-        from search.tracking import Tracker
-
-        tracker = Tracker.for_study(study, config, tracking_uri=launch.tracking_uri, prewarm=False)
-        if choice.notes:
-            tracker.client.set_tag(tracker.parent_run_id, "auto", choice.summary)
-    per_worker = launch.threads or max(1, (os.cpu_count() or 1) // len(pinned))
-    # Through the environment, not argv: URLs may carry passwords, and `ps` shows argv.
-    env = {**os.environ, "REGSEARCH_STORAGE": launch.url}
-    if launch.tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = launch.tracking_uri
-    if launch.artifacts:
-        env["REGSEARCH_ARTIFACTS"] = launch.artifacts
-    procs = []
-    for index, gpu in enumerate(pinned):
-        cmd = [sys.executable, "-m", "search", "worker", config.study, "--threads", str(per_worker)]
-        cmd += ["--worker-index", str(index)]
-        if gpu is not None:
-            cmd += ["--device", "cuda"]  # the one GPU this worker sees
-        elif launch.device:
-            cmd += ["--device", launch.device]
-        if launch.quiet:
-            cmd.append("--quiet")
-        worker_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
-        procs.append(subprocess.Popen(cmd, env=worker_env))
-
-    def forward(signum: int, _frame: Any) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        forward(signal.SIGINT, None)
-        codes = [p.wait() for p in procs]
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    study, _ = load_existing(config.study, open_storage(launch.url, create=False))
-    _finish(study, config, console)
-    bad = [c for c in codes if c != 0]
-    if bad:
-        raise SystemExit(bad[0])
 
 
 @click.command("worker")
@@ -363,6 +218,7 @@ def worker_command(
         title=f"regsearch worker {study_name}" + (f" #{worker_index}" if spawned else ""),
         worker_index=index,
         summary=not spawned,
+        export_check=False,  # the study's launch exported its network
     )
 
 
