@@ -47,6 +47,8 @@ def model_for(shape: tuple[int, int, int], n_train: int) -> tuple[str, int | Non
 class AutoChoice:
     config: StudyConfig  # with every `auto` replaced by its value
     notes: tuple[str, ...]  # one line per choice, for the console and MLflow
+    # Model-side regularizers the network cannot take, left out of the search: (name, why).
+    left_out: tuple[tuple[str, str], ...] = ()
 
     @property
     def summary(self) -> str:

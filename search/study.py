@@ -57,6 +57,8 @@ _MAY_DIFFER = {
     "tracking.uri",
     "dataset.root",  # where this machine keeps the files
     "dataset.download",
+    "dataset.path",  # where this machine keeps a user loader's module
+    "model.path",  # where this machine keeps a user factory's module
 }
 
 

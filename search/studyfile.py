@@ -54,6 +54,20 @@ def read_study_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _code_beside(data: dict[str, Any], path: Path) -> None:
+    """A `package.module:callable` model or data set is imported from the study file's folder
+    when it is not on sys.path: that folder becomes `model.path` / `dataset.path` (unless
+    set), stored in the study, so every worker and resume looks there too."""
+    from search.config import DatasetConfig
+
+    for section in ("model", "dataset"):
+        node = data.get(section)
+        if section == "dataset" and "path" not in DatasetConfig.model_fields:
+            continue
+        if isinstance(node, dict) and ":" in str(node.get("name", "")) and not node.get("path"):
+            node["path"] = str(path.expanduser().resolve().parent)
+
+
 def load_config(
     path: Path | None = None,
     *,
@@ -67,6 +81,8 @@ def load_config(
     data = deep_merge(DEFAULTS, base or {})
     data = deep_merge(data, read_study_file(path) if path else {})
     data = apply_overrides(data, overrides)
+    if path is not None:
+        _code_beside(data, path)
     for dotted, value in (flags or {}).items():
         if value is not None:
             *parents, last = dotted.split(".")

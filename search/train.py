@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import create_model
 from search.augment import BatchTransform
-from search.auto import AUTO, batch_size_for, model_for
+from search.auto import AUTO, batch_size_for
 from search.config import TrainConfig, TrialConfig
 from search.data import Dataset, ImageSet
 from search.evaluation import autocast, batch, evaluate, evaluate_full, uses_channels_last
+from search.network import build_model
 from search.optim import EarlyStopping, make_optimizer, make_scheduler
 
 __all__ = [
@@ -109,28 +109,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError(f"device {name!r} requested but MPS is not available")
     return device
-
-
-def build_model(cfg: TrialConfig, data: Dataset) -> tuple[nn.Module, dict[str, Any]]:
-    """The trial's network for `data` (`model.name: auto` is chosen here when a study did not
-    resolve it already), and the `create_model` arguments that rebuild it."""
-    mean, std = data.mean_std()
-    name, width = cfg.model.name, cfg.model.width
-    if name == AUTO:
-        name, auto_width, _ = model_for(data.shape, len(data.train))
-        width = width if width is not None else auto_width
-    kwargs: dict[str, Any] = {
-        "name": name,
-        "num_classes": data.num_classes,
-        "in_channels": data.shape[0],
-        "dropout": cfg.regularization.dropout,
-        "drop_path": cfg.regularization.drop_path,
-        "width": width,
-        "mean": mean,
-        "std": std,
-        "image_size": max(data.shape[1:]),
-    }
-    return create_model(**kwargs), kwargs
 
 
 def _batches(

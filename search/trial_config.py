@@ -131,20 +131,60 @@ class DatasetConfig(Section):
 
 class ModelConfig(Section):
     # `auto`: chosen from the data set's image size, channels and size (`search.auto`); the
-    # choice is what the study stores.
+    # choice is what the study stores. Also a built-in name (`models.list_models()`),
+    # `timm/<name>`, `torchvision/<name>` or a factory `package.module:callable`.
     name: str = "auto"
     width: Int | None = Field(None, ge=1)
+    # Passed as they are to a timm, torchvision or factory builder (`global_pool: avg`).
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Start every trial from these weights (safetensors or a state dict); a head whose shape
+    # differs is re-initialised.
+    weights: Path | None = None
+    # The input normalisation inside the model; default: the weights' own where known
+    # (timm's pretrained config, torchvision's weights), else the training images' statistics.
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    # The folder a factory's module is imported from when it is not on sys.path (filled in
+    # with the study file's folder).
+    path: Path | None = None
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str, info: ValidationInfo) -> str:
         if name == "auto" or (info.context and not info.context.get("check_model", True)):
             return name  # a stored config, read by a command that builds no model
-        from models import list_models  # imports torch: seconds
+        from models import check_name, is_external, list_models  # imports torch: seconds
+        from search.imports import is_import_spec
 
-        if name not in list_models():
-            raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        if ":" in name and not is_import_spec(name):
+            raise ValueError(f"{name!r} is not of the form package.module:callable")
+        if is_external(name):
+            check_name(name)  # timm installed, a known timm or torchvision name
+        elif name not in list_models():
+            raise ValueError(
+                f"unknown model {name!r}; known: {', '.join(list_models())}, timm/<name>, "
+                "torchvision/<name> or package.module:callable"
+            )
         return name
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, std: list[float] | None) -> list[float] | None:
+        if std is not None and not all(v > 0 for v in std):
+            raise ValueError(f"every std must be > 0, got {std}")
+        return std
+
+    @model_validator(mode="after")
+    def _stats_and_kwargs(self) -> ModelConfig:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("model.mean and model.std go together")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"model.mean and model.std differ in length: {self.mean}, {self.std}")
+        if self.kwargs and not (":" in self.name or "/" in self.name):
+            raise ValueError(
+                "model.kwargs applies to timm/, torchvision/ and package.module:callable models"
+            )
+        return self
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

@@ -1,0 +1,248 @@
+"""Your own network: a timm or torchvision model, a user factory and a fine-tune from a weights
+file, each searched end to end; its champion loads where regsearch, timm and the user's code
+cannot be imported. And each way such a network is refused before anything is created."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from search.records import CONFIG_ATTR
+from tests.helpers import regsearch
+
+_FACTORY = """
+    from torch import nn
+
+    def small(*, num_classes, in_channels, dropout=0.0):
+        # No drop_path parameter: the study must leave stochastic depth out.
+        return nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(16, num_classes),
+        )
+"""
+_MODULE = "own_net_factory"
+
+
+def _synthetic(size: int, channels: int) -> dict[str, Any]:
+    return {
+        "name": "synthetic",
+        "image_size": size,
+        "channels": channels,
+        "num_samples": 160,
+        "num_classes": 4,
+    }
+
+
+def _study_file(folder: Path, study: str, model: dict[str, Any], data: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {
+        "study": study,
+        "dataset": data,
+        "model": model,
+        "train": {"epochs": 2},
+        "search": {"n_trials": 2, "confirm": "off"},
+        "space": {"drop_path": {"type": "float", "low": 0.0, "high": 0.2}},
+    }
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _client(root: Path) -> MlflowClient:
+    uri = f"sqlite:///{root}/mlruns/mlflow.db"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def _champion_in_a_bare_process(root: Path, study: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Load `models:/<study>@champion` in a process where regsearch, timm and the user's
+    module cannot be imported, and score it on the study's test split."""
+    from search.config import DatasetConfig
+    from search.data import load_dataset
+
+    test = load_dataset(DatasetConfig(**data)).test
+    np.save(root / "x.npy", (test.x.numpy() / 255.0).astype(np.float32))
+    np.save(root / "y.npy", test.y.numpy())
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        for name in ("search", "models", "timm", "{_MODULE}"):
+            sys.modules[name] = None  # any import of them fails
+        import mlflow, mlflow.pytorch, numpy as np, torch
+        mlflow.set_tracking_uri("sqlite:///{root}/mlruns/mlflow.db")
+        model = mlflow.pytorch.load_model("models:/{study}@champion")
+        x = torch.from_numpy(np.load("{root}/x.npy"))
+        y = np.load("{root}/y.npy")
+        with torch.no_grad():
+            accuracy = float((model(x).argmax(1).numpy() == y).mean())
+        print(json.dumps({{"accuracy": accuracy}}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd="/", capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _write_weights(path: Path) -> None:
+    """Weights as timm saves them: a 1000-class, RGB `test_resnet`."""
+    from safetensors.torch import save_file
+
+    from models import create_model
+
+    net = create_model("timm/test_resnet", num_classes=1000, in_channels=3).net
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+
+
+_CASES = {
+    "timm": ({"name": "timm/test_resnet"}, _synthetic(16, 1)),
+    "torchvision": ({"name": "torchvision/resnet18"}, _synthetic(32, 3)),
+    "factory": ({"name": f"{_MODULE}:small"}, _synthetic(12, 1)),
+    "finetune": ({"name": "timm/test_resnet", "weights": "w.safetensors"}, _synthetic(16, 1)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(_CASES))
+def test_any_network_is_searched_and_its_champion_loads_without_regsearch(
+    kind: str, tmp_path: Path
+) -> None:
+    model, data = _CASES[kind]
+    folder = tmp_path / "project"
+    if kind == "factory":
+        folder.mkdir()
+        (folder / f"{_MODULE}.py").write_text(textwrap.dedent(_FACTORY))
+    if "weights" in model:
+        _write_weights(tmp_path / model["weights"])
+    study = f"own-{kind}"
+    path = _study_file(folder, study, model, data)
+    proc = regsearch("run", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    if kind == "factory":  # imported from the study file's folder, stored for every worker
+        assert f"drop_path left out of the search space and the baseline ({_MODULE}:small " in (
+            proc.stderr
+        )
+    if kind == "torchvision":
+        assert "torchvision/resnet18: 11.1" in proc.stderr  # ≥ 1M parameters, said once
+        assert "dropout left out of the search space" in proc.stderr
+    if kind == "finetune":
+        assert "re-initialised (shape differs)" in proc.stderr
+        assert "conv1.0.weight summed over RGB for grey images" in proc.stderr
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    trials = optuna.load_study(study_name=study, storage=storage).trials
+    states = [t.state for t in trials]
+    assert len(states) == 2 and optuna.trial.TrialState.FAIL not in states, states
+    out = _champion_in_a_bare_process(tmp_path, study, data)
+    version = _client(tmp_path).get_model_version_by_alias(study, "champion")
+    assert out["accuracy"] == pytest.approx(float(version.tags["test_accuracy"]), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_left_out_regularizer_is_recorded_in_the_study_and_the_parent_run(
+    tmp_path: Path,
+) -> None:
+    path = _study_file(tmp_path / "p", "left", {"name": "torchvision/resnet18"}, _synthetic(16, 1))
+    proc = regsearch("run", str(path), "--n-trials", "1", "--set", "train.epochs=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = "left: dropout left out of the search space and the baseline"
+    assert line + " (torchvision/resnet18 takes no dropout)" in proc.stderr
+    study = optuna.load_study(
+        study_name="left", storage=f"sqlite:///{tmp_path}/studies/regsearch.db"
+    )
+    assert study.user_attrs["left_out"] == {
+        "dropout": "torchvision/resnet18 takes no dropout",
+        "drop_path": "torchvision/resnet18 takes no drop_path",
+    }
+    stored = study.user_attrs[CONFIG_ATTR]
+    assert stored["space"]["dropout"] == 0.0 and "dropout" not in stored["baseline"]
+    assert all("dropout" not in t.params for t in study.trials)
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name("left")
+    assert experiment is not None
+    parent = client.search_runs([experiment.experiment_id], "tags.role = 'study'")[0]
+    assert "dropout: torchvision/resnet18 takes no dropout" in parent.data.tags["left_out"]
+
+
+@pytest.mark.slow
+def test_workers_import_the_factory_from_the_study_folder_and_fail_at_start_without_it(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / f"{_MODULE}.py").write_text(textwrap.dedent(_FACTORY))
+    path = _study_file(folder, "fac", {"name": f"{_MODULE}:small"}, _synthetic(12, 1))
+    proc = regsearch("run", str(path), "--workers", "2", "--n-trials", "3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    trials = optuna.load_study(study_name="fac", storage=storage).trials
+    assert len(trials) >= 3
+    assert not [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    # The module gone from this machine: a joining worker stops at start-up with the reason,
+    # before it takes a trial.
+    shutil.rmtree(folder)
+    proc = regsearch("worker", "fac", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"regsearch: error: model.name: cannot import '{_MODULE}' for '{_MODULE}:small': "
+        f"ModuleNotFoundError: No module named '{_MODULE}' (looked on sys.path and in {folder})"
+    )
+    after = optuna.load_study(study_name="fac", storage=storage).trials
+    assert len(after) == len(trials)
+
+
+_BRANCHY = """
+    from torch import nn
+
+    class Branchy(nn.Module):
+        def __init__(self, num_classes, in_channels):
+            super().__init__()
+            self.fc = nn.Linear(in_channels, num_classes)
+
+        def forward(self, x):
+            x = x.mean(dim=(2, 3))
+            if x.sum() > 0:  # data-dependent control flow: torch.export cannot trace it
+                return self.fc(x)
+            return -self.fc(x)
+
+    def build(*, num_classes, in_channels):
+        return Branchy(num_classes, in_channels)
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("model.name=timm/resnet_18", "model.name: unknown timm model 'resnet_18'; did you mean"),
+        (
+            "model.name=not_a_module_anywhere:build",
+            "model.name: cannot import 'not_a_module_anywhere' for "
+            "'not_a_module_anywhere:build': ModuleNotFoundError",
+        ),
+        ("model.name=branchy_user_net:build", "cannot be exported with torch.export"),
+        ("model.name=timm/vgg11", "model.name: timm/vgg11 fails on this data's (1, 8, 8) images"),
+        ("model.weights=missing.safetensors", "model.weights: no file missing.safetensors"),
+        ("model.kwargs={global_pool: max}", "model.kwargs applies to timm/, torchvision/"),
+    ],
+)
+def test_a_network_that_cannot_serve_stops_the_launch_before_anything_is_created(
+    setting: str, message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "branchy_user_net.py").write_text(textwrap.dedent(_BRANCHY))
+    extra = ["--set", f"model.path={tmp_path}"] if "branchy" in setting else []
+    proc = regsearch("run", "--study", "refused", "--set", setting, *extra, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("regsearch: error: ") and message in last, last
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "mlruns").exists()
