@@ -1,0 +1,184 @@
+"""regsearch from Python: run a study, read its verdict, load its champion — for notebooks and
+scripts, with the CLI's validation and its one-line messages (raised as `UserError`).
+
+```python
+import search
+
+study = search.run("studies/digits.yaml", overrides=["search.n_trials=8"])
+study.best["champion_uri"]        # the same dict as `regsearch best STUDY --json`
+model = search.load_champion(study.name)   # an nn.Module: float images in [0, 1] -> logits
+```
+
+A config may be a study file, a mapping (the keys of a study file) or None (the built-in
+digits study). A factory defined in the notebook itself runs in-process as
+`model.name: "__main__:make_net"`. Nothing is left behind between two studies in one process:
+MLflow's tracking URI, Optuna's log level and torch's thread count are put back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["StudyResult", "best", "load_champion", "run"]
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """A finished launch: the study's name, where it lives, and its verdict (`best`)."""
+
+    name: str
+    storage: str
+    tracking_uri: str | None
+    best: dict[str, Any] | None  # `regsearch best --json`; None: no trial completed
+    metric: str = "val_accuracy"
+
+    @property
+    def verdict(self) -> str | None:
+        """The verdict line `regsearch run` and `best` print."""
+        if self.best is None:
+            return None
+        from search.summary import verdict
+
+        return verdict(self.best, self.metric)
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextlib.contextmanager
+def _process_state() -> Iterator[None]:
+    """Put back what a launch sets for the whole process: MLflow's tracking and registry URIs
+    (module state and the environment variables `mlflow.set_tracking_uri` writes), Optuna's
+    log level, torch's thread count."""
+    import optuna
+    import torch
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking = getattr(tracking_utils, "_tracking_uri", None)
+    registry = getattr(registry_utils, "_registry_uri", None)
+    variables = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    verbosity = optuna.logging.get_verbosity()
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        tracking_utils.set_tracking_uri(tracking)  # type: ignore[arg-type]  # None: unset
+        registry_utils._registry_uri = registry
+        for name, value in variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        optuna.logging.set_verbosity(verbosity)
+        torch.set_num_threads(threads)
+
+
+def _config(
+    config: str | Path | Mapping[str, Any] | None, overrides: Iterable[str], flags: dict[str, Any]
+) -> Any:
+    from search.studyfile import load_config
+
+    if config is None or isinstance(config, str | Path):
+        return load_config(
+            Path(config) if config is not None else None, overrides=overrides, flags=flags
+        )
+    if not isinstance(config, Mapping):
+        raise UserError(
+            f"config: expected a study file, a mapping or None, got {type(config).__name__}"
+        )
+    return load_config(None, overrides=overrides, flags=flags, base=config)
+
+
+def run(
+    config: str | Path | Mapping[str, Any] | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    study: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    workers: int = 1,
+    quiet: bool = True,
+) -> StudyResult:
+    """Create or resume a study and run its trials, as `regsearch run` does; its verdict.
+
+    `overrides` are `--set` strings (`"train.epochs=5"`); `workers` > 1 starts worker
+    processes (a model or data set defined in the notebook cannot reach them: put it in a
+    module). Raises `UserError` with the CLI's one-line message for any bad input."""
+    from search.launch import Launch, check_tracking, run_in_process, run_workers
+    from search.storage import resolve_storage_url
+
+    flags = {
+        "study": study,
+        "search.n_trials": n_trials,
+        "search.timeout": timeout,
+        "train.device": device,
+    }
+    cfg = _config(config, overrides, flags)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"workers must be an integer >= 1, got {workers!r}")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise UserError(f"threads must be an integer >= 1, got {threads!r}")
+    url = resolve_storage_url(storage, cfg.storage)
+    check_tracking(cfg, tracking_uri)
+    launch = Launch(url, tracking_uri, device, threads, None, quiet)
+    with _process_state():
+        if workers == 1:
+            run_in_process(cfg, launch, title=None, summary=not quiet)
+        else:
+            run_workers(cfg, launch, [None] * workers)
+    verdict = best(cfg.study, storage=url)
+    return StudyResult(cfg.study, url, tracking_uri, verdict, cfg.objective.metric)
+
+
+def best(study: str, *, storage: str | None = None) -> dict[str, Any] | None:
+    """The study's verdict: the dict `regsearch best STUDY --json` prints (None before any
+    trial completed)."""
+    from search.storage import open_storage, resolve_storage_url
+    from search.study import load_existing
+    from search.summary import best_summary
+
+    opened, _ = load_existing(study, open_storage(resolve_storage_url(storage), create=False))
+    return best_summary(opened)
+
+
+def load_champion(study: str, *, tracking_uri: str | None = None) -> nn.Module:
+    """The study's registered champion (`models:/<study>@champion`) as an `nn.Module` on the
+    CPU: float images in [0, 1], shape (N, C, H, W), in; logits out."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    from search.errors import first_line
+    from search.urls import resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(tracking_uri, None)
+    local = sqlite_path(uri)
+    if local is not None and not local.exists():  # do not create an empty store by looking
+        raise UserError(f"no champion for study {study!r}: no tracking store {local}")
+    with _process_state():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            model: nn.Module = mlflow.pytorch.load_model(f"models:/{study}@champion")
+        except MlflowException as exc:
+            raise UserError(
+                f"no champion for study {study!r} at {uri}: {first_line(exc)}"
+            ) from None
+    return model

@@ -1,0 +1,85 @@
+"""regsearch from Python (`search.api`): two studies in one process, the same verdict as
+`regsearch best --json`, the champion as an `nn.Module`, the CLI's messages as exceptions,
+and nothing left behind in the process."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+import yaml
+
+from search.api import best, load_champion, run
+from search.errors import UserError
+from tests.helpers import regsearch
+
+_TINY = ["train.epochs=2", "search.confirm=off"]
+
+
+@pytest.mark.slow
+def test_two_studies_in_one_process_give_the_cli_s_verdicts(tmp_path: Path) -> None:
+    before = (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"))
+    threads = torch.get_num_threads()
+    level = optuna.logging.get_verbosity()
+    # One from a mapping, one from a study file with overrides: different data and models.
+    first = run(
+        {"study": "from-dict", "search": {"n_trials": 2}, "model": {"name": "small-cnn"}},
+        overrides=_TINY,
+        threads=1,
+    )
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "study": "from-file",
+                "dataset": {"name": "synthetic", "image_size": 12, "num_samples": 120},
+                "search": {"n_trials": 2},
+            }
+        )
+    )
+    second = run(tmp_path / "s.yaml", overrides=[*_TINY, "train.seed=3"])
+    assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")) == before
+    assert torch.get_num_threads() == threads and optuna.logging.get_verbosity() == level
+    for result in (first, second):
+        cli = regsearch("best", result.name, "--json", cwd=tmp_path)
+        assert cli.returncode == 0, cli.stderr
+        assert result.best == json.loads(cli.stdout)
+        assert best(result.name) == result.best
+        assert result.verdict is not None and result.verdict.startswith("best: trial ")
+    assert first.best is not None and second.best is not None
+    assert first.best["params"] != second.best["params"]
+    model = load_champion("from-file")
+    with torch.no_grad():
+        assert model(torch.rand(3, 1, 12, 12)).shape == (3, 10)
+    assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")) == before
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        (None, ["space.dropout=1.5"], "space.dropout: 1.5 is outside the allowed range [0, 1)"),
+        ({"search": {"n_trals": 3}}, [], "search.n_trals: unknown key; did you mean 'n_trials'?"),
+        ("missing.yaml", [], "study file not found: missing.yaml"),
+        ({"model": {"name": "timm/resnet_18"}}, [], "unknown timm model 'resnet_18'"),
+    ],
+)
+def test_bad_input_raises_the_cli_s_one_line_message(
+    config: object, overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(UserError) as info:
+        run(config, overrides=overrides)  # type: ignore[arg-type]
+    assert message in str(info.value) and "\n" not in str(info.value)
+    if config is None:  # the same line as the command line's
+        cli = regsearch("run", "--set", overrides[0], cwd=tmp_path)
+        assert cli.returncode == 2 and cli.stderr.strip() == f"regsearch: error: {info.value}"
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_a_champion_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no champion for study 'nothing-here'"):
+        load_champion("nothing-here")
+    assert not (tmp_path / "mlruns").exists()
