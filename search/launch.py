@@ -92,6 +92,10 @@ def _finish(study: Any, config: Any, console: Any) -> None:
         console.print(f"model: {best['model_uri']}")
     if best["champion_uri"]:  # what `mlflow.pyfunc.load_model` takes, whichever trial holds it
         console.print(f"champion: {best['champion_uri']}")
+    if best.get("input"):
+        from search.network import describe_input
+
+        console.print(describe_input(best["input"]), soft_wrap=True)
 
 
 def check_tracking(config: Any, flag: str | None) -> None:

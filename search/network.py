@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     from search.config import StudyConfig, TrialConfig
     from search.data import Dataset
 
-__all__ = ["LEFT_OUT_ATTR", "build_model", "check_network", "input_contract", "model_kwargs"]
+__all__ = [
+    "LEFT_OUT_ATTR",
+    "build_model",
+    "check_network",
+    "describe_input",
+    "input_contract",
+    "model_kwargs",
+]
 
 # Study user attribute: {regularizer: why it is not searched} for the network of the study.
 LEFT_OUT_ATTR = "left_out"
@@ -243,10 +250,20 @@ def check_network(choice: AutoChoice, data: Dataset, *, export: bool = True) -> 
     return AutoChoice(config, tuple(notes), tuple((item.name, item.why) for item in left))
 
 
-def input_contract(data: Dataset) -> str:
-    """What the champion takes, in one line."""
-    c, h, w = data.shape
+def input_contract(data: Dataset) -> dict[str, Any]:
+    """What the champion takes and returns (stored in the study, shown by `run` and `best`)."""
+    return {
+        "shape": list(data.shape),
+        "dtype": "float32",
+        "range": [0.0, 1.0],
+        "classes": data.num_classes,
+    }
+
+
+def describe_input(contract: dict[str, Any]) -> str:
+    """`contract` in one line."""
+    c, h, w = contract["shape"]
     return (
-        f"input: float32 images in [0, 1], shape (N, {c}, {h}, {w}); "
-        f"returns {data.num_classes} logits"
+        f"input: {contract['dtype']} images in [0, 1], shape (N, {c}, {h}, {w}); "
+        f"returns {contract['classes']} logits"
     )

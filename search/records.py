@@ -14,6 +14,7 @@ __all__ = [
     "BASELINE",
     "CONFIG_ATTR",
     "FINISHED",
+    "INPUT_ATTR",
     "MODEL_URI_ATTR",
     "OVERRIDES_ATTR",
     "PHASE_ATTR",
@@ -33,6 +34,8 @@ __all__ = [
 
 CONFIG_ATTR = "regsearch_config"
 TRAIN_IMAGES_ATTR = "train_images"  # study user attr: the size of the training split it trains on
+# Study user attr: what the champion takes, {"shape": [C, H, W], "dtype", "range", "classes"}.
+INPUT_ATTR = "input"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trial user attrs of every trial's outcome.
 STOP_REASON_ATTR = "stop_reason"  # why it ended: max_epochs, early_stopping, pruned, surplus, …

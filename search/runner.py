@@ -18,9 +18,17 @@ from search.auto import AutoChoice, resolve
 from search.config import StudyConfig
 from search.data import Dataset, load_dataset
 from search.errors import StorageFailure, UserError
+from search.network import input_contract
 from search.objective import STORAGE_ERROR, Objective
 from search.proctitle import TrialTitle
-from search.records import FINISHED, STOP_REASON_ATTR, SURPLUS, TRAIN_IMAGES_ATTR, is_budget_trial
+from search.records import (
+    FINISHED,
+    INPUT_ATTR,
+    STOP_REASON_ATTR,
+    SURPLUS,
+    TRAIN_IMAGES_ATTR,
+    is_budget_trial,
+)
 from search.signals import sigterm_interrupts
 from search.storage import (
     artifact_dir,
@@ -252,6 +260,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     study, _created = create_or_resume(config, storage, worker_index=options.worker_index)
     study.set_user_attr("objective_metric", config.objective.metric)
     study.set_user_attr(TRAIN_IMAGES_ATTR, len(data.train))
+    study.set_user_attr(INPUT_ATTR, input_contract(data))
     if options.sweep is not None:
         warm_start(study, options.sweep)
     finished = count_trials(study, FINISHED)

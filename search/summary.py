@@ -85,7 +85,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     held-out evaluation: accuracy, ECE and NLL of both models, the gain with its interval);
     `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early stopping."""
     from search.evidence import TEST_ATTR, epochs_saved, study_config, study_evidence
-    from search.records import PHASE_ATTR, baseline_trial
+    from search.records import INPUT_ATTR, PHASE_ATTR, baseline_trial
     from search.study import best_trial
 
     best = best_trial(study)
@@ -151,6 +151,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
             "pending": ev.pending,
         },
         "epochs_saved": epochs_saved(study, study_config(study)),
+        "input": study.user_attrs.get(INPUT_ATTR),
     }
 
 

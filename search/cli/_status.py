@@ -94,6 +94,10 @@ def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
     click.echo(f"model:  {best['model_uri'] or '(not registered)'}")
     if best["champion_uri"]:
         click.echo(f"champion: {best['champion_uri']}")
+    if best.get("input"):
+        from search.network import describe_input
+
+        click.echo(describe_input(best["input"]))
 
 
 COMMANDS = [status_command, best_command]

@@ -80,8 +80,17 @@ def test_best_json_has_the_contract_keys(tiny_study: Path) -> None:
         "test",
         "confirm",
         "epochs_saved",
+        "input",
     }
     assert best["study"] == "tiny"
+    assert best["input"] == {
+        "shape": [1, 8, 8],
+        "dtype": "float32",
+        "range": [0.0, 1.0],
+        "classes": 10,
+    }
+    text = regsearch("best", "tiny", cwd=tiny_study).stdout
+    assert "input: float32 images in [0, 1], shape (N, 1, 8, 8); returns 10 logits" in text
     assert best["model_uri"].startswith("models:/tiny/")
     assert best["champion_uri"] == "models:/tiny@champion"
     assert 0.0 <= best["test_accuracy"] <= 1.0
