@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from search.errors import UserError
+from search.overrides import shown
 from search.trial_config import (
     DatasetConfig,
     EarlyStoppingConfig,
@@ -291,7 +292,7 @@ def _format_validation_error(exc: ValidationError) -> str:
         if near:
             msg += f"; did you mean {near!r}?"
     elif first["type"] not in ("value_error", "assertion_error") and "input" in first:
-        msg = f"{msg} (got {first['input']!r})"
+        msg = f"{msg} (got {shown(first['input'])})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{loc or 'config'}: {msg}{more}"
 

@@ -13,7 +13,56 @@ import yaml
 
 from search.errors import UserError, first_line
 
-__all__ = ["apply_overrides", "deep_merge", "flatten"]
+__all__ = ["MAX_DEPTH", "apply_overrides", "deep_merge", "flatten", "load_yaml", "shown"]
+
+MAX_DEPTH = 16  # of a key path or a value: the deepest real key is 4 (search.pruner.options.x)
+MAX_VALUE_CHARS = 1 << 16  # of one --set value
+_SHOWN = 200  # characters of an offending value an error message quotes
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, cut to about 200 characters: one line, whatever a file holds."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a study file never needs them, and nested aliases
+    expand exponentially (a few hundred bytes that parse into gigabytes)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed", self.peek_event().start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def _depth(value: Any, limit: int) -> int:
+    """The nesting depth of `value` (lists and mappings), counted no further than `limit`."""
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
+
+
+def load_yaml(text: str) -> Any:
+    """`text` as YAML: safe types only, no aliases, nested at most `MAX_DEPTH` deep (a
+    `yaml.YAMLError` or `ValueError` otherwise)."""
+    try:
+        value = yaml.load(text, Loader=_NoAliases)
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+    if _depth(value, MAX_DEPTH) > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+    return value
 
 
 def _merges(old: Any, new: Any) -> bool:
@@ -41,12 +90,16 @@ def _parse_assignment(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise UserError(f"--set {item!r}: expected KEY.SUB=VALUE")
+        raise UserError(f"--set {shown(item)}: expected KEY.SUB=VALUE")
+    if len(raw) > MAX_VALUE_CHARS:
+        raise UserError(f"--set {shown(key)}: a value is at most {MAX_VALUE_CHARS:,} characters")
+    if key.count(".") >= MAX_DEPTH:
+        raise UserError(f"--set {shown(key)}: a key is at most {MAX_DEPTH} levels deep")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
+        value = load_yaml(raw) if raw.strip() else None
+    except (yaml.YAMLError, ValueError) as exc:
         raise UserError(
-            f"--set {key}: value {raw!r} is not valid YAML ({first_line(exc)})"
+            f"--set {key}: value {shown(raw)} is not valid YAML ({first_line(exc, limit=200)})"
         ) from None
     return key.split("."), value
 

@@ -12,7 +12,7 @@ import yaml
 
 from search.config import DEFAULTS, StudyConfig, parse_config
 from search.errors import UserError, first_line
-from search.overrides import apply_overrides, deep_merge
+from search.overrides import apply_overrides, deep_merge, load_yaml
 
 __all__ = ["load_config", "read_study_file", "validate_config"]
 
@@ -30,21 +30,31 @@ def validate_config(data: Mapping[str, Any], *, check_model: bool = True) -> Stu
     return config
 
 
+MAX_FILE_BYTES = 1 << 20  # a study file is a page of YAML; 1 MiB is far beyond any
+
+
 def read_study_file(path: Path) -> dict[str, Any]:
     try:
+        if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
+            raise UserError(
+                f"study file {path} is {path.stat().st_size:,} bytes; a study file is at most "
+                f"{MAX_FILE_BYTES:,}"
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError(f"study file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read study file {path}: {first_line(exc)}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         pos = f" line {where.line + 1}" if where is not None else ""
         raise UserError(
             f"{path}:{pos} is not valid YAML ({getattr(exc, 'problem', None) or 'syntax error'})"
         ) from None
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

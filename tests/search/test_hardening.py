@@ -203,3 +203,42 @@ def test_a_half_created_store_from_an_older_version_is_rebuilt(tmp_path: Path) -
 
     client = MlflowClient(f"sqlite:///{db}")
     assert client.get_experiment_by_name("digits") is not None
+
+
+_ALIAS_BOMB = (
+    "{a: &a [x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a], "
+    "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b], d: [*c, *c, *c, *c, *c, *c, *c, *c, *c]}"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", f"space.x={_ALIAS_BOMB}"], "aliases (*name) are not allowed"),
+        (["--set", "a" + ".a" * 1000 + "=1"], "a key is at most 16 levels deep"),
+        (["--set", "space.x=" + "[" * 3000], "nested more than 16 levels deep"),
+        (["--set", "space.x=" + "1," * 40_000], "a value is at most 65,536 characters"),
+        (["--threads", "-3"], "--threads must be an integer >= 1, got -3"),
+        (["--tracking-uri", "file:///tmp/somewhere"], "keeps no runs or models in a file store"),
+        (["--tracking-uri", "ftp://host/x"], "unsupported scheme 'ftp'"),
+        (["--study", "s" * 128, "--fractions", "0.5,1"], "a study name is at most 128"),
+    ],
+)
+def test_hostile_values_are_one_short_line_and_create_nothing(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    proc = regsearch("run", "--n-trials", "1", *args, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert len(lines[0]) < 400  # an offending value is quoted, cut to ~200 characters
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_study_file_with_an_alias_bomb_or_of_megabytes_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bomb.yaml").write_text(f"space:\n  x: {_ALIAS_BOMB}\n")
+    with pytest.raises(UserError, match=r"bomb\.yaml: line 2 is not valid YAML \(aliases"):
+        load_config(tmp_path / "bomb.yaml")
+    (tmp_path / "big.yaml").write_text("space: [" + "1," * 1_000_000 + "1]\n")
+    with pytest.raises(UserError, match=r"big\.yaml is 2,000,011 bytes; a study file is at most"):
+        load_config(tmp_path / "big.yaml")
