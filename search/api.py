@@ -131,10 +131,6 @@ def run(
     cfg = _config(config, overrides, flags)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"workers must be an integer >= 1, got {workers!r}")
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-    ):
-        raise UserError(f"threads must be an integer >= 1, got {threads!r}")
     url = resolve_storage_url(storage, cfg.storage)
     check_tracking(cfg, tracking_uri)
     launch = Launch(url, tracking_uri, device, threads, None, quiet)

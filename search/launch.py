@@ -8,7 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from search.errors import UserError
@@ -76,26 +77,46 @@ class Launch:
     threads: int | None
     artifacts: str | None
     quiet: bool
+    started: float = field(default_factory=time.monotonic)  # for the elapsed time `run` ends with
+
+    def __post_init__(self) -> None:
+        threads = self.threads
+        if threads is not None and (isinstance(threads, bool) or threads < 1):
+            raise UserError(f"--threads must be an integer >= 1, got {threads}")
 
 
-def _finish(study: Any, config: Any, console: Any) -> None:
+def elapsed(seconds: float) -> str:
+    """`42 s`, `3 min 05 s`, `1 h 02 min`."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _finish(study: Any, config: Any, console: Any, launch: Launch) -> None:
     from search.summary import best_summary, trials_table, verdict
 
     console.print(trials_table(study, limit=10, title=f"study {study.study_name} — top 10"))
     best = best_summary(study)
     if best is None:
         console.print("no trial completed yet")
-        return
-    # One line however narrow the terminal: scripts and tests look for it whole.
-    console.print(verdict(best, config.objective.metric), soft_wrap=True)
-    if best["model_uri"]:
-        console.print(f"model: {best['model_uri']}")
-    if best["champion_uri"]:  # what `mlflow.pyfunc.load_model` takes, whichever trial holds it
-        console.print(f"champion: {best['champion_uri']}")
-    if best.get("input"):
-        from search.network import describe_input
+    else:
+        # One line however narrow the terminal: scripts and tests look for it whole.
+        console.print(verdict(best, config.objective.metric), soft_wrap=True)
+        if best["model_uri"]:
+            console.print(f"model: {best['model_uri']}")
+        if best["champion_uri"]:  # what `mlflow.pyfunc.load_model` takes
+            console.print(f"champion: {best['champion_uri']}")
+        if best.get("input"):
+            from search.network import describe_input
 
-        console.print(describe_input(best["input"]), soft_wrap=True)
+            console.print(describe_input(best["input"]), soft_wrap=True)
+    took = elapsed(time.monotonic() - launch.started)
+    console.print(f"{config.study}: this launch took {took}")
 
 
 def check_tracking(config: Any, flag: str | None) -> None:
@@ -103,7 +124,41 @@ def check_tracking(config: Any, flag: str | None) -> None:
     if config.tracking.enabled:
         from search.urls import resolve_tracking_uri
 
-        check_reachable(resolve_tracking_uri(flag, config.tracking.uri))
+        uri = resolve_tracking_uri(flag, config.tracking.uri)
+        check_scheme(uri)
+        check_reachable(uri)
+
+
+# What MLflow 3 tracks and registers models in (its file store is in maintenance mode).
+_TRACKING_SCHEMES = {
+    "sqlite",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "http",
+    "https",
+    "databricks",
+    "databricks-uc",
+    "uc",
+}
+
+
+def check_scheme(uri: str) -> None:
+    """A tracking URI MLflow cannot keep runs and models in stops the launch before the study
+    exists (otherwise the study is created, then the tracker refuses the URI)."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(uri).scheme.split("+")[0].lower()
+    if scheme in ("", "file"):
+        raise UserError(
+            f"tracking URI {redact_url(uri)}: MLflow 3 keeps no runs or models in a file store; "
+            "use sqlite:///PATH/mlflow.db (the default is sqlite:///mlruns/mlflow.db) or a server"
+        )
+    if scheme not in _TRACKING_SCHEMES:
+        raise UserError(
+            f"tracking URI {redact_url(uri)}: unsupported scheme {scheme!r} (use sqlite:///…, "
+            "postgresql://…, mysql://…, http(s)://… or databricks)"
+        )
 
 
 def run_in_process(
@@ -139,7 +194,7 @@ def run_in_process(
     console = _console()
     study = run_study(config, options, console=console)
     if summary:
-        _finish(study, config, console)
+        _finish(study, config, console, launch)
 
 
 def run_workers(
@@ -210,7 +265,7 @@ def run_workers(
     finally:
         signal.signal(signal.SIGTERM, previous)
     study, _ = load_existing(config.study, open_storage(launch.url, create=False))
-    _finish(study, config, console)
+    _finish(study, config, console, launch)
     bad = [c for c in codes if c != 0]
     if bad:
         raise SystemExit(bad[0])

@@ -75,10 +75,20 @@ def fraction_study(sweep: str, fraction: float) -> str:
 def fraction_configs(config: StudyConfig, fractions: Sequence[float]) -> list[StudyConfig]:
     """The sweep's studies, smallest fraction first: `config` renamed `<study>-f<fraction>`,
     training on that fraction (validation and test splits unchanged)."""
+    from search.config import safe_study_name
+
     out = []
     for fraction in fractions:
         dataset = config.dataset.model_copy(update={"train_fraction": fraction})
-        update = {"study": fraction_study(config.study, fraction), "dataset": dataset}
+        name = fraction_study(config.study, fraction)
+        try:
+            safe_study_name(name)  # derived names are checked before anything is created
+        except UserError:
+            raise UserError(
+                f"--fractions: the sweep's study {name[:40]}… would be {len(name)} characters; "
+                "a study name is at most 128 (use a shorter --study)"
+            ) from None
+        update = {"study": name, "dataset": dataset}
         out.append(config.model_copy(update={**update, "sweep": None}))
     return out
 
