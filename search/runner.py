@@ -108,6 +108,16 @@ def _failures_after(ran: list[FrozenTrial], failures: int, limit: int, what: str
     return failures
 
 
+def _waiting(numbers: list[int], patience: float) -> str:
+    """Why a launch is idle: what it waits for, and for how long at most."""
+    shown = ", ".join(str(n) for n in numbers[:5]) + (" …" if len(numbers) > 5 else "")
+    what = f"trial{'s' if len(numbers) != 1 else ''} {shown}"
+    return (
+        f"waiting for {what}, running elsewhere: a live worker finishes it; a dead worker's "
+        f"trial is failed and retried here once its heartbeat is stale (at most {patience:.0f} s)"
+    )
+
+
 def _optimize_until_done(
     study: optuna.Study,
     objective: Objective,
@@ -116,6 +126,7 @@ def _optimize_until_done(
     timeout: float | None,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
     max_consecutive_failures: int,
+    say: Callable[[str], None] = lambda line: None,
 ) -> None:
     """Run trials while the study's finished (COMPLETE + PRUNED) and running trials are fewer
     than `n_trials`: the budget is the study's, shared by every worker.
@@ -149,6 +160,7 @@ def _optimize_until_done(
             state = (finished, running_now)
             if state != waited_for:
                 waited_for, waiting_since = state, time.monotonic()
+                say(_waiting(running_now, patience))
             elif time.monotonic() - waiting_since > patience:
                 return  # e.g. a trial without heartbeats: it cannot go stale
             time.sleep(min(float(heartbeats), _WAIT_S))
@@ -171,6 +183,7 @@ def _confirm_until_done(
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]],
     max_consecutive_failures: int,
     on_plan: Callable[[dict[str, int]], None] = lambda added: None,
+    say: Callable[[str], None] = lambda line: None,
 ) -> bool:
     """The confirm phase (`search.evidence`): enqueue its retrains, run them with the other
     workers, enqueue the champion's ablation once they have ended, run that. True when every
@@ -204,6 +217,7 @@ def _confirm_until_done(
                 return False
             if running != waited_for:
                 waited_for, waiting_since = running, time.monotonic()
+                say(_waiting(list(running), patience))
             elif time.monotonic() - waiting_since > patience:
                 return False
             time.sleep(min(float(heartbeats), _WAIT_S))
@@ -223,6 +237,18 @@ def prepare(config: StudyConfig, *, export: bool = True) -> tuple[AutoChoice, Da
 
     data = load_dataset(config.dataset)
     return check_network(resolve(config, data), data, export=export), data
+
+
+def _arms_line(study: optuna.Study, config: StudyConfig) -> str:
+    """What the confirm phase retrains, as counted: the search's best distinct configurations
+    (fewer than `top_k` when fewer completed) and the baseline recipe, once."""
+    from search.evidence import evidence
+
+    ev = evidence(study.get_trials(deepcopy=False), config, study.direction)
+    arms = ev.arms if ev is not None else []
+    others = sum(not a.baseline for a in arms)
+    what = f"the {others} best configuration{'s' if others != 1 else ''} of the search"
+    return what + (" and the baseline recipe" if any(a.baseline for a in arms) else "")
 
 
 def record_choice(study: optuna.Study, tracker: Tracker | None, choice: AutoChoice) -> None:
@@ -301,6 +327,11 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         artifact_store=FileSystemArtifactStore(str(artifacts)),
     )
     deadline = None if config.search.timeout is None else time.monotonic() + config.search.timeout
+
+    def say(line: str) -> None:
+        if not options.quiet:
+            console.print(f"{config.study}: {line}", soft_wrap=True)
+
     max_failures = max(3, config.search.max_retry + 2)
     confirmed = config.search.confirm is None
     try:
@@ -313,6 +344,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
                 timeout=config.search.timeout,
                 callbacks=[objective.after_tell, progress],
                 max_consecutive_failures=max_failures,
+                say=say,
             )
             if not confirmed and count_trials(study, FINISHED) >= config.search.n_trials:
 
@@ -323,9 +355,9 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
                     assert confirm is not None
                     if added.get("confirm"):
                         console.print(
-                            f"{config.study}: confirm phase — {added['confirm']} retrains: the "
-                            f"top {confirm.top_k} configurations and the baseline recipe, "
-                            f"{confirm.seeds} fresh seeds each, unpruned"
+                            f"{config.study}: confirm phase — {added['confirm']} retrains: "
+                            f"{_arms_line(study, config)}, {confirm.seeds} fresh seeds each, "
+                            "unpruned"
                         )
                     if added.get("ablation"):
                         console.print(
@@ -341,6 +373,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
                     callbacks=[objective.after_tell, progress],
                     max_consecutive_failures=max_failures,
                     on_plan=announce,
+                    say=say,
                 )
     except TooManyFailures as exc:
         _close_quietly(tracker, study)

@@ -250,3 +250,21 @@ def test_a_grid_study_runs_its_grid_only() -> None:
     _add(study, 0.9, A, **{PHASE_ATTR: SEARCH})
     assert evidence(study.get_trials(), config, study.direction) is None, "…but not for a grid"
     assert plan(study.get_trials(), config, study.direction) == []
+
+
+def test_the_confirm_banner_counts_what_is_retrained() -> None:
+    from search.runner import _arms_line
+
+    config = _config(top_k=5)
+    study = _study(config)
+    _searched(study)  # three distinct search configurations completed, fewer than top_k
+    assert _arms_line(study, config) == (
+        "the 3 best configurations of the search and the baseline recipe"
+    )
+    assert len(plan(study.get_trials(), config, study.direction)) == (3 + 1) * 3
+    config = _config(top_k=2)
+    study = _study(config)
+    _searched(study)
+    assert _arms_line(study, config) == (
+        "the 2 best configurations of the search and the baseline recipe"
+    )

@@ -129,6 +129,7 @@ def test_any_network_is_searched_and_its_champion_loads_without_regsearch(
     path = _study_file(folder, study, model, data)
     proc = regsearch("run", str(path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"{study}: this launch took ")
     if kind == "factory":  # imported from the study file's folder, stored for every worker
         assert f"drop_path left out of the search space and the baseline ({_MODULE}:small " in (
             proc.stderr
