@@ -148,9 +148,9 @@ class Objective:
         if phase is None:
             phase = SEARCH
             trial.set_user_attr(PHASE_ATTR, phase)
-        cfg, params = self._trial_config(trial, phase)
         run_id: str | None = None
-        try:
+        try:  # everything that can fail is inside: every FAIL records its reason
+            cfg, params = self._trial_config(trial, phase)
             if self.tracker:
                 run_id = self.tracker.start_trial(trial.number, params, phase=phase)
                 trial.set_user_attr(RUN_ID_ATTR, run_id)

@@ -247,3 +247,50 @@ def test_a_network_that_cannot_serve_stops_the_launch_before_anything_is_created
     assert last.startswith("regsearch: error: ") and message in last, last
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "studies").exists() and not (tmp_path / "mlruns").exists()
+
+
+_FRAGILE = """
+    from torch import nn
+
+    class Fragile(nn.Module):
+        def __init__(self, num_classes, in_channels, dropout):
+            super().__init__()
+            self.dropout = dropout
+            self.fc = nn.Linear(in_channels, num_classes)
+
+        def forward(self, x):
+            if self.training and self.dropout > 0:
+                raise RuntimeError(f"cannot train with dropout {self.dropout:.2f}")
+            return self.fc(x.mean(dim=(2, 3)))
+
+    def build(*, num_classes, in_channels, dropout=0.0):
+        return Fragile(num_classes, in_channels, dropout)
+"""
+
+
+def test_every_failed_trial_records_why_and_the_launch_quotes_it(tmp_path: Path) -> None:
+    """Built fine at launch (dropout 0), then every trial with a dropout fails in training:
+    each FAIL records the exception's line and the worker; the launch's last line quotes it."""
+    (tmp_path / "fragile_net.py").write_text(textwrap.dedent(_FRAGILE))
+    proc = regsearch(
+        "run",
+        "--study",
+        "fragile",
+        "--set",
+        "model.name=fragile_net:build",
+        "--set",
+        f"model.path={tmp_path}",
+        "--set",
+        "space.dropout={type: float, low: 0.1, high: 0.5}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("regsearch: error: study 'fragile' stopped: ")
+    assert "in a row failed; last: error: RuntimeError: cannot train with dropout 0." in last
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    failed = optuna.load_study(study_name="fragile", storage=storage).trials
+    assert failed and all(t.state == optuna.trial.TrialState.FAIL for t in failed)
+    for trial in failed:
+        assert trial.user_attrs["stop_reason"].startswith("error: RuntimeError: cannot train")
+        assert ":" in trial.user_attrs["worker"]  # host:pid
