@@ -1,5 +1,6 @@
 """What regsearch adds to optuna-dashboard: a learning-curve figure per trial (an Optuna
-artifact, shown on the trial's page) and a Markdown note on the best trial.
+artifact, shown on the trial's page), a Markdown note on the best trial, and a read-only guard
+for the served dashboard (`read_only`).
 
 Both are cheap and self-contained, meant to be called from the objective or the runner:
 `upload_learning_curve` renders with matplotlib's Agg canvas directly (no pyplot, no global
@@ -10,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -22,11 +25,12 @@ import optuna
 from optuna.trial import FrozenTrial
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from optuna.artifacts._protocol import ArtifactStore
 
     from search.train import EpochStats
 
-__all__ = ["learning_curve_png", "upload_learning_curve", "write_best_note"]
+__all__ = ["learning_curve_png", "read_only", "upload_learning_curve", "write_best_note"]
 
 
 class _CurveCanvas:
@@ -257,3 +261,40 @@ def _live_trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
         sampler=optuna.samplers.RandomSampler(),
     )
     return optuna.Trial(quiet, frozen._trial_id)
+
+
+# What the served dashboard may change: study and trial notes (PUT /api/studies/<id>/note,
+# PUT /api/studies/<id>/<trial id>/note), the same paths optuna-dashboard's routes match.
+_NOTE = re.compile(r"/api/studies/\d+(?:/\d+)?/note")
+_READS = frozenset({"GET", "HEAD"})
+
+
+def read_only(app: WSGIApplication) -> WSGIApplication:
+    """optuna-dashboard's app, unable to delete or change a study or a trial.
+
+    Its API lets any visitor delete a study with all its trials, create or rename (copy, then
+    delete) studies, tell a trial's state and values, set trial user attrs, upload or delete
+    artifacts (the learning curves), record preferences and upgrade the storage's schema; with
+    `--host 0.0.0.0` anyone on the network could. An allow-list rather than a list of those
+    routes, so that a route a later optuna-dashboard adds is refused too: GET and HEAD of
+    anything, and PUT of notes, which stay writable: the note editor is where people write
+    down what they make of a trial, a note lives in the study's system attrs beside the trials
+    (never in them), and a conflicting edit is refused by the note's version. Everything else
+    gets 403 with a JSON `reason`, which the dashboard shows in its error pop-up."""
+
+    def guarded(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        # optuna-dashboard strips trailing slashes before routing; so does the check.
+        path = str(environ.get("PATH_INFO", "")).rstrip("/")
+        if method in _READS or (method == "PUT" and _NOTE.fullmatch(path)):
+            return app(environ, start_response)
+        reason = (
+            f"regsearch serves this dashboard read-only (notes excepted): {method} {path} is "
+            "refused; change studies with the regsearch or optuna commands"
+        )
+        body = json.dumps({"reason": reason}).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response("403 Forbidden", headers)
+        return [body]
+
+    return guarded

@@ -17,10 +17,14 @@ from search.cli._options import (
 @host_port_options(8080)
 @artifacts_option
 def dashboard_command(storage: str | None, host: str, port: int, artifacts: str | None) -> None:
-    """optuna-dashboard on the study storage: history, importances, intermediate values."""
-    from optuna.artifacts import FileSystemArtifactStore
-    from optuna_dashboard import run_server
+    """optuna-dashboard on the study storage: history, importances, intermediate values.
 
+    Read-only but for notes: it cannot delete, create or change studies or trials."""
+    import bottle
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import wsgi
+
+    from search.dashboard import read_only
     from search.storage import artifact_dir, open_storage, resolve_storage_url
 
     url = resolve_storage_url(storage)
@@ -29,7 +33,9 @@ def dashboard_command(storage: str | None, host: str, port: int, artifacts: str 
     folder.mkdir(parents=True, exist_ok=True)
     warn_if_public(host)
     click.echo(f"optuna-dashboard on http://{host}:{port}; Ctrl+C to stop", err=True)
-    run_server(store, host=host, port=port, artifact_store=FileSystemArtifactStore(str(folder)))
+    # optuna-dashboard's `run_server` is `bottle.run` of this app, without the guard.
+    app = wsgi(store, artifact_store=FileSystemArtifactStore(str(folder)))
+    bottle.run(read_only(app), host=host, port=port)
 
 
 COMMANDS = [dashboard_command]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
+import urllib.error
+import urllib.request
 import wsgiref.util
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from search.dashboard import upload_learning_curve, write_best_note
 from search.storage import open_storage
 from search.train import EpochStats
+from tests.helpers import serving
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -206,3 +210,57 @@ def test_dashboard_api_serves_the_note_and_the_curve(
     path = f"/artifacts/{summary['study_id']}/{best['trial_id']}/{artifact_id}"
     status, body = _wsgi_get(app, path)
     assert status == 200 and body.startswith(PNG_MAGIC)
+
+
+def _request(base: str, method: str, path: str, payload: Any = None) -> tuple[int, bytes]:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(f"{base}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read()
+
+
+def test_the_served_dashboard_cannot_delete_or_change_studies(tmp_path: Path) -> None:
+    """`regsearch dashboard` may be bound to the network without authentication: its API
+    reads everything and writes only notes; deleting, creating, renaming a study or telling,
+    annotating a trial is refused."""
+    storage = open_storage(f"sqlite:///{tmp_path}/studies/regsearch.db")
+    study = optuna.create_study(study_name="keep", storage=storage, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0), n_trials=2)
+    running = study.ask()
+    with serving(
+        lambda port: [sys.executable, "-m", "search", "dashboard", "--port", str(port)],
+        cwd=tmp_path,
+        ready="/api/studies",
+        what="regsearch dashboard",
+        timeout=60,
+    ) as (base, body):
+        (summary,) = json.loads(body)["study_summaries"]
+        sid, tid = summary["study_id"], running._trial_id
+        for method, path, payload in (
+            ("DELETE", f"/api/studies/{sid}", None),
+            ("DELETE", f"/api/studies/{sid}/", None),
+            ("POST", "/api/studies", {"study_name": "new", "directions": ["minimize"]}),
+            ("POST", f"/api/studies/{sid}/rename", {"study_name": "renamed"}),
+            ("POST", f"/api/trials/{tid}/tell", {"state": "Complete", "values": [9.0]}),
+            ("POST", f"/api/trials/{tid}/user-attrs", {"user_attrs": {"x": 1}}),
+            ("DELETE", f"/api/artifacts/{sid}/{tid}/0123abcd", None),
+            ("POST", "/incompatible-rdb-schema", None),
+        ):
+            status, reply = _request(base, method, path, payload)
+            assert status == 403, (method, path, status, reply[:200])
+            assert "read-only" in json.loads(reply)["reason"], reply
+
+        status, reply = _request(base, "GET", f"/api/studies/{sid}")
+        assert status == 200 and len(json.loads(reply)["trials"]) == 3
+        # The note editor still works (notes live beside the trials, never in them).
+        note = {"version": 1, "body": "looked at it"}
+        assert _request(base, "PUT", f"/api/studies/{sid}/{tid}/note", note)[0] == 204
+
+    assert optuna.get_all_study_names(storage=storage) == ["keep"]
+    kept = optuna.load_study(study_name="keep", storage=storage).trials
+    assert [t.state.name for t in kept] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    assert kept[2].user_attrs == {}
