@@ -42,6 +42,7 @@ __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "resolve_tracking_uri"]
 # issues"); with it, on the runs table and their charts.
 EXPERIMENT_KIND_TAG, _TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARENT_ATTR = "mlflow_parent_run_id"
+_PARENT_LOCK = "mlflow-parent"  # `study_lock` name for finding or creating the parent run
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 _ENDED = (
     optuna.trial.TrialState.COMPLETE,
@@ -94,8 +95,21 @@ def _experiment(client: MlflowClient, name: str, local_dir: Path | None) -> str:
 def _parent_run(
     client: MlflowClient, study: optuna.Study, config: StudyConfig, experiment_id: str
 ) -> str:
-    """Re-attach to the study's parent run (its id is kept in the study) or create it."""
-    run_id = study.user_attrs.get(PARENT_ATTR)
+    """Re-attach to the study's parent run (its id is kept in the study) or create it.
+
+    Under the study-wide lock: launches that start a new study at the same moment would
+    otherwise each read "no parent yet" and create one, splitting the trial runs between
+    them. The first creates it and records its id before letting go; the others read it."""
+    from search.storage import study_lock
+
+    with study_lock(study, _PARENT_LOCK):
+        return _find_or_create_parent(client, study, config, experiment_id)
+
+
+def _find_or_create_parent(
+    client: MlflowClient, study: optuna.Study, config: StudyConfig, experiment_id: str
+) -> str:
+    run_id = study.user_attrs.get(PARENT_ATTR)  # read from the storage, under the lock
     if run_id:
         try:
             run = client.get_run(run_id)

@@ -221,3 +221,50 @@ def test_the_alias_moves_to_an_equal_value_only_at_a_lower_validation_loss(
     assert champion() == lower, "same accuracy, lower loss: moves"
     tracker.registry.move_alias(version(0.99, 0.01), 0.99, 0.01)
     assert champion() == lower, "a lower accuracy never wins on loss"
+
+
+def test_simultaneous_launches_share_one_parent_run(tmp_path: Path) -> None:
+    """Launches of a new study that set up tracking at the same moment find-or-create its
+    parent run one at a time: one parent run, every trial run nested under it."""
+    import threading
+
+    from search.mlflow_store import create_store
+    from search.storage import open_storage
+    from search.study import create_or_resume
+    from search.studyfile import load_config
+    from search.tracking import Tracker
+
+    config = load_config(overrides=["study=race"])
+    study, _ = create_or_resume(config, open_storage(f"sqlite:///{tmp_path}/o.db"))
+    create_store(tmp_path / "m.db")  # the store exists; the parent run does not yet
+    uri = f"sqlite:///{tmp_path}/m.db"
+    launches = 4
+    barrier = threading.Barrier(launches)
+    trial_runs: list[str] = []
+    errors: list[BaseException] = []
+
+    def launch(number: int) -> None:
+        try:
+            barrier.wait()
+            own = optuna.load_study(study_name="race", storage=study._storage)
+            tracker = Tracker.for_study(own, config, tracking_uri=uri, prewarm=False)
+            trial_runs.append(tracker.start_trial(number, {"lr": 0.01}))
+        except BaseException as exc:  # re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=launch, args=(n,)) for n in range(launches)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("race")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags.get("role") == "study"]
+    assert len(parents) == 1, [p.info.run_id for p in parents]
+    (parent,) = parents
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    children = [r for r in runs if r.info.run_id in trial_runs]
+    assert len(children) == launches
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
