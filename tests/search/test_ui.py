@@ -1,0 +1,75 @@
+"""`regsearch ui` opens on the study's runs, not on MLflow 3's GenAI home page (the server
+itself is started in tests/search/test_cli.py; here its start is intercepted)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from search.cli import main
+from search.mlflow_store import create_store
+from tests.helpers import regsearch
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[str, MlflowClient]:
+    (tmp_path / "mlruns").mkdir()
+    create_store(tmp_path / "mlruns" / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    return uri, MlflowClient(uri)
+
+
+def _opened(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[str, list[str]]:
+    """The URL `regsearch ui ARGS` prints and the server command it would run."""
+    started: list[list[str]] = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: started.append(list(argv)))
+    with pytest.raises(SystemExit) as exited:
+        main(["ui", *args, "--port", "5123"])
+    assert exited.value.code == 0
+    (url,) = re.findall(r"http://\S+", capsys.readouterr().err)
+    (command,) = started
+    return url, command
+
+
+def test_ui_opens_on_the_runs_of_the_named_study(
+    store: tuple[str, MlflowClient],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    uri, client = store
+    client.create_experiment("digits")
+    other = client.create_experiment("other")
+    url, command = _opened(monkeypatch, capsys, "other", "--tracking-uri", uri)
+    assert url == f"http://127.0.0.1:5123/#/experiments/{other}/runs"
+    assert command[command.index("--backend-store-uri") + 1] == uri
+
+
+def test_ui_opens_on_the_default_study_else_on_the_list(
+    store: tuple[str, MlflowClient],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    uri, client = store
+    client.create_experiment("other")
+    url, _ = _opened(monkeypatch, capsys, "--tracking-uri", uri)
+    assert url == "http://127.0.0.1:5123/#/experiments", "no default study: the list"
+    digits = client.create_experiment("digits")
+    url, _ = _opened(monkeypatch, capsys, "--tracking-uri", uri)
+    assert url == f"http://127.0.0.1:5123/#/experiments/{digits}/runs"
+
+
+def test_ui_of_an_unknown_study_is_one_line_naming_the_known_ones(
+    store: tuple[str, MlflowClient], tmp_path: Path
+) -> None:
+    uri, client = store
+    client.create_experiment("other")
+    proc = regsearch("ui", "nope", "--tracking-uri", uri, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == f"regsearch: error: unknown study 'nope' in the MLflow store {uri}; known: other"
