@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -248,7 +248,51 @@ def write_best_note(
     uri = model_uri or model_uri_of(study, best) or study.user_attrs.get("champion_uri")
     body = best_note_markdown(study, best, test_accuracy=test_accuracy, model_uri=uri)
     save_note(_live_trial(study, best), body)
+    save_note(study, study_note_markdown(study, best))
     return best.number
+
+
+def _trial_link(study: optuna.Study, number: int) -> str:
+    """A Markdown link to a trial's page in the dashboard (its route, served at the root)."""
+    return f"[trial {number}](/dashboard/studies/{study._study_id}/trials?numbers={number})"
+
+
+def study_note_markdown(study: optuna.Study, best: FrozenTrial) -> str:
+    """The study's note (shown on its page): the verdict, the champion named as everywhere
+    with a link to its trial, and — where optuna-dashboard's own "Best Trial" (the largest
+    value of any trial) is another trial — why that one is not the champion."""
+    from search.summary import best_summary, verdict
+
+    summary = best_summary(study)
+    metric = str(study.user_attrs.get("objective_metric", "value"))
+    lines = [f"## Verdict of study `{study.study_name}`", ""]
+    if summary is not None:
+        lines += [verdict(summary, metric), ""]
+        uri = summary.get("champion_uri") or summary.get("model_uri") or "(not registered)"
+        lines += [
+            f"**Champion:** {summary['champion_name']} — {_trial_link(study, best.number)} "
+            f"(its note has the params), `{uri}`.",
+            "",
+        ]
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None
+    ]
+    if complete:
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        top = max(complete, key=lambda t: (sign * float(t.value or 0.0), -t.number))
+        if top.number != best.number:
+            lines += [
+                f"The dashboard's *Best Trial* badge is on {_trial_link(study, top.number)} "
+                f"({metric} {_fmt(top.value)}, phase {top.user_attrs.get('phase', 'search')}): "
+                "the single largest value of any trial, one seed, scored on the split it was "
+                "chosen on. The champion is the configuration with the best mean over the "
+                "confirm phase's fresh seeds, never a single lucky run or an ablation retrain.",
+                "",
+            ]
+    lines.append(f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by regsearch.")
+    return "\n".join(lines) + "\n"
 
 
 def _live_trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:

@@ -12,7 +12,10 @@ from optuna.trial import FrozenTrial, TrialState
 __all__ = [
     "CONTRACT_PARAMS",
     "best_summary",
+    "champion_name",
+    "champion_source",
     "format_value",
+    "ranked_trials",
     "study_rows",
     "trial_row",
     "trials_table",
@@ -111,12 +114,16 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     champion = None
     contributions: dict[str, Any] = {}
     if ev is not None and ev.champion is not None and ev.champion.interval is not None:
+        from search.evidence import SEED_ATTR
+
         champion = {
             "source": ev.champion.source,
             "params": dict(ev.champion.params),
             "val": _interval(ev.champion.interval),
             "seeds": ev.seeds,
             "is_baseline": ev.champion.baseline,
+            "model_trial": best.number,  # the retrain whose weights are registered
+            "model_seed": best.user_attrs.get(SEED_ATTR),
         }
         if baseline is not None and ev.baseline is not None and ev.baseline.interval:
             baseline["val"] = _interval(ev.baseline.interval)
@@ -152,7 +159,23 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
         },
         "epochs_saved": epochs_saved(study, study_config(study)),
         "input": study.user_attrs.get(INPUT_ATTR),
+        "champion_name": champion_name(best.number, champion),
     }
+
+
+def champion_name(trial: int, champion: dict[str, Any] | None) -> str:
+    """The champion named one way everywhere (`run`, `status`, `best`, the report, the
+    dashboard, MLflow): its configuration, then the trial whose model is registered."""
+    if champion is None:
+        return f"trial {trial}"
+    what = (
+        f"the baseline recipe (trial {champion['source']})"
+        if champion.get("is_baseline")
+        else f"configuration of trial {champion['source']}"
+    )
+    seed = champion.get("model_seed")
+    model = f"model from trial {champion.get('model_trial', trial)}"
+    return f"{what}, {model}" + (f", seed {seed}" if seed is not None else "")
 
 
 def _points(value: float, metric: str) -> str:
@@ -167,12 +190,8 @@ def verdict(best: dict[str, Any], metric: str) -> str:
         val = champion["val"]
         spread = "" if val["low"] is None else f" ± {(val['high'] - val['low']) / 2:.3f}"
         seeds = f"{val['n']} seed{'s' if val['n'] != 1 else ''}"
-        what = (
-            "the baseline recipe itself"
-            if champion.get("is_baseline")
-            else (f"trial {champion['source']}'s configuration")
-        )
-        line = f"champion: {what}, {metric} {val['mean']:.3f}{spread} ({seeds})"
+        what = best.get("champion_name") or champion_name(best["trial"], champion)
+        line = f"champion: {what}; {metric} {val['mean']:.3f}{spread} ({seeds})"
         if champion.get("is_baseline"):
             base = None  # nothing searched beat it on the mean over seeds: no gain to state
     else:
@@ -180,7 +199,7 @@ def verdict(best: dict[str, Any], metric: str) -> str:
     if test is not None:
         line += f", test {test['champion']['accuracy']:.3f}"
     if champion is not None and champion.get("is_baseline"):
-        line += " — no searched configuration beat it on the mean over seeds"
+        line += " — the baseline recipe itself: no searched configuration beat it on the mean"
     if base is not None:
         shown = base.get("val", {}).get("mean", base["value"]) if champion else base["value"]
         if shown is not None:
@@ -245,9 +264,15 @@ def verdict_metrics(best: dict[str, Any]) -> dict[str, float]:
 
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
+    """One row a study: its champion (`best_trial`: the confirmed configuration's model once
+    the confirm phase has chosen), never a retrain that merely scored higher."""
+    from search.study import best_trial
+
     rows = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        best = s.best_trial
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        best = best_trial(study)
+        summary = best_summary(study) if best is not None else None
         rows.append(
             {
                 "study": s.study_name,
@@ -255,6 +280,7 @@ def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
                 "trials": s.n_trials,
                 "best_value": _json_number(best.value) if best else None,
                 "best_trial": best.number if best else None,
+                "champion": summary["champion_name"] if summary else None,
                 "started": s.datetime_start.isoformat() if s.datetime_start else None,
             }
         )
@@ -292,7 +318,39 @@ def table_params(study: optuna.Study) -> tuple[dict[str, Any], list[str]]:
     return fixed, [*CONTRACT_PARAMS, *extra]
 
 
-def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | None = None) -> Any:
+def champion_source(study: optuna.Study) -> int | None:
+    """The search (or baseline) trial whose configuration is the champion's: the confirmed
+    one once the confirm phase has chosen, else the best trial."""
+    from search.evidence import study_evidence
+    from search.study import best_trial
+
+    ev = study_evidence(study)
+    if ev is not None and ev.champion is not None and ev.champion.interval is not None:
+        return int(ev.champion.source)
+    best = best_trial(study)
+    return None if best is None else best.number
+
+
+def ranked_trials(study: optuna.Study, *, everything: bool = False) -> list[FrozenTrial]:
+    """The search and baseline trials, best first (`sorted_trials`); with `everything`, the
+    confirm and ablation retrains after them (never ranked among the search's trials)."""
+    from search.records import is_budget_trial
+
+    trials = sorted_trials(study)
+    budget = [t for t in trials if is_budget_trial(t)]
+    return budget + [t for t in trials if not is_budget_trial(t)] if everything else budget
+
+
+def trials_table(
+    study: optuna.Study,
+    *,
+    limit: int | None = None,
+    title: str | None = None,
+    everything: bool = False,
+) -> Any:
+    """The study's trials as a rich table: the search and baseline trials ranked, the
+    champion's configuration marked ★; the retrains of the confirm phase only with
+    `everything`, after them, as `retrain #N` / `#N −regularizer`."""
     from rich.table import Table
 
     metric = study.user_attrs.get("objective_metric", "value")
@@ -302,7 +360,9 @@ def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | 
         table.add_column(
             column, justify="left" if column in ("state", "phase", "stop reason") else "right"
         )
-    trials = sorted_trials(study)
+    trials = ranked_trials(study, everything=everything)
+    hidden = len(study.get_trials(deepcopy=False)) - len(trials)
+    source = champion_source(study)
     for trial in trials[:limit] if limit else trials:
         row = trial_row(trial)
         style = {"COMPLETE": None, "PRUNED": "dim", "FAIL": "red", "RUNNING": "cyan"}.get(
@@ -313,6 +373,8 @@ def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | 
         )
         if row["phase"] == "ablation":
             phase = f"#{row['source']} −{row['ablate']}"
+        if trial.number == source:
+            phase = f"★ champion {phase}".rstrip()
         table.add_row(
             str(row["number"]),
             row["state"],
@@ -322,5 +384,10 @@ def trials_table(study: optuna.Study, *, limit: int | None = None, title: str | 
             format_value(row["epochs"]),
             format_value(row["stop_reason"]),
             style=style,
+        )
+    if hidden:
+        table.caption = (
+            f"★ = the champion's configuration; {hidden} retrains of the confirm phase not "
+            "listed (`regsearch status STUDY --all`)"
         )
     return table

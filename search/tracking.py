@@ -342,6 +342,7 @@ class Tracker:
         if best is not None:
             metrics += [Metric(k, v, now, 0) for k, v in verdict_metrics(best).items()]
             tags.append(RunTag("verdict", verdict(best, self.config.objective.metric)[:5000]))
+            tags.append(RunTag("champion", best["champion_name"]))
         self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
         self.client.set_terminated(
             self.parent_run_id, status=RunStatus.to_string(RunStatus.FINISHED)

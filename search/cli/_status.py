@@ -21,9 +21,13 @@ def _storage(storage: str | None) -> Any:
 @click.argument("study_name", metavar="[STUDY]", required=False)
 @storage_option
 @json_option
-def status_command(study_name: str | None, storage: str | None, as_json: bool) -> None:
-    """List studies, or one study's trials (state, value, regularizers, epochs, stop reason)."""
-    from search.summary import sorted_trials, study_rows, trial_row, trials_table
+@click.option("--all", "everything", is_flag=True, help="Also list the confirm phase's retrains.")
+def status_command(
+    study_name: str | None, storage: str | None, as_json: bool, everything: bool
+) -> None:
+    """List studies and their champions, or one study's trials ranked (state, value,
+    regularizers, epochs, stop reason), the champion's configuration marked."""
+    from search.summary import ranked_trials, study_rows, trial_row, trials_table
 
     store = _storage(storage)
     if study_name is None:
@@ -34,16 +38,12 @@ def status_command(study_name: str | None, storage: str | None, as_json: bool) -
         from rich.table import Table
 
         table = Table(header_style="bold")
-        for col in ("study", "direction", "trials", "best value", "best trial"):
+        for col in ("study", "direction", "trials", "value", "champion"):
             table.add_column(col)
         for r in rows:
             best = "–" if r["best_value"] is None else f"{r['best_value']:.4f}"
             table.add_row(
-                r["study"],
-                str(r["direction"]),
-                str(r["trials"]),
-                best,
-                "–" if r["best_trial"] is None else str(r["best_trial"]),
+                r["study"], str(r["direction"]), str(r["trials"]), best, r["champion"] or "–"
             )
         make_console().print(table)
         return
@@ -61,10 +61,23 @@ def status_command(study_name: str | None, storage: str | None, as_json: bool) -
             console.print(f"  {sentence}", soft_wrap=True)
         return
     study, _ = load_existing(study_name, store)
+    from search.summary import champion_source
+
     if as_json:
-        click.echo(json.dumps([trial_row(t) for t in sorted_trials(study)], indent=2))
+        source = champion_source(study)
+        rows = [
+            {**trial_row(t), "champion": t.number == source}
+            for t in ranked_trials(study, everything=True)
+        ]
+        click.echo(json.dumps(rows, indent=2))
         return
-    make_console().print(trials_table(study, title=f"study {study_name}"))
+    from search.summary import best_summary
+
+    console = make_console()
+    answer = best_summary(study)
+    if answer is not None:
+        console.print(f"champion: {answer['champion_name']}", soft_wrap=True)
+    console.print(trials_table(study, title=f"study {study_name}", everything=everything))
 
 
 @click.command("best")
@@ -88,7 +101,8 @@ def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
 
     metric = study.user_attrs.get("objective_metric", "value")
     click.echo(verdict(best, metric))
-    click.echo(f"study:  {best['study']}\ntrial:  {best['trial']}\n{metric}:  {best['value']:.6g}")
+    click.echo(f"study:  {best['study']}\nchampion:  {best['champion_name']}")
+    click.echo(f"trial:  {best['trial']}\n{metric}:  {best['value']:.6g}")
     for key, value in best["params"].items():
         click.echo(f"  {key} = {value}")
     click.echo(f"model:  {best['model_uri'] or '(not registered)'}")

@@ -41,7 +41,7 @@ def verdict_section(best: Mapping[str, Any] | None, metric: str) -> str:
             "<code>regsearch confirm STUDY</code> retrains the top configurations with fresh "
             "seeds.</p>"
         )
-    rows: list[tuple[str, Any]] = []
+    rows: list[tuple[str, Any]] = [("champion", best.get("champion_name") or "–")]
     if champion is not None:
         val = champion["val"]
         interval = "" if val["low"] is None else f" [{val['low']:.4f}, {val['high']:.4f}]"

@@ -81,6 +81,7 @@ def test_best_json_has_the_contract_keys(tiny_study: Path) -> None:
         "confirm",
         "epochs_saved",
         "input",
+        "champion_name",
     }
     assert best["study"] == "tiny"
     assert best["input"] == {

@@ -140,6 +140,17 @@ def test_the_verdict_is_the_same_in_the_cli_the_parent_run_the_report_and_the_no
     attrs = study._storage.get_study_system_attrs(study._study_id)
     note = get_note_from_system_attrs(attrs, winner._trial_id)["body"]
     assert line in note
+    # One name for the champion in every tool: run, status, best, the report, the dashboard's
+    # study note and the MLflow parent run.
+    name = best["champion_name"]
+    assert name.startswith("configuration of trial ") or name.startswith("the baseline recipe")
+    assert f", model from trial {best['trial']}, seed " in name
+    assert name in line and name in text and name in (confirmed / "confirm.out").read_text()
+    assert parent.data.tags["champion"] == name
+    assert html.escape(name) in page
+    status = regsearch("status", "c", cwd=confirmed).stdout
+    assert f"champion: {name}" in status
+    assert f"**Champion:** {name}" in get_note_from_system_attrs(attrs, None)["body"]
 
 
 def test_confirm_on_an_unknown_study_is_one_line_and_exit_2(confirmed: Path) -> None:

@@ -175,7 +175,12 @@ def test_ablation_turns_each_active_regularizer_off_and_measures_its_contributio
 
     best = best_summary(study)
     line = verdict(best, "val_accuracy")
-    assert line.startswith(f"champion: trial {b}'s configuration, val_accuracy 0.960 ± 0.025")
+    model = best_trial(study)
+    assert best["champion_name"] == (
+        f"configuration of trial {b}, model from trial {model.number}, "
+        f"seed {model.user_attrs[SEED_ATTR]}"
+    )
+    assert line.startswith(f"champion: {best['champion_name']}; val_accuracy 0.960 ± 0.025")
     assert "contributions: aug_strength +5.0 pt" in line
 
 
@@ -268,3 +273,61 @@ def test_the_confirm_banner_counts_what_is_retrained() -> None:
     assert _arms_line(study, config) == (
         "the 2 best configurations of the search and the baseline recipe"
     )
+
+
+def test_status_ranks_the_search_and_marks_the_champion_not_a_higher_ablation_retrain(
+    tmp_path: Path,
+) -> None:
+    """An ablation retrain (weight decay off) scores above every confirmed mean: `status`
+    still ranks only the search and baseline trials, marks the champion's configuration, and
+    lists the retrains apart; the study list names the champion, not the retrain."""
+    from rich.console import Console
+
+    from search.summary import champion_source, ranked_trials, study_rows, trials_table
+
+    config = _config()
+    seeds = confirm_seeds(config, 3)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="abl", storage=storage, direction="maximize")
+    from search.records import CONFIG_ATTR
+
+    study.set_user_attr(CONFIG_ATTR, config.portable_dict())
+    base, a, b = _searched(study)
+    label = {base: "base", a: "a", b: "b"}
+    _run_plan(
+        study,
+        config,
+        lambda attrs: CONFIRMED[label[attrs[SOURCE_ATTR]]][seeds.index(attrs[SEED_ATTR])],
+    )
+    ablated = _run_plan(
+        study, config, lambda attrs: 0.999 if attrs[ABLATE_ATTR] == "weight_decay" else 0.9
+    )
+    top = max(study.trials, key=lambda t: t.value or 0.0)
+    assert top.number in ablated and top.value == 0.999
+    assert champion_source(study) == b
+    ranked = ranked_trials(study)
+    assert [t.number for t in ranked] == [a, b, base, 3]  # search and baseline, best first
+    assert [t.number for t in ranked_trials(study, everything=True)][:4] == [a, b, base, 3]
+    console = Console(width=250, record=True)
+    console.print(trials_table(study))
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if "★ champion" in line]
+    assert len(rows) == 1 and rows[0].split("│")[1].strip() == str(b)
+    assert "retrains of the confirm phase not listed" in text and "0.999" not in text
+    (row,) = study_rows(optuna.storages.RDBStorage(storage))
+    assert row["best_trial"] != top.number and row["best_value"] != 0.999
+    assert row["champion"].startswith(f"configuration of trial {b}, model from trial ")
+    # The dashboard's study note: the verdict, the champion by its one name and a link to its
+    # trial, and why the dashboard's own "Best Trial" badge (the ablation retrain) is not it.
+    from optuna_dashboard import get_note
+
+    from search.dashboard import write_best_note
+
+    model = best_trial(study)
+    assert write_best_note(study) == model.number
+    note = get_note(study)
+    assert note.startswith("## Verdict of study `abl`")
+    assert verdict(best_summary(study), "value") in note
+    assert f"**Champion:** {row['champion']}" in note
+    assert f"(/dashboard/studies/{study._study_id}/trials?numbers={model.number})" in note
+    assert f"*Best Trial* badge is on [trial {top.number}]" in note and "ablation" in note
