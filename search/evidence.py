@@ -201,7 +201,14 @@ def evidence(
             )
     ended -= pending
     wanted = {(CONFIRM, a.source, s, None) for a in arms for s in seeds}
+    # Configurations are compared on the seeds every one of them completed: a retrain that
+    # failed for good (its retries spent) must not leave one mean over 2 seeds against
+    # another over 3.
+    scored_seeds = [set(a.values) for a in arms if a.values]
+    shared = set.intersection(*scored_seeds) if scored_seeds else set()
     for arm in arms:
+        arm.values = {s: v for s, v in arm.values.items() if s in shared}
+        arm.trials = {s: t for s, t in arm.trials.items() if s in shared}
         arm.interval = mean_interval(list(arm.values.values()))
     ev.baseline = next((a for a in arms if a.baseline), None)
     ev.confirm_complete = wanted <= ended

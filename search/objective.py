@@ -39,7 +39,7 @@ from search.records import (
     is_budget_trial,
 )
 from search.space import SearchSpace
-from search.storage import describe_storage_error, storage_error_of
+from search.storage import describe_storage_error, enqueue_retry, storage_error_of
 from search.study import beats_best
 from search.train import COMPILE_SECONDS, NONFINITE, EpochStats, Trainer, TrainResult, train
 
@@ -160,6 +160,10 @@ class Objective:
             result = self._train(trial, cfg, run_id, can_prune=phase == SEARCH)
         except KeyboardInterrupt:
             self._finish(trial, run_id, "KILLED", {"stop_reason": INTERRUPTED})
+            # Ctrl+C / SIGTERM: the next launch reruns it (same params, phase and seed) — a
+            # confirm retrain, an ablation or the baseline would otherwise be lost for good.
+            with contextlib.suppress(Exception):  # the storage may be what went away
+                enqueue_retry(trial.study, trial._trial_id)
             raise
         except Exception as exc:
             if _is_out_of_memory(exc):

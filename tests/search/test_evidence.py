@@ -331,3 +331,33 @@ def test_status_ranks_the_search_and_marks_the_champion_not_a_higher_ablation_re
     assert f"**Champion:** {row['champion']}" in note
     assert f"(/dashboard/studies/{study._study_id}/trials?numbers={model.number})" in note
     assert f"*Best Trial* badge is on [trial {top.number}]" in note and "ablation" in note
+
+
+def test_configurations_are_compared_on_the_seeds_all_of_them_completed() -> None:
+    """A retrain that failed for good (its retries spent): the other configurations are not
+    compared with it over more seeds than it has."""
+    config = _config()
+    seeds = confirm_seeds(config, 3)
+    study = _study(config)
+    base, a, b = _searched(study)
+    label = {base: "base", a: "a", b: "b"}
+    for item in plan(study.get_trials(), config, study.direction):
+        attrs = item.user_attrs
+        if attrs[SOURCE_ATTR] == b and attrs[SEED_ATTR] == seeds[2]:
+            study.add_trial(
+                create_trial(
+                    state=TrialState.FAIL,
+                    params=item.params,
+                    distributions=_DISTS,
+                    user_attrs=attrs,
+                )
+            )
+            continue
+        value = CONFIRMED[label[attrs[SOURCE_ATTR]]][seeds.index(attrs[SEED_ATTR])]
+        _add(study, value, item.params, **attrs)
+    ev = evidence(study.get_trials(), config, study.direction)
+    assert ev is not None and ev.confirm_complete
+    assert {arm.interval.n for arm in ev.arms} == {2}, "every mean over the same two seeds"
+    assert ev.champion is not None and ev.champion.source == b
+    assert ev.champion.interval.mean == pytest.approx(0.955)  # seeds 1 and 2 only
+    assert ev.gain.n == 2

@@ -399,3 +399,82 @@ def test_two_workers_log_to_an_mlflow_server_on_postgres(
         version = client.get_model_version_by_alias("remote", "champion")
         assert "test_accuracy" in version.tags
         assert any((tmp_path / "shared-artifacts").rglob("MLmodel")), "artifacts went to the server"
+
+
+def _running_in_phase(storage: str, study: str, phase: str) -> int | None:
+    """A RUNNING trial of `phase` that has reported an epoch (read-only, as above)."""
+    path = Path(storage.removeprefix("sqlite:///"))
+    if not path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as conn:
+        row = conn.execute(
+            "SELECT t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+            "WHERE s.study_name = ? AND t.state = 'RUNNING' AND a.key = 'phase' "
+            "AND a.value_json = ? AND EXISTS "
+            "(SELECT 1 FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id) "
+            "ORDER BY t.number LIMIT 1",
+            (study, json.dumps(phase)),
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
+_SMALL_CONFIRMED = (
+    "--n-trials",
+    "3",
+    "--set",
+    "train.epochs=12",
+    "--set",
+    "early_stopping.patience=null",
+    "--set",
+    "search.pruner=none",
+    "--set",
+    "search.confirm={top_k: 1, seeds: 2, ablation: true}",
+    "--set",
+    "space={dropout: {type: float, low: 0.1, high: 0.5}, weight_decay: 0.001, "
+    "aug_strength: 0.0, mixup_alpha: 0.0, label_smoothing: 0.0}",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["baseline", "confirm", "ablation"])
+def test_sigterm_in_any_phase_then_a_relaunch_loses_nothing(phase: str, tmp_path: Path) -> None:
+    """Ctrl+C / SIGTERM during the baseline, a confirm retrain or an ablation retrain: the
+    trial ends FAIL "interrupted", and the relaunch reruns it with the same params, phase and
+    seed, so the study ends as an uninterrupted one does: every retrain of the plan done, the
+    champion compared over the same seeds as the others, with a baseline."""
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    proc = start_regsearch("run", "--study", "t", *_SMALL_CONFIRMED, "--quiet", cwd=tmp_path,
+                           confirm=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    victim = None
+    while victim is None:
+        assert proc.poll() is None, f"the launch ended before a {phase} trial ran"
+        assert time.monotonic() < deadline, f"no {phase} trial caught running"
+        with contextlib.suppress(sqlite3.Error):
+            victim = _running_in_phase(storage, "t", phase)
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    interrupted = _trials(storage, "t")[victim]
+    assert interrupted.state.name == "FAIL"
+    assert interrupted.user_attrs["stop_reason"] == "interrupted"
+    resumed = regsearch("run", "--study", "t", "--quiet", cwd=tmp_path, timeout=400, confirm=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = _trials(storage, "t")
+    assert not [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")]
+    retried_number = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    (retry,) = [t for t in trials if retried_number(t) == victim]
+    assert retry.state.name == "COMPLETE" and retry.params == interrupted.params
+    for key in ("phase", "seed", "source", "ablate"):
+        assert retry.user_attrs.get(key) == interrupted.user_attrs.get(key), key
+    best = json.loads(regsearch("best", "t", "--json", cwd=tmp_path).stdout)
+    assert best["confirm"] == {"complete": True, "pending": 0}
+    assert best["baseline"] is not None and best["baseline"]["val"]["n"] == 2
+    assert best["champion"]["val"]["n"] == 2
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sum(t.user_attrs.get("phase") in ("search", "baseline") for t in done) == 3
+    assert sum(t.user_attrs.get("phase") == "confirm" for t in done) == 4  # 2 configs × 2 seeds
+    ablated = sum(t.user_attrs.get("phase") == "ablation" for t in done)
+    assert ablated == 2 * len(best["contributions"]) and ablated > 0
