@@ -1,4 +1,5 @@
-"""`auto` settings chosen from the data: the model, the batch size and the channels.
+"""`auto` settings chosen from the data: the model, the batch size, the channels and the image
+size.
 
 A study stores the concrete choice (`resolve`), so every worker and every resume trains the
 same network, and the choice is printed and logged where the user looks. The rules are small
@@ -46,7 +47,7 @@ def model_for(shape: tuple[int, int, int], n_train: int) -> tuple[str, int | Non
 @dataclass(frozen=True)
 class AutoChoice:
     config: StudyConfig  # with every `auto` replaced by its value
-    notes: tuple[str, ...]  # one line per choice, for the console and MLflow
+    notes: tuple[str, ...]  # one line per choice (and per loader note), for console and MLflow
     # Model-side regularizers the network cannot take, left out of the search: (name, why).
     left_out: tuple[tuple[str, str], ...] = ()
 
@@ -56,8 +57,9 @@ class AutoChoice:
 
 
 def resolve(config: StudyConfig, data: Dataset) -> AutoChoice:
-    """`config` with `model.name`, `train.batch_size` and `dataset.channels` made concrete
-    for `data` (already loaded with the configured channels)."""
+    """`config` with `model.name`, `train.batch_size`, `dataset.channels` and
+    `dataset.image_size` made concrete for `data` (already loaded with the configured channels
+    and size)."""
     notes: list[str] = []
     n_train = len(data.train)
     update_model: dict[str, Any] = {}
@@ -78,6 +80,10 @@ def resolve(config: StudyConfig, data: Dataset) -> AutoChoice:
     if config.dataset.channels == AUTO:
         update_data["channels"] = data.shape[0]
         notes.append(f"channels {data.shape[0]} (auto: {data.channel_note})")
+    if config.dataset.image_size == AUTO:
+        update_data["image_size"] = data.shape[1]
+        notes.append(f"image size {data.shape[1]} (auto: {data.size_note})")
+    notes.extend(data.notes)  # what the loader did at that size (imagefolder: the decode)
     resolved = config.model_copy(
         update={
             "model": config.model.model_copy(update=update_model),

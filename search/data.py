@@ -7,17 +7,21 @@ trial of a study — and every worker — sees the same validation and test imag
 
 Sources: `digits` (scikit-learn's bundled set), `synthetic`, torchvision's on-disk formats under
 `dataset.root` (`cifar10`, `cifar100`, `mnist`, `fashion-mnist`; fetched only with
-`dataset.download: true`) and `imagefolder` (one sub-folder of images per class, decoded once
-into a uint8 cache next to the images). The four torchvision sets keep their official test split
-as our test split; train / val are split from their official training images.
+`dataset.download: true`; `search.readers`), `imagefolder` (one sub-folder of images per class,
+decoded once into a uint8 cache next to the images; `search.imagefolder`) and a user's loader
+`package.module:callable` (`search.userdata`). The four torchvision sets keep their official test
+split as our test split; train / val are split from their official training images.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
-from search import readers as _readers  # noqa: F401  (registers the file-based sets)
+from search import imagefolder as _imagefolder  # noqa: F401  (registers imagefolder)
+from search import readers as _readers  # noqa: F401  (registers the torchvision formats)
 from search.config import DatasetConfig
 from search.errors import UserError, first_line
 from search.images import (
@@ -26,7 +30,9 @@ from search.images import (
     ImageSet,
     Loaded,
     LoaderResult,
+    check_memory,
     dataset_loader,
+    format_bytes,
     register_dataset,
 )
 
@@ -43,27 +49,46 @@ def _digits(cfg: DatasetConfig) -> LoaderResult:
     return x, bunch.target.astype(np.int64), classes, 16.0, False
 
 
+SYNTHETIC_SIZE = 8  # `synthetic`'s side under `image_size: auto`
+_BLOCK = 1 << 22  # float64 values per step of the synthetic draw (32 MB an array)
+
+
 @register_dataset("synthetic")
-def _synthetic(cfg: DatasetConfig) -> LoaderResult:
+def _synthetic(cfg: DatasetConfig) -> Loaded:
     """Learnable but not trivial: each class is a smooth random prototype; samples are the
-    prototype at a random contrast plus pixel noise."""
+    prototype at a random contrast plus pixel noise. Refused before drawing when it would not
+    fit in half the available memory (`image_size: 100000` would ask for 745 GiB)."""
     rng = np.random.default_rng(cfg.split_seed + 12345)
     c = 1 if cfg.channels == "auto" else cfg.channels
-    s, k, n = cfg.image_size or 8, cfg.num_classes, cfg.num_samples
-    coarse = rng.uniform(0, 1, size=(k, c, 4, 4))
+    s = SYNTHETIC_SIZE if cfg.image_size == "auto" else int(cfg.image_size)
+    k, n = cfg.num_classes, cfg.num_samples
     reps = -(-s // 4)
+    pixels = c * s * s
+    rows = max(1, min(CHUNK, _BLOCK // pixels))  # images per step of the float draw
+    nbytes = n * pixels
+    working = 2 * nbytes + 8 * k * c * (4 * reps) ** 2 + 3 * 8 * rows * pixels
+    check_memory(
+        cfg.name,
+        f"{n:,} images at {s}×{s}×{c} ({format_bytes(nbytes)} as uint8), their split copies "
+        "and the float draw",
+        working,
+        lower="dataset.image_size or dataset.num_samples",
+    )
+    coarse = rng.uniform(0, 1, size=(k, c, 4, 4))
     protos = np.kron(coarse, np.ones((1, 1, reps, reps)))[:, :, :s, :s]
     y = np.arange(n) % k
     rng.shuffle(y)
     contrast = rng.uniform(0.6, 1.0, size=(n, 1, 1, 1))
     x = np.empty((n, c, s, s), dtype=np.uint8)
-    # In chunks: one float64 copy of a CIFAR-sized set is 1.5 GB. The noise is drawn in the
-    # same order, so the images are the same bytes as one big draw would give.
-    for i in range(0, n, CHUNK):
-        j = min(n, i + CHUNK)
+    # In steps: one float64 copy of a CIFAR-sized set is 1.5 GB. The noise is drawn in the
+    # same order, so the images are the same bytes whatever the step.
+    for i in range(0, n, rows):
+        j = min(n, i + rows)
         block = protos[y[i:j]] * contrast[i:j] + rng.normal(0, 0.25, size=(j - i, c, s, s))
         x[i:j] = np.clip(block * 255, 0, 255).astype(np.uint8)
-    return x, y.astype(np.int64), tuple(f"class_{i}" for i in range(k)), 255.0, True
+    classes = tuple(f"class_{i}" for i in range(k))
+    why = "synthetic default" if cfg.image_size == "auto" else None
+    return Loaded(x, y.astype(np.int64), classes, 255.0, True, size_note=why)
 
 
 def _stratified_split(
@@ -104,12 +129,29 @@ def train_subset(y: np.ndarray, train: np.ndarray, fraction: float, seed: int) -
     return np.sort(np.concatenate(keep))
 
 
-def load_dataset(cfg: DatasetConfig) -> Dataset:
+def _loader(name: str) -> Callable[[DatasetConfig], LoaderResult | Loaded]:
+    if ":" in name:  # `package.module:callable`, its form checked by DatasetConfig
+        from search.userdata import load_user
+
+        return load_user
     try:
-        loader = dataset_loader(cfg.name)
+        return dataset_loader(name)
     except KeyError:
-        raise UserError(f"dataset.name: unknown data set {cfg.name!r}") from None
-    x, y, classes, max_value, allow_flip, test_size, grey = Loaded(*loader(cfg))
+        raise UserError(f"dataset.name: unknown data set {name!r}") from None
+
+
+def load_dataset(cfg: DatasetConfig) -> Dataset:
+    """The data set `cfg` names, with its images in the channels `dataset.channels` asks for and
+    split into fixed train / val / test splits (see the module's docstring)."""
+    loaded = Loaded(*_loader(cfg.name)(cfg))
+    x, y, classes, max_value, allow_flip, test_size, grey = loaded[:7]
+    height, width = x.shape[2:]
+    low, high = DatasetConfig.MIN_SIZE, DatasetConfig.MAX_SIZE  # a study stores the side
+    if height != width or not low <= height <= high:
+        raise UserError(
+            f"dataset {cfg.name!r}: images of {width}×{height} pixels; images must be square, "
+            f"{low} to {high} pixels a side"
+        )
     x, channel_note = _channels(cfg, x, grey)
     allow_flip = allow_flip if cfg.flip == "auto" else bool(cfg.flip)
     if len(classes) < 2:
@@ -159,10 +201,12 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         max_value,
         allow_flip,
         channel_note,
+        loaded.size_note or f"{cfg.name} images are {width}×{height}",
+        loaded.notes,
     )
 
 
-_LUMA = np.asarray([0.299, 0.587, 0.114])  # ITU-R 601, as PIL's convert("L")
+_LUMA32 = np.asarray([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's "L"
 
 
 def _channels(cfg: DatasetConfig, x: np.ndarray, grey: int | None) -> tuple[np.ndarray, str]:
@@ -182,10 +226,12 @@ def _channels(cfg: DatasetConfig, x: np.ndarray, grey: int | None) -> tuple[np.n
     if have == 1 and want == 3:
         return np.repeat(x, 3, axis=1), note
     if have == 3 and want == 1:
-        grey_x = np.tensordot(x.astype(np.float32), _LUMA.astype(np.float32), axes=([1], [0]))
-        return np.clip(np.rint(grey_x), 0, max(255, int(x.max(initial=0))))[:, None].astype(
-            x.dtype
-        ), note
+        top = max(255, int(x.max(initial=0)))
+        grey_x = np.empty((n, 1, *x.shape[2:]), dtype=x.dtype)
+        for i in range(0, n, CHUNK):  # in steps: a float32 copy of the set is 4× its size
+            luma = np.tensordot(x[i : i + CHUNK].astype(np.float32), _LUMA32, axes=([1], [0]))
+            grey_x[i : i + CHUNK, 0] = np.clip(np.rint(luma), 0, top)
+        return grey_x, note
     raise UserError(
         f"dataset.channels: cannot make {want}-channel images from the {have}-channel images "
         f"of {cfg.name} (use auto, 1 or 3)"

@@ -8,6 +8,7 @@ are 0..16; 255 for ordinary images).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
@@ -23,7 +24,10 @@ __all__ = [
     "ImageSet",
     "Loaded",
     "LoaderResult",
+    "check_memory",
     "dataset_loader",
+    "format_bytes",
+    "memory_budget",
     "register_dataset",
 ]
 
@@ -50,6 +54,8 @@ class Dataset:
     max_value: float
     allow_flip: bool  # a mirrored digit is another glyph; a mirrored cat is still a cat
     channel_note: str = ""  # why the images have the channels they have (for `auto`)
+    size_note: str = ""  # why the images have the size they have (for `auto`)
+    notes: tuple[str, ...] = ()  # what the loader did that the user should hear of
 
     @property
     def num_classes(self) -> int:
@@ -99,6 +105,8 @@ class Loaded(NamedTuple):
     allow_flip: bool
     test_size: int | None = None
     grey: int | None = None  # how many of the images are grayscale, where a folder mixes them
+    size_note: str | None = None  # how the side was chosen, where it was (`image_size: auto`)
+    notes: tuple[str, ...] = ()  # lines for the console: what was decoded, at what size
 
 
 LoaderResult = tuple[np.ndarray, np.ndarray, tuple[str, ...], float, bool]
@@ -119,3 +127,53 @@ def register_dataset(name: str) -> Callable[[_Loader], _Loader]:
 def dataset_loader(name: str) -> _Loader:
     """The loader registered for `name`; KeyError when there is none."""
     return _LOADERS[name]
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def format_bytes(nbytes: float) -> str:
+    """`nbytes` for a person: `2.4 MB`, `745.1 GB` (decimal units)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{int(nbytes):,} bytes"
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now: Linux's MemAvailable (page cache that can be dropped
+    included), else the free physical pages; None where neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def memory_budget() -> tuple[int, int] | None:
+    """(bytes a data set may take while it is loaded, bytes available): half of the memory
+    available now, leaving the rest to the model, the optimizer and everything else on the
+    machine. None when the available memory cannot be read (then nothing is refused)."""
+    available = _available_memory()
+    return None if available is None else (available // 2, available)
+
+
+def check_memory(name: str, what: str, nbytes: int, *, lower: str = "dataset.image_size") -> None:
+    """Refuse, before allocating, a data set that would take `nbytes` while it is loaded
+    (`what`: how that was counted) when that is over `memory_budget()`: a UserError naming the
+    setting to `lower`, instead of an out-of-memory kill minutes into the decode."""
+    from search.errors import UserError
+
+    budget = memory_budget()
+    if budget is None or nbytes <= budget[0]:
+        return
+    raise UserError(
+        f"dataset {name}: {what} need about {format_bytes(nbytes)} of memory while loading, "
+        f"more than half of the {format_bytes(budget[1])} available; lower {lower}"
+    )

@@ -1,23 +1,14 @@
-"""The file-based data sets: torchvision's on-disk formats under `dataset.root` (`cifar10`,
-`cifar100`, `mnist`, `fashion-mnist`; fetched only with `dataset.download: true`) and
-`imagefolder` (one sub-folder of images per class, decoded once into a uint8 cache next to the
-images). The four torchvision sets keep their official test split as the test split (`Loaded`'s
-`test_size`). Each registers itself with `search.images.register_dataset`.
+"""The data sets in torchvision's on-disk formats under `dataset.root`: `cifar10`, `cifar100`
+(pickled batches), `mnist`, `fashion-mnist` (idx files, also lying flat in the root); fetched
+only with `dataset.download: true`. They keep their official test split as the test split
+(`Loaded`'s `test_size`). Each registers itself with `search.images.register_dataset`;
+`imagefolder` is `search.imagefolder`'s.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import json
-import logging
-import os
 import pickle
-import shutil
-import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,15 +18,14 @@ import torch
 
 from search.config import DatasetConfig
 from search.errors import UserError, first_line
-from search.files import atomic_file
+from search.idx import read_idx
 from search.images import Loaded, register_dataset
 
-__all__: list[str] = []  # nothing to import: the loaders are reached through the registry
+# The loaders are reached through the registry; `dataset_root` is shared with imagefolder.
+__all__ = ["dataset_root"]
 
-_log = logging.getLogger(__name__)
 
-
-def _root(cfg: DatasetConfig) -> Path:
+def dataset_root(cfg: DatasetConfig) -> Path:
     if cfg.root is None:  # the config validator already requires it; model_construct does not
         raise UserError(f"dataset.root is required for dataset {cfg.name}")
     return Path(cfg.root).expanduser()
@@ -68,6 +58,19 @@ def _read(cfg: DatasetConfig, what: str, root: Path, read: Callable[[], Any]) ->
         raise UserError(
             f"dataset {cfg.name}: cannot read the {what} files under {root} ({first_line(exc)})"
         ) from None
+
+
+def _count_mismatch(
+    name: str, images: Path, n_images: int, labels: Path, n_labels: int
+) -> UserError:
+    """Images and labels that do not pair one to one: training on them would teach shifted
+    labels (more images) or fail with an IndexError (more labels)."""
+    where = f"for {n_images:,} images in {images}"
+    if labels != images:
+        where = f"in {labels} {where}"
+    return UserError(
+        f"dataset {name}: {n_labels:,} labels {where}; every image needs exactly one label"
+    )
 
 
 def _download(cfg: DatasetConfig, what: str, root: Path, fetch: Callable[[], Any]) -> None:
@@ -149,14 +152,19 @@ _CIFAR = {
 }
 
 
-def _read_cifar(root: Path, layout: _CifarLayout) -> Loaded:
+def _read_cifar(name: str, root: Path, layout: _CifarLayout) -> Loaded:
     folder = root / layout.folder
     xs, ys = [], []
-    for name in (*layout.train, layout.test):
-        entry = _load_batch(folder / name)
+    for batch in (*layout.train, layout.test):
+        entry = _load_batch(folder / batch)
         data = np.asarray(entry["data"], dtype=np.uint8)
+        labels = np.asarray(entry[layout.labels], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{batch} holds data of shape {data.shape}, not rows of 3072 bytes")
+        if len(labels) != len(data):
+            raise _count_mismatch(name, folder / batch, len(data), folder / batch, len(labels))
         xs.append(data.reshape(-1, 3, 32, 32))  # rows of 1024 red, 1024 green, 1024 blue
-        ys.append(np.asarray(entry[layout.labels], dtype=np.int64))
+        ys.append(labels)
     classes = tuple(str(c) for c in _load_batch(folder / layout.meta)[layout.names])
     return Loaded(
         np.ascontiguousarray(np.concatenate(xs)),
@@ -180,7 +188,7 @@ def _cifar(cfg: DatasetConfig) -> Loaded:
     def present(root: Path) -> bool:
         return all((root / layout.folder / f).is_file() for f in files)
 
-    root = _locate(_root(cfg), (layout.folder,), present)
+    root = _locate(dataset_root(cfg), (layout.folder,), present)
     if not present(root):
         if not cfg.download:
             raise _missing(cfg, layout.what, root)
@@ -188,7 +196,7 @@ def _cifar(cfg: DatasetConfig) -> Loaded:
 
         fetch = getattr(torchvision.datasets, layout.torchvision)
         _download(cfg, layout.what, root, lambda: fetch(str(root), train=True, download=True))
-    loaded: Loaded = _read(cfg, layout.what, root, lambda: _read_cifar(root, layout))
+    loaded: Loaded = _read(cfg, layout.what, root, lambda: _read_cifar(cfg.name, root, layout))
     return loaded
 
 
@@ -196,180 +204,135 @@ register_dataset("cifar10")(_cifar)
 register_dataset("cifar100")(_cifar)
 
 
-def _gunzip_atomically(src: Path, dst: Path) -> None:
-    with atomic_file(dst) as out, gzip.open(src, "rb") as f:
-        shutil.copyfileobj(f, out)
+_IDX_SPLITS = (  # (images, labels) of the official train and test splits
+    ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
+_IDX_NAMES = tuple(name for pair in _IDX_SPLITS for name in pair)
+_MNIST_FOLDER = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "Fashion-MNIST")}
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    """`name` or `name.gz` in `folder` (the plain one when both are there)."""
+    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+
+
+def _idx_folders(root: Path, tv_name: str) -> tuple[Path, Path]:
+    """Where the four idx files may lie: flat in `root` (as Debian's dataset-fashion-mnist and
+    the original sites ship them) or in torchvision's `<root>/<Name>/raw`."""
+    return root, root / tv_name / "raw"
+
+
+def _idx_folder(root: Path, tv_name: str) -> Path | None:
+    for folder in _idx_folders(root, tv_name):
+        if all(_idx_file(folder, n) for n in _IDX_NAMES):
+            return folder
+    return None
+
+
+def _legacy_mnist(root: Path, tv_name: str) -> Path | None:
+    """torchvision's old `<root>/<Name>/processed/{training,test}.pt`, when that is all there is."""
+    processed = root / tv_name / "processed"
+    present = all((processed / f).is_file() for f in ("training.pt", "test.pt"))
+    return processed if present else None
+
+
+def _missing_idx(cfg: DatasetConfig, what: str, root: Path, tv_name: str) -> UserError:
+    looked = " and in ".join(str(f) for f in _idx_folders(root, tv_name))
+    partial = ""
+    for folder in _idx_folders(root, tv_name):
+        lacking = [f"{n}[.gz]" for n in _IDX_NAMES if _idx_file(folder, n) is None]
+        if len(lacking) < len(_IDX_NAMES):
+            partial = f"; {folder} lacks {', '.join(lacking)}"
+            break
+    return UserError(
+        f"dataset {cfg.name}: no {what} files under {root} (looked for "
+        f"{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte[.gz] in {looked}{partial}; set "
+        "dataset.download: true to fetch them, or point dataset.root at them)"
+    )
+
+
+def _read_idx_splits(name: str, folder: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(images (N, H, W), labels) of the train and the test split in `folder`."""
+    splits = []
+    for images, labels in _IDX_SPLITS:
+        images_path, labels_path = _idx_file(folder, images), _idx_file(folder, labels)
+        assert images_path is not None and labels_path is not None  # checked by _idx_folder
+        x, y = read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1)
+        if len(x) != len(y):
+            raise _count_mismatch(name, images_path, len(x), labels_path, len(y))
+        splits.append((x, y))
+    return splits
+
+
+def _read_legacy_splits(name: str, processed: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The same from torchvision's old `processed/{training,test}.pt` (pairs of tensors)."""
+    splits = []
+    for path in (processed / "training.pt", processed / "test.pt"):
+        pair = torch.load(path, map_location="cpu", weights_only=True)
+        if not (isinstance(pair, tuple | list) and len(pair) == 2):
+            raise ValueError(f"{path.name} is not an (images, targets) pair")
+        x, y = (np.asarray(t) for t in pair)
+        if x.ndim != 3:
+            raise ValueError(f"{path.name} holds images of shape {x.shape}, not (N, H, W)")
+        if len(x) != len(y):
+            raise _count_mismatch(name, path, len(x), path, len(y))
+        splits.append((x, y))
+    return splits
+
+
+def _wxh(hw: tuple[int, ...]) -> str:
+    return f"{hw[1]}×{hw[0]}"
 
 
 def _mnist(cfg: DatasetConfig) -> Loaded:
-    """MNIST / Fashion-MNIST from torchvision's `<root>/MNIST/raw` / `<root>/FashionMNIST/raw`
-    idx files (plain, or `.gz`: decompressed next to themselves once, or into a temporary folder
-    when that one is read-only), read by torchvision. The official 10 000 test images stay the
-    test split. Digits are not mirrored (allow_flip False); clothes are."""
-    from torchvision.datasets import MNIST, FashionMNIST
-
-    cls = MNIST if cfg.name == "mnist" else FashionMNIST
-    what = "MNIST" if cfg.name == "mnist" else "Fashion-MNIST"
-    names = [os.path.splitext(f)[0] for f, _ in cls.resources]  # train-images-idx3-ubyte, ...
-
-    def legacy(root: Path) -> bool:  # torchvision's old processed/*.pt files, read as they are
-        processed = root / cls.__name__ / "processed"
-        return all((processed / f).is_file() for f in ("training.pt", "test.pt"))
+    """MNIST / Fashion-MNIST from their four idx files (plain or `.gz`), lying flat in
+    `dataset.root` (Debian's `/usr/share/datasets/fashion-mnist`, the original downloads) or
+    in torchvision's `<root>/MNIST/raw` / `<root>/FashionMNIST/raw`; else torchvision's legacy
+    `processed/*.pt`. Gzipped files are decompressed in memory (`search.idx`): nothing is
+    written next to the user's files. Every image file must hold as many images as its label
+    file labels. The official 10 000 test images stay the test split. Digits are not mirrored
+    (allow_flip False); clothes are."""
+    tv_name, what = _MNIST_FOLDER[cfg.name]
 
     def present(root: Path) -> bool:
-        raw = root / cls.__name__ / "raw"
-        plain_or_gz = all((raw / n).is_file() or (raw / f"{n}.gz").is_file() for n in names)
-        return plain_or_gz or legacy(root)
+        return _idx_folder(root, tv_name) is not None or _legacy_mnist(root, tv_name) is not None
 
-    root = _locate(_root(cfg), (cls.__name__, "raw"), present)
-    raw = root / cls.__name__ / "raw"
+    asked = dataset_root(cfg)
+    root = _locate(asked, (tv_name, "raw"), present)
     if not present(root):
         if not cfg.download:
-            raise _missing(cfg, what, root)
-        _download(cfg, what, root, lambda: cls(str(root), train=True, download=True))
-    with ExitStack() as stack:
-        packed = [n for n in names if not (raw / n).is_file() and (raw / f"{n}.gz").is_file()]
-        read_root = root
-        if packed and not legacy(root):
-            try:
-                for n in packed:
-                    _gunzip_atomically(raw / f"{n}.gz", raw / n)
-            except OSError:
-                read_root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                tmp_raw = read_root / cls.__name__ / "raw"
-                tmp_raw.mkdir(parents=True)
-                for n in names:
-                    if (raw / n).is_file():
-                        os.symlink((raw / n).resolve(), tmp_raw / n)
-                    else:
-                        _gunzip_atomically(raw / f"{n}.gz", tmp_raw / n)
-        train = _read(cfg, what, root, lambda: cls(str(read_root), train=True))
-        test = _read(cfg, what, root, lambda: cls(str(read_root), train=False))
-    x = torch.cat([train.data, test.data])[:, None].numpy()
-    y = torch.cat([train.targets, test.targets]).numpy().astype(np.int64)
-    classes = tuple(str(c) for c in cls.classes)
+            raise _missing_idx(cfg, what, asked, tv_name)
+        import torchvision.datasets
+
+        fetch = getattr(torchvision.datasets, tv_name)
+        _download(cfg, what, root, lambda: fetch(str(root), train=True, download=True))
+    folder = _idx_folder(root, tv_name)
+    legacy = _legacy_mnist(root, tv_name)
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    if folder is not None:
+        where = folder
+        splits = _read(cfg, what, where, lambda: _read_idx_splits(cfg.name, where))
+    elif legacy is not None:
+        processed = legacy
+        splits = _read(cfg, what, processed, lambda: _read_legacy_splits(cfg.name, processed))
+    else:  # a download that left no files
+        raise _missing_idx(cfg, what, root, tv_name)
+    (train_x, _), (test_x, _) = splits
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise UserError(
+            f"dataset {cfg.name}: the {what} training images are {_wxh(train_x.shape[1:])} but "
+            f"the test images {_wxh(test_x.shape[1:])}"
+        )
+    x = np.concatenate([x for x, _ in splits])[:, None]
+    y = np.concatenate([y for _, y in splits]).astype(np.int64)
+    from torchvision.datasets import MNIST, FashionMNIST
+
+    classes = tuple(str(c) for c in (MNIST if cfg.name == "mnist" else FashionMNIST).classes)
     flip = cfg.name == "fashion-mnist"
-    return Loaded(np.ascontiguousarray(x, dtype=np.uint8), y, classes, 255.0, flip, len(test))
+    test_size = len(splits[1][1])
+    return Loaded(np.ascontiguousarray(x, dtype=np.uint8), y, classes, 255.0, flip, test_size)
 
 
 register_dataset("mnist")(_mnist)
 register_dataset("fashion-mnist")(_mnist)
-
-
-# --------------------------------------------------------------------------- imagefolder
-
-_CACHE_FORMAT = 2  # 2: the grey flags of the images
-_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-
-
-def _fingerprint(
-    root: Path, samples: list[tuple[str, int]], classes: tuple[str, ...], size: int
-) -> str:
-    """Changes when a file is added, removed, renamed, rewritten or touched, or the size changes."""
-    h = hashlib.sha256(json.dumps([_CACHE_FORMAT, size, list(classes)]).encode())
-    for path, label in samples:
-        st = os.stat(path)
-        rel = os.path.relpath(path, root)
-        h.update(json.dumps([rel, label, st.st_size, st.st_mtime_ns]).encode())
-    return h.hexdigest()
-
-
-def _decode(path: str, size: int) -> tuple[np.ndarray, bool]:
-    """One image as uint8 (3, size, size): RGB, resized (not cropped) to a square; and whether
-    it is grayscale (a single-channel file, or one whose R, G and B are equal)."""
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
-        single = img.mode in _GREY_MODES
-        rgb = img.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    array = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
-    grey = single or bool((array[0] == array[1]).all() and (array[1] == array[2]).all())
-    return array, grey
-
-
-def _decode_all(cfg: DatasetConfig, paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
-    def one(path: str) -> tuple[np.ndarray, bool]:
-        try:
-            return _decode(path, size)
-        except Exception as exc:  # PIL.UnidentifiedImageError, OSError, DecompressionBombError
-            raise UserError(
-                f"dataset {cfg.name}: cannot read image {path} ({first_line(exc)})"
-            ) from None
-
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
-        decoded = list(pool.map(one, paths))
-    grey = np.asarray([g for _, g in decoded], dtype=bool)
-    if not decoded:
-        return np.zeros((0, 3, size, size), dtype=np.uint8), grey
-    return np.stack([image for image, _ in decoded]), grey
-
-
-def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # a damaged or foreign file: rebuild it
-        _log.warning("ignoring unreadable image cache %s (%s)", path, first_line(exc))
-        return None
-    if not isinstance(blob, dict) or blob.get("fingerprint") != fingerprint:
-        return None
-    return blob["x"].numpy(), blob["y"].numpy(), blob["grey"].numpy()
-
-
-@register_dataset("imagefolder")
-def _imagefolder(cfg: DatasetConfig) -> Loaded:
-    """One sub-folder of images per class under `dataset.root` (torchvision's ImageFolder
-    layout and extensions; classes in sorted folder order). Every image is decoded once,
-    converted to RGB (grayscale ones are counted: `dataset.channels: auto` follows the
-    majority) and resized to `image_size` x `image_size`; the result is cached in
-    `<root>/.regsearch-cache-<size>.pt`, written atomically, and reused while the folder's file
-    list, sizes and modification times are unchanged (a read-only folder is decoded each time)."""
-    from torchvision.datasets import ImageFolder
-
-    root = _root(cfg)
-    size = cfg.image_size or 32
-    if not root.is_dir():
-        raise UserError(
-            f"dataset {cfg.name}: no folder {root} (dataset.root must hold one sub-folder of "
-            "images per class)"
-        )
-    try:
-        folder = ImageFolder(str(root), allow_empty=True)
-    except (FileNotFoundError, OSError) as exc:
-        raise UserError(
-            f"dataset {cfg.name}: no class folders of images under {root} ({first_line(exc)})"
-        ) from None
-    samples = [(str(p), int(c)) for p, c in folder.samples]
-    classes = tuple(folder.classes)
-    if not samples:
-        raise UserError(f"dataset {cfg.name}: no images in the class folders under {root}")
-    fingerprint = _fingerprint(root, samples, classes, size)
-    cache = root / f".regsearch-cache-{size}.pt"
-    cached = _read_cache(cache, fingerprint)
-    if cached is not None:
-        x, y, grey = cached
-    else:
-        x, grey = _decode_all(cfg, [p for p, _ in samples], size)
-        y = np.asarray([c for _, c in samples], dtype=np.int64)
-        blob = {
-            "format": _CACHE_FORMAT,
-            "fingerprint": fingerprint,
-            "classes": list(classes),
-            "x": torch.from_numpy(x),
-            "y": torch.from_numpy(y),
-            "grey": torch.from_numpy(grey),
-        }
-        try:
-            with atomic_file(cache) as f:
-                torch.save(blob, f)
-        except OSError as exc:
-            _log.warning("cannot write the image cache %s (%s)", cache, first_line(exc))
-    # No mirroring unless `dataset.flip: true`: a folder may hold digits, letters or signs,
-    # whose mirror image is another class (3 test points lost on 32 px digits), while photos
-    # gain less from it than that.
-    return Loaded(x, y, classes, 255.0, False, grey=int(grey.sum()))

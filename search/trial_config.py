@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -59,13 +59,22 @@ class Section(BaseModel):
 
 
 class DatasetConfig(Section):
-    name: Literal[
+    NAMES: ClassVar[tuple[str, ...]] = (
         "digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder"
-    ] = "digits"
+    )  # fmt: skip
+    MIN_SIZE: ClassVar[int] = 4  # the bounds of `image_size`, and of the images of any set
+    MAX_SIZE: ClassVar[int] = 1024
+    # One of NAMES, or a loader `package.module:callable` (`search.userdata`).
+    name: str = "digits"
     # The folder holding the files of cifar10, cifar100, mnist, fashion-mnist (torchvision's
-    # layout: <root>/cifar-10-batches-py, <root>/MNIST/raw, ...) or imagefolder (one sub-folder
-    # of images per class). Required for those; unused by digits and synthetic.
+    # layout: <root>/cifar-10-batches-py, <root>/MNIST/raw, ...; the four idx files of mnist and
+    # fashion-mnist may also lie flat in it) or imagefolder (one sub-folder of images per
+    # class). Required for those; unused by digits and synthetic; passed to a loader that
+    # takes `root`.
     root: Path | None = None
+    # Folder to import a package.module:callable data set from when it is not on sys.path;
+    # default: the study file's folder.
+    path: Path | None = None
     # Fetch a missing torchvision data set into `root` (needs network access); off by default.
     download: bool = False
     # Data sets with an official test split (cifar10, cifar100, mnist, fashion-mnist) keep it as
@@ -88,9 +97,10 @@ class DatasetConfig(Section):
     # Whether augmentation may mirror images: `auto` follows the data set (no for digits and
     # MNIST, whose mirrored glyphs are other glyphs; yes for photos, clothes and folders).
     flip: Literal["auto"] | bool = "auto"
-    # Side of the square images of `synthetic` (default 8) and `imagefolder` (default 32, the
-    # size images are resized to); filled in from the name when left out, unused by the others.
-    image_size: Int | None = Field(None, ge=4)
+    # Side of the square images of `synthetic` and `imagefolder` (the size images are decoded
+    # at: shorter side resized, centre-cropped). `auto`: 8 for synthetic; a folder's own size
+    # (the most common one, at most 224). A study stores the side its data has.
+    image_size: Literal["auto"] | int = "auto"
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DatasetConfig:
@@ -113,8 +123,33 @@ class DatasetConfig(Section):
     def _auto_or_channels(cls, channels: Any) -> Any:
         return auto_or_positive_int(channels)
 
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        if name in cls.NAMES:
+            return name
+        if ":" in name:
+            from search.imports import is_import_spec  # imports torch: only for a spec
+
+            if is_import_spec(name):
+                return name
+        raise ValueError(
+            f"unknown data set {name!r}; known: {', '.join(cls.NAMES)} or a loader "
+            "package.module:callable"
+        )
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _auto_or_side(cls, size: Any) -> Any:
+        if size is None or size == "auto":  # None: the default of studies stored before auto
+            return "auto"
+        low, high = cls.MIN_SIZE, cls.MAX_SIZE
+        if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+            raise ValueError(f"expected auto or an integer from {low} to {high}, got {size!r}")
+        return size
+
     @model_validator(mode="after")
-    def _root_and_image_size(self) -> DatasetConfig:
+    def _root_is_given(self) -> DatasetConfig:
         file_based = ("cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder")
         if self.name in file_based and self.root is None:
             where = (
@@ -123,9 +158,6 @@ class DatasetConfig(Section):
                 else "the folder that holds its files, or receives them with dataset.download: true"
             )
             raise ValueError(f"dataset.root is required for dataset {self.name} ({where})")
-        default_size = {"synthetic": 8, "imagefolder": 32}.get(self.name)
-        if self.image_size is None and default_size is not None:
-            object.__setattr__(self, "image_size", default_size)
         return self
 
 

@@ -138,6 +138,44 @@ def test_synthetic_is_reproducible_and_depends_on_split_seed() -> None:
     assert not torch.equal(a.train.x, c.train.x)
 
 
+def test_synthetic_image_size_auto_is_8_and_is_stored() -> None:
+    from search.auto import resolve
+    from search.studyfile import load_config
+
+    config = load_config(overrides=["dataset={name: synthetic, num_samples: 60}"])
+    assert config.dataset.image_size == "auto"
+    choice = resolve(config, load_dataset(config.dataset))
+    assert choice.config.dataset.image_size == 8
+    assert "image size 8 (auto: synthetic default)" in choice.notes
+
+
+def test_a_synthetic_set_too_big_for_memory_is_refused_before_drawing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("search.images.memory_budget", lambda: (1_000_000, 2_000_000))
+    cfg = DatasetConfig(name="synthetic", num_samples=2000, image_size=64)
+    with pytest.raises(UserError) as e:
+        load_dataset(cfg)
+    message = str(e.value)
+    assert message.startswith(
+        "dataset synthetic: 2,000 images at 64×64×1 (8.2 MB as uint8), their split copies and "
+        "the float draw need about "
+    )
+    assert message.endswith(
+        "more than half of the 2.0 MB available; lower dataset.image_size or dataset.num_samples"
+    )
+    monkeypatch.setattr("search.images.memory_budget", lambda: None)  # unknown: not refused
+    assert load_dataset(cfg.model_copy(update={"num_samples": 60})).shape == (1, 64, 64)
+
+
+def test_the_memory_budget_is_half_the_available_memory() -> None:
+    from search.images import memory_budget
+
+    budget = memory_budget()
+    assert budget is not None  # Linux: /proc/meminfo
+    assert 0 < budget[0] == budget[1] // 2
+
+
 def test_too_few_images_per_class() -> None:
     cfg = DatasetConfig(name="synthetic", num_samples=20, num_classes=10)
     with pytest.raises(UserError, match="at least 3 images"):

@@ -1,12 +1,16 @@
 """The file-based data sets, read from tiny files written in their real on-disk formats: CIFAR
-pickled batches, MNIST idx files (plain and gzipped), class-per-folder images with their cache."""
+pickled batches, MNIST idx files (plain and gzipped, flat or in torchvision's layout),
+class-per-folder images with their cache and their `image_size: auto`."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
 import pickle
+import re
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from PIL import Image
 from pydantic import ValidationError
 from rich.console import Console
 
+from search.auto import resolve
 from search.config import (
     DatasetConfig,
     EarlyStoppingConfig,
@@ -202,7 +207,70 @@ def test_damaged_cifar_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(("batch", "keep"), [("data_batch_2", 9), ("test_batch", 11)])
+def test_cifar_labels_must_pair_one_to_one_with_images(
+    tmp_path: Path, batch: str, keep: int
+) -> None:
+    _write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / batch
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry["labels"] = (entry["labels"] * 2)[:keep]
+    _dump(path, entry)
+    with pytest.raises(UserError) as e:
+        load_dataset(DatasetConfig(name="cifar10", root=tmp_path))
+    assert str(e.value) == (
+        f"dataset cifar10: {keep} labels for 10 images in {path}; every image needs exactly "
+        "one label"
+    )
+
+
 # --------------------------------------------------------------------------- MNIST
+
+IDX_NAMES = [
+    f"{split}-{kind}-ubyte"
+    for split in ("train", "t10k")
+    for kind in ("images-idx3", "labels-idx1")
+]
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's `dataset-fashion-mnist`
+
+
+def _idx(array: np.ndarray) -> bytes:
+    """The idx format: magic (0, 0, 0x08 = unsigned bytes, ndim), big-endian dims, the bytes."""
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return bytes([0, 0, 0x08, array.ndim]) + dims + array.astype(np.uint8).tobytes()
+
+
+def _mnist_splits(per_class: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(images (N, 28, 28), labels) for train and test; pixel (0, 0) is the image's id (train
+    0.., test 100..) and (0, 1) its label."""
+    rng = np.random.default_rng(0)
+    splits = []
+    for labels, first_id in ((np.repeat(np.arange(10), per_class), 0), (np.arange(10), 100)):
+        images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
+        images[:, 0, 0] = np.arange(first_id, first_id + len(labels))
+        images[:, 0, 1] = labels
+        splits.append((images, labels))
+    return splits
+
+
+def _write_idx(
+    folder: Path, splits: list[tuple[np.ndarray, np.ndarray]], *, gz: bool
+) -> list[Path]:
+    """The four idx files flat in `folder`, as Debian and the original sites ship them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split, (x, y) in zip(("train", "t10k"), splits, strict=True):
+        for kind, array in (("images-idx3", x), ("labels-idx1", y)):
+            blob = _idx(array)
+            path = folder / f"{split}-{kind}-ubyte{'.gz' if gz else ''}"
+            path.write_bytes(gzip.compress(blob) if gz else blob)
+            written.append(path)
+    return written
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def _write_mnist(root: Path, folder: str, *, gz: bool, per_class: int = 5) -> None:
@@ -239,9 +307,103 @@ def test_fashion_mnist_reads_gzipped_idx_files(tmp_path: Path) -> None:
     ids = _ids(data)
     assert ids["test"] == list(range(100, 110))
     raw = tmp_path / "FashionMNIST" / "raw"
-    assert (raw / "train-images-idx3-ubyte").is_file()  # decompressed once, next to the .gz
-    assert not [p for p in raw.iterdir() if p.suffix == ".tmp"]
+    assert _files(raw) == sorted(f"{n}.gz" for n in IDX_NAMES)  # decompressed in memory only
     assert _ids(load_dataset(DatasetConfig(name="fashion-mnist", root=tmp_path))) == ids
+    assert _ids(load_dataset(DatasetConfig(name="fashion-mnist", root=raw))) == ids
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_lying_flat_in_the_root_are_read(tmp_path: Path, gz: bool) -> None:
+    folder = tmp_path / "fashion-mnist"
+    _write_idx(folder, _mnist_splits(), gz=gz)
+    before = _files(tmp_path)
+    data = load_dataset(DatasetConfig(name="fashion-mnist", root=folder))
+    _check_common(data, (1, 28, 28))
+    assert data.num_classes == 10
+    ids = _ids(data)
+    assert ids["test"] == list(range(100, 110))
+    assert sorted(ids["train"] + ids["val"]) == list(range(50))
+    assert _files(tmp_path) == before  # nothing written next to the user's files
+
+
+def test_torchvision_legacy_processed_files_are_read(tmp_path: Path) -> None:
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir(parents=True)
+    for name, (x, y) in zip(("training.pt", "test.pt"), _mnist_splits(), strict=True):
+        torch.save((torch.from_numpy(x), torch.from_numpy(y)), processed / name)
+    data = load_dataset(DatasetConfig(name="mnist", root=tmp_path))
+    _check_common(data, (1, 28, 28))
+    assert _ids(data)["test"] == list(range(100, 110))
+
+
+@pytest.mark.parametrize(("split", "images", "labels"), [("train", 200, 190), ("t10k", 50, 60)])
+def test_idx_labels_must_pair_one_to_one_with_images(
+    tmp_path: Path, split: str, images: int, labels: int
+) -> None:
+    rng = np.random.default_rng(1)
+    splits = [
+        (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(m) % 10)
+        for n, m in ((200, 200), (50, 50))
+    ]
+    index = 0 if split == "train" else 1
+    splits[index] = (splits[index][0][:images], np.arange(labels) % 10)
+    _write_idx(tmp_path, splits, gz=True)
+    with pytest.raises(UserError) as e:
+        load_dataset(DatasetConfig(name="mnist", root=tmp_path))
+    assert str(e.value) == (
+        f"dataset mnist: {labels} labels in {tmp_path}/{split}-labels-idx1-ubyte.gz for {images} "
+        f"images in {tmp_path}/{split}-images-idx3-ubyte.gz; every image needs exactly one label"
+    )
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_an_idx_header_claiming_2_31_images_is_refused_without_allocating(
+    tmp_path: Path, gz: bool
+) -> None:
+    files = _write_idx(tmp_path, _mnist_splits(), gz=gz)
+    lie = bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (2**31, 28, 28))
+    lie += bytes(3 * 28 * 28)  # three images where the header promises 2**31
+    files[0].write_bytes(gzip.compress(lie) if gz else lie)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError) as e:
+            load_dataset(DatasetConfig(name="mnist", root=tmp_path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"{peak:,} bytes allocated"  # not the 1.7 TB the header claims
+    message = str(e.value)
+    assert message.startswith(f"dataset mnist: cannot read the MNIST files under {tmp_path} (")
+    assert f"{files[0]} claims 2,147,483,648 × 28 × 28 = 1.7 TB of data but holds 2.4 kB" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("header", "detail"),
+    [
+        (bytes([1, 2, 8, 1]), "is not an idx file (bad magic number)"),
+        (bytes([0, 0, 0x0D, 1]), "holds idx elements of type 0x0D; expected 0x08"),
+        (bytes([0, 0, 8, 3]), "holds a 3-dimensional idx array; expected 1"),
+    ],
+)
+def test_an_idx_file_with_a_wrong_header_is_named(
+    tmp_path: Path, header: bytes, detail: str
+) -> None:
+    files = _write_idx(tmp_path, _mnist_splits(), gz=False)
+    files[3].write_bytes(header + (10).to_bytes(4, "big") + bytes(10))  # the test labels
+    with pytest.raises(UserError, match=re.escape(f"({files[3]} {detail}")):
+        load_dataset(DatasetConfig(name="mnist", root=tmp_path))
+
+
+def test_the_real_fashion_mnist_as_debian_ships_it() -> None:
+    if not all((FASHION / f"{n}.gz").is_file() for n in IDX_NAMES):
+        pytest.skip(f"{FASHION} not installed (apt-get install dataset-fashion-mnist)")
+    data = load_dataset(DatasetConfig(name="fashion-mnist", root=FASHION))
+    assert len(data.train) + len(data.val) + len(data.test) == 70_000
+    assert len(data.test) == 10_000
+    assert data.shape == (1, 28, 28)
+    assert data.num_classes == 10 and data.classes[-1] == "Ankle boot"
+    assert np.bincount(data.test.y.numpy()).tolist() == [1000] * 10
 
 
 # --------------------------------------------------------------------------- imagefolder
@@ -296,12 +458,85 @@ def test_imagefolder_decodes_resizes_and_labels(tmp_path: Path) -> None:
     assert counts == [3, 3, 3, 1, 1, 1, 1, 1, 1]  # stratified 0.6 / 0.2 / 0.2
 
 
-def test_imagefolder_default_size_is_32(tmp_path: Path) -> None:
-    _write_images(tmp_path)
-    cfg = DatasetConfig(name="imagefolder", root=tmp_path)
-    assert cfg.image_size == 32
-    assert load_dataset(cfg).shape == (3, 32, 32)
-    assert _cache(tmp_path, 32).is_file()
+def _write_sized(root: Path, sizes: list[tuple[int, int]], per_size: int = 1) -> Path:
+    """Three classes, each with `per_size` images of every (width, height) in `sizes`: green,
+    with a red band on the left and a blue one on the right of a fifth of the width each."""
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i, (w, h) in enumerate(sizes * per_size):
+            a = np.zeros((h, w, 3), dtype=np.uint8)
+            a[:, :, 1] = 255
+            band = w // 8
+            a[:, :band] = (255, 0, 0)
+            a[:, w - band :] = (0, 0, 255)
+            Image.fromarray(a).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+def _auto_choice(root: Path) -> tuple[int, tuple[str, ...]]:
+    spec = json.dumps({"name": "imagefolder", "root": str(root)})
+    config = load_config(overrides=[f"dataset={spec}"])
+    assert config.dataset.image_size == "auto"  # the default
+    choice = resolve(config, load_dataset(config.dataset))
+    return int(choice.config.dataset.image_size), choice.notes
+
+
+def test_imagefolder_auto_size_is_the_images_own(tmp_path: Path) -> None:
+    side, notes = _auto_choice(_write_sized(tmp_path, [(28, 28)], per_size=5))
+    assert side == 28  # stored in the study, so every worker decodes at 28
+    assert "image size 28 (auto: all 15 images are 28×28)" in notes
+    assert "dataset imagefolder: decoded 15 images at 28×28×3 (35.3 kB as uint8)" in notes
+    assert _cache(tmp_path, 28).is_file()
+
+
+def test_imagefolder_non_square_images_are_centre_cropped_at_their_shorter_side(
+    tmp_path: Path,
+) -> None:
+    _write_sized(tmp_path, [(40, 30)], per_size=5)
+    side, notes = _auto_choice(tmp_path)
+    assert side == 30
+    assert "image size 30 (auto: all 15 images are 40×30, shorter side 30)" in notes
+    data = load_dataset(DatasetConfig(name="imagefolder", root=tmp_path, image_size=30))
+    assert data.shape == (3, 30, 30)
+    green = torch.tensor([0, 255, 0], dtype=torch.uint8)[:, None, None]
+    assert (data.train.x == green).all()  # the side bands cropped away, not squashed in
+    halved = load_dataset(DatasetConfig(name="imagefolder", root=tmp_path, image_size=15))
+    assert halved.shape == (3, 15, 15)
+    # Resized and cropped: at most a bleed of the bands at the edges (a squash: 255 there).
+    assert (halved.train.x[:, 0, :, 0] < 64).all() and (halved.train.x[:, 2, :, -1] < 64).all()
+
+
+def test_imagefolder_auto_size_follows_the_most_common_size_and_is_capped(
+    tmp_path: Path,
+) -> None:
+    side, notes = _auto_choice(
+        _write_sized(tmp_path / "a", [(20, 20), (20, 20), (36, 36)], per_size=2)
+    )
+    assert side == 20
+    assert "image size 20 (auto: the most common of 2 sizes: 12 of 18 images are 20×20)" in notes
+    side, notes = _auto_choice(_write_sized(tmp_path / "b", [(16, 16), (24, 20)], per_size=3))
+    assert side == 16  # a tie: the smaller
+    side, notes = _auto_choice(_write_sized(tmp_path / "c", [(300, 260)], per_size=5))
+    assert side == 224
+    why = "all 15 images are 300×260, shorter side 260, capped at 224"
+    assert f"image size 224 (auto: {why})" in notes
+
+
+def test_imagefolder_too_big_for_memory_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_sized(tmp_path, [(28, 28)], per_size=3)
+    (tmp_path / "c0" / "0.png").write_bytes(b"not a png, never decoded")
+    monkeypatch.setattr("search.images.memory_budget", lambda: (40_000, 80_000))
+    cfg = DatasetConfig(name="imagefolder", root=tmp_path, image_size=32)
+    with pytest.raises(UserError) as e:
+        load_dataset(cfg)
+    assert str(e.value) == (
+        "dataset imagefolder: 9 images at 32×32×3 (27.6 kB as uint8) and their split copies "
+        "need about 55.3 kB of memory while loading, more than half of the 80.0 kB available; "
+        "lower dataset.image_size"
+    )
+    assert not list(tmp_path.glob(".regsearch-cache-*"))
 
 
 def test_imagefolder_cache_is_written_reused_and_rebuilt(tmp_path: Path) -> None:
@@ -380,30 +615,68 @@ def test_file_based_sets_require_a_root(name: str) -> None:
 
 def test_builtin_default_is_unchanged() -> None:
     cfg = DatasetConfig()
-    assert (cfg.name, cfg.root, cfg.download, cfg.image_size) == ("digits", None, False, None)
-    assert DatasetConfig(name="synthetic").image_size == 8
-    assert load_config(overrides=["dataset={name: synthetic}"]).dataset.image_size == 8
-    assert load_config(overrides=["dataset={name: imagefolder, root: x}"]).dataset.image_size == 32
+    assert (cfg.name, cfg.root, cfg.download, cfg.image_size) == ("digits", None, False, "auto")
+    assert load_dataset(DatasetConfig(name="synthetic", num_samples=60)).shape == (1, 8, 8)
+    assert load_config(overrides=["dataset={name: imagefolder, root: x}"]).dataset.image_size == (
+        "auto"
+    )
+    # A study stored before `auto` holds `image_size: null`: it still reads.
+    assert DatasetConfig.model_validate({"image_size": None}).image_size == "auto"
 
 
-@pytest.mark.parametrize(
-    ("name", "what"),
-    [
-        ("cifar10", "CIFAR-10"),
-        ("cifar100", "CIFAR-100"),
-        ("mnist", "MNIST"),
-        ("fashion-mnist", "Fashion-MNIST"),
-    ],
-)
+@pytest.mark.parametrize("value", ["3", "1025", "100000", "12.5", "true", "big"])
+def test_image_size_is_auto_or_4_to_1024(value: str) -> None:
+    with pytest.raises(UserError) as e:
+        load_config(overrides=[f"dataset.image_size={value}"])
+    assert str(e.value).startswith("dataset.image_size: expected auto or an integer from 4 to 1024")
+
+
+def test_dataset_name_is_a_known_set_or_a_loader_path() -> None:
+    assert load_config(overrides=["dataset.name=my_pkg.data:load"]).dataset.name == (
+        "my_pkg.data:load"
+    )
+    for bad in ("nope", "my_pkg:", "a b:c"):
+        with pytest.raises(UserError) as e:
+            load_config(overrides=[f"dataset.name={json.dumps(bad)}"])
+        assert str(e.value) == (
+            f"dataset.name: unknown data set {bad!r}; known: digits, synthetic, cifar10, "
+            "cifar100, mnist, fashion-mnist, imagefolder or a loader package.module:callable"
+        )
+
+
+@pytest.mark.parametrize(("name", "what"), [("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100")])
 def test_missing_files_name_the_set_and_the_folder(tmp_path: Path, name: str, what: str) -> None:
     root = tmp_path / "nowhere"
     with pytest.raises(UserError) as e:
-        load_dataset(DatasetConfig(name=name, root=root))  # type: ignore[arg-type]
+        load_dataset(DatasetConfig(name=name, root=root))
     assert str(e.value) == (
         f"dataset {name}: no {what} files under {root} (set dataset.download: true to fetch "
         "them, or point dataset.root at them)"
     )
     assert not root.exists()  # nothing was created
+
+
+@pytest.mark.parametrize(
+    ("name", "what", "folder"),
+    [("mnist", "MNIST", "MNIST"), ("fashion-mnist", "Fashion-MNIST", "FashionMNIST")],
+)
+def test_missing_idx_files_name_both_layouts(
+    tmp_path: Path, name: str, what: str, folder: str
+) -> None:
+    root = tmp_path / "nowhere"
+    with pytest.raises(UserError) as e:
+        load_dataset(DatasetConfig(name=name, root=root))
+    assert str(e.value) == (
+        f"dataset {name}: no {what} files under {root} (looked for "
+        f"{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte[.gz] in {root} and in "
+        f"{root}/{folder}/raw; set dataset.download: true to fetch them, or point dataset.root "
+        "at them)"
+    )
+    assert not root.exists()  # nothing was created
+    files = _write_idx(root, _mnist_splits(), gz=True)
+    files[3].unlink()
+    with pytest.raises(UserError, match=rf"; {root} lacks t10k-labels-idx1-ubyte\[\.gz\]; set "):
+        load_dataset(DatasetConfig(name=name, root=root))
 
 
 def test_missing_image_folder(tmp_path: Path) -> None:

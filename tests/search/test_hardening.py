@@ -242,3 +242,22 @@ def test_a_study_file_with_an_alias_bomb_or_of_megabytes_is_refused(tmp_path: Pa
     (tmp_path / "big.yaml").write_text("space: [" + "1," * 1_000_000 + "1]\n")
     with pytest.raises(UserError, match=r"big\.yaml is 2,000,011 bytes; a study file is at most"):
         load_config(tmp_path / "big.yaml")
+
+
+def test_a_fifo_among_the_images_is_not_read(tmp_path: Path) -> None:
+    """A named pipe called `pipe.png` in a class folder hung the launch (and every worker
+    reading the folder): only regular files are images."""
+    import os
+    import threading
+
+    x, y = digits_images(16)
+    folder = write_imagefolder(tmp_path / "imgs", x[:30], y[:30] % 3)
+    os.mkfifo(folder / "0" / "pipe.png")
+    result: list[object] = []
+    cfg = DatasetConfig(name="imagefolder", root=folder, image_size=16)
+    reader = threading.Thread(target=lambda: result.append(load_dataset(cfg)), daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    assert not reader.is_alive(), "the launch hung on the FIFO"
+    data = result[0]
+    assert len(data.train) + len(data.val) + len(data.test) == 30
