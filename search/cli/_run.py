@@ -176,7 +176,7 @@ def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | N
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override a machine-local key (dataset.root, train.device).",
+    help="Override a machine-local key (dataset.root, dataset.path, model.path, train.device).",
 )
 @artifacts_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")

@@ -90,6 +90,19 @@ def _run_plan(study, config, outcome) -> list[int]:
     return added
 
 
+def _confirmed(study, config) -> tuple[int, int, int]:
+    """`_searched`, then its confirm phase run with the `CONFIRMED` values."""
+    seeds = confirm_seeds(config, config.search.confirm.seeds)
+    base, a, b = _searched(study)
+    label = {base: "base", a: "a", b: "b"}
+    _run_plan(
+        study,
+        config,
+        lambda attrs: CONFIRMED[label[attrs[SOURCE_ATTR]]][seeds.index(attrs[SEED_ATTR])],
+    )
+    return base, a, b
+
+
 CONFIRMED = {  # source label → value per seed index
     "base": [0.93, 0.94, 0.95],
     "a": [0.90, 0.91, 0.92],
@@ -139,13 +152,7 @@ def test_ablation_turns_each_active_regularizer_off_and_measures_its_contributio
     config = _config()
     seeds = confirm_seeds(config, 3)
     study = _study(config)
-    base, a, b = _searched(study)
-    label = {base: "base", a: "a", b: "b"}
-    _run_plan(
-        study,
-        config,
-        lambda attrs: CONFIRMED[label[attrs[SOURCE_ATTR]]][seeds.index(attrs[SEED_ATTR])],
-    )
+    _base, _a, b = _confirmed(study, config)
     ablation = plan(study.get_trials(), config, study.direction)
     # B has mixup_alpha 0 (already off); the other four are ablated, 3 seeds each.
     assert {i.user_attrs[ABLATE_ATTR] for i in ablation} == {
@@ -286,19 +293,12 @@ def test_status_ranks_the_search_and_marks_the_champion_not_a_higher_ablation_re
     from search.summary import champion_source, ranked_trials, study_rows, trials_table
 
     config = _config()
-    seeds = confirm_seeds(config, 3)
     storage = f"sqlite:///{tmp_path}/s.db"
     study = optuna.create_study(study_name="abl", storage=storage, direction="maximize")
     from search.records import CONFIG_ATTR
 
     study.set_user_attr(CONFIG_ATTR, config.portable_dict())
-    base, a, b = _searched(study)
-    label = {base: "base", a: "a", b: "b"}
-    _run_plan(
-        study,
-        config,
-        lambda attrs: CONFIRMED[label[attrs[SOURCE_ATTR]]][seeds.index(attrs[SEED_ATTR])],
-    )
+    base, a, b = _confirmed(study, config)
     ablated = _run_plan(
         study, config, lambda attrs: 0.999 if attrs[ABLATE_ATTR] == "weight_decay" else 0.9
     )

@@ -95,9 +95,13 @@ def test_ctrl_c_fails_the_trial_and_kills_its_run(
     monkeypatch.setattr(search.objective, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         study.optimize(objective, n_trials=1)
-    (trial,) = study.trials
+    trial, retry = study.trials
     assert trial.state == optuna.trial.TrialState.FAIL, "never left RUNNING"
     assert trial.user_attrs["stop_reason"] == "interrupted"
+    # The next launch reruns it: the same params and phase, without this attempt's outcome.
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == trial.params
+    assert retry.user_attrs["phase"] == trial.user_attrs["phase"]
+    assert "stop_reason" not in retry.user_attrs
     run = client.get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
 

@@ -199,20 +199,27 @@ FAST_STALE = (
 )
 
 
-def _running_with_an_epoch(storage: str, study: str) -> int | None:
-    """The number of a RUNNING trial that has reported an epoch, read from the SQLite file
-    read-only: polling through Optuna would create the file and its schema if the launch has
-    not yet, racing the launch's own creation of it."""
+def _running_with_an_epoch(storage: str, study: str, phase: str | None = None) -> int | None:
+    """The number of a RUNNING trial (of `phase`, if given) that has reported an epoch, read
+    from the SQLite file read-only: polling through Optuna would create the file and its
+    schema if the launch has not yet, racing the launch's own creation of it."""
     path = Path(storage.removeprefix("sqlite:///"))
     if not path.exists():
         return None
+    in_phase = (
+        " AND EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id "
+        "AND a.key = 'phase' AND a.value_json = ?)"
+        if phase is not None
+        else ""
+    )
+    args = (study, json.dumps(phase)) if phase is not None else (study,)
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as conn:
         row = conn.execute(
             "SELECT t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
             "WHERE s.study_name = ? AND t.state = 'RUNNING' AND EXISTS "
-            "(SELECT 1 FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id) "
-            "ORDER BY t.number LIMIT 1",
-            (study,),
+            "(SELECT 1 FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id)"
+            f"{in_phase} ORDER BY t.number LIMIT 1",
+            args,
         ).fetchone()
     return None if row is None else int(row[0])
 
@@ -401,24 +408,6 @@ def test_two_workers_log_to_an_mlflow_server_on_postgres(
         assert any((tmp_path / "shared-artifacts").rglob("MLmodel")), "artifacts went to the server"
 
 
-def _running_in_phase(storage: str, study: str, phase: str) -> int | None:
-    """A RUNNING trial of `phase` that has reported an epoch (read-only, as above)."""
-    path = Path(storage.removeprefix("sqlite:///"))
-    if not path.exists():
-        return None
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as conn:
-        row = conn.execute(
-            "SELECT t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
-            "JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-            "WHERE s.study_name = ? AND t.state = 'RUNNING' AND a.key = 'phase' "
-            "AND a.value_json = ? AND EXISTS "
-            "(SELECT 1 FROM trial_intermediate_values v WHERE v.trial_id = t.trial_id) "
-            "ORDER BY t.number LIMIT 1",
-            (study, json.dumps(phase)),
-        ).fetchone()
-    return None if row is None else int(row[0])
-
-
 _SMALL_CONFIRMED = (
     "--n-trials",
     "3",
@@ -452,7 +441,7 @@ def test_sigterm_in_any_phase_then_a_relaunch_loses_nothing(phase: str, tmp_path
         assert proc.poll() is None, f"the launch ended before a {phase} trial ran"
         assert time.monotonic() < deadline, f"no {phase} trial caught running"
         with contextlib.suppress(sqlite3.Error):
-            victim = _running_in_phase(storage, "t", phase)
+            victim = _running_with_an_epoch(storage, "t", phase)
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
