@@ -11,13 +11,22 @@ networks come by name as well: ``timm/<name>``, ``torchvision/<name>`` and a use
 from __future__ import annotations
 
 from . import _airbench, _resnet, _small_cnn, _wide_resnet  # noqa: F401  (register models)
-from ._external import MODEL_SIDE, check_name, is_external, kind_of, pretrained_stats, supported
+from ._external import (
+    MODEL_SIDE,
+    External,
+    check_name,
+    is_external,
+    kind_of,
+    pretrained_stats,
+    supported,
+)
 from ._imports import import_callable, is_import_spec
 from ._registry import create_model, list_models, register_model
 from ._weights import WeightsReport, load_weights, read_weights
 
 __all__ = [
     "MODEL_SIDE",
+    "External",
     "WeightsReport",
     "check_name",
     "create_model",

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from models import MODEL_SIDE, create_model, is_external, load_weights, pretrained_stats
+from models import (
+    MODEL_SIDE,
+    External,
+    create_model,
+    is_external,
+    load_weights,
+    pretrained_stats,
+)
 from models import read_weights as _read_weights
 from models import supported as _supported
 from search.auto import AUTO, AutoChoice, model_for
@@ -129,7 +136,7 @@ def build_model(cfg: TrialConfig, data: Dataset) -> tuple[nn.Module, dict[str, A
 
 
 def _load(model: nn.Module, path: Path) -> str:
-    target = getattr(model, "net", model)  # an outside network's weights are its own
+    target = model.net if isinstance(model, External) else model  # the weights are the net's
     try:
         report = load_weights(target, path, state=read_weights(path))
     except ValueError as exc:
