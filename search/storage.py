@@ -310,18 +310,15 @@ def fail_and_retry(study: optuna.Study, trial_id: int, reason: str) -> bool:
     return True
 
 
-def enqueue_retry(study: optuna.Study, trial_id: int) -> bool:
+def enqueue_retry(study: optuna.Study, trial_id: int) -> None:
     """Enqueue the retry of a trial that will not finish (killed, lost, interrupted): the same
     params, the same phase and seed, without the outcome of this attempt, at most
-    `search.max_retry` times (the storage's retry callback). False when the storage has none
-    (`search.heartbeat_interval: null`) or the retries are spent."""
+    `search.max_retry` times (the storage's retry callback). Nothing without one
+    (`search.heartbeat_interval: null`)."""
     storage = study._storage
     callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
-    if callback is None:
-        return False
-    before = len(storage.get_all_trials(study._study_id, deepcopy=False))
-    callback(study, copy.deepcopy(storage.get_trial(trial_id)))
-    return len(storage.get_all_trials(study._study_id, deepcopy=False)) > before
+    if callback is not None:
+        callback(study, copy.deepcopy(storage.get_trial(trial_id)))
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:

@@ -264,22 +264,18 @@ def verdict_metrics(best: dict[str, Any]) -> dict[str, float]:
 
 
 def study_rows(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
-    """One row a study: its champion (`best_trial`: the confirmed configuration's model once
+    """One row a study: its champion (`best_summary`: the confirmed configuration's model once
     the confirm phase has chosen), never a retrain that merely scored higher."""
-    from search.study import best_trial
-
     rows = []
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
-        best = best_trial(study)
-        summary = best_summary(study) if best is not None else None
+        summary = best_summary(optuna.load_study(study_name=s.study_name, storage=storage))
         rows.append(
             {
                 "study": s.study_name,
                 "direction": s.direction.name.lower() if s.direction else None,
                 "trials": s.n_trials,
-                "best_value": _json_number(best.value) if best else None,
-                "best_trial": best.number if best else None,
+                "best_value": summary["value"] if summary else None,
+                "best_trial": summary["trial"] if summary else None,
                 "champion": summary["champion_name"] if summary else None,
                 "started": s.datetime_start.isoformat() if s.datetime_start else None,
             }
