@@ -364,3 +364,34 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retr
     assert trials[alive.number].state.name == "RUNNING"
     retry = [t for t in trials.values() if t.state.name == "WAITING"]
     assert [t.params for t in retry] == [trials[dead.number].params]
+
+
+def test_a_launch_waiting_for_a_trial_running_elsewhere_says_what_it_waits_for(
+    tmp_path: Path,
+) -> None:
+    """The budget's last trial is RUNNING in a dead worker: the launch waits out the grace
+    period, then retries it — and says so once, rather than sitting silent."""
+    from search.config import SearchConfig
+    from search.runner import _optimize_until_done
+
+    search = SearchConfig(heartbeat_interval=1, grace_period=2)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", search)
+    study = optuna.create_study(storage=storage, study_name="waits")
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    dead = study.ask(x)  # its worker was killed: no heartbeat will come
+    said: list[str] = []
+    _optimize_until_done(
+        study,
+        lambda trial: trial.suggest_float("x", 0, 1),
+        n_trials=1,
+        timeout=60,
+        callbacks=[],
+        max_consecutive_failures=3,
+        say=said.append,
+    )
+    assert said == [
+        f"waiting for trial {dead.number}, running elsewhere: a live worker finishes it; a dead "
+        "worker's trial is failed and retried here once its heartbeat is stale (at most 4 s)"
+    ]
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["FAIL", "COMPLETE"], states
