@@ -36,7 +36,15 @@ from search.images import (
     register_dataset,
 )
 
-__all__ = ["Dataset", "ImageSet", "Loaded", "load_dataset", "register_dataset", "train_subset"]
+__all__ = [
+    "Dataset",
+    "ImageSet",
+    "Loaded",
+    "labelled_subset",
+    "load_dataset",
+    "register_dataset",
+    "train_subset",
+]
 
 
 @register_dataset("digits")
@@ -92,27 +100,52 @@ def _synthetic(cfg: DatasetConfig) -> Loaded:
 
 
 def _stratified_split(
-    y: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+    y: np.ndarray, pool: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(y))
-    rest, test = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
+    rest, test = train_test_split(
+        pool, test_size=test_fraction, stratify=y[pool], random_state=seed
+    )
     val_share = val_fraction / (1.0 - test_fraction)
     train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=seed)
     return np.sort(train), np.sort(val), np.sort(test)
 
 
 def _split_off_val(
-    y: np.ndarray, test_size: int, val_fraction: float, seed: int
+    y: np.ndarray, pool: np.ndarray, test_size: int, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The last `test_size` images are the official test split; val is a stratified
-    `val_fraction` of the official training images before them."""
+    `val_fraction` of the official training images `pool` before them."""
     from sklearn.model_selection import train_test_split
 
-    pool = np.arange(len(y) - test_size)
     train, val = train_test_split(pool, test_size=val_fraction, stratify=y[pool], random_state=seed)
     return np.sort(train), np.sort(val), np.arange(len(y) - test_size, len(y))
+
+
+def labelled_subset(y: np.ndarray, pool: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A stratified `size` of the labelled indices `pool` (`dataset.subset`), seeded: the
+    images a user with only `size` labelled images would have, before any split."""
+    from sklearn.model_selection import train_test_split
+
+    if size >= len(pool):
+        return pool
+    keep, _ = train_test_split(pool, train_size=size, stratify=y[pool], random_state=seed)
+    return np.sort(keep)
+
+
+def noisy_labels(
+    y: np.ndarray, train: np.ndarray, share: float, classes: int, seed: int
+) -> np.ndarray:
+    """A copy of `y` with `share` of the training indices `train` relabelled to another class,
+    uniformly at random, seeded (`dataset.label_noise`); other indices keep their labels."""
+    if share <= 0.0:
+        return y
+    rng = np.random.default_rng(seed + 7919)
+    flipped = rng.choice(train, size=round(share * len(train)), replace=False)
+    y = y.copy()
+    y[flipped] = (y[flipped] + rng.integers(1, classes, size=len(flipped))) % classes
+    return y
 
 
 def train_subset(y: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -175,12 +208,15 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         counts = np.bincount(y, minlength=len(classes))
         if counts.min() < 3:
             raise UserError(f"dataset {cfg.name!r}: every class needs at least 3 images to split")
+    pool = np.arange(len(y) - (test_size or 0))  # the labelled images (official test split aside)
     try:
+        if cfg.subset is not None:
+            pool = labelled_subset(y, pool, cfg.subset, cfg.split_seed)
         if test_size:
-            train, val, test = _split_off_val(y, test_size, cfg.val_fraction, cfg.split_seed)
+            train, val, test = _split_off_val(y, pool, test_size, cfg.val_fraction, cfg.split_seed)
         else:
             train, val, test = _stratified_split(
-                y, cfg.val_fraction, cfg.test_fraction, cfg.split_seed
+                y, pool, cfg.val_fraction, cfg.test_fraction, cfg.split_seed
             )
     except ValueError as exc:  # e.g. fewer validation images than classes
         raise UserError(
@@ -188,6 +224,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         ) from None
     if cfg.train_fraction < 1.0:
         train = train_subset(y, train, cfg.train_fraction, cfg.split_seed)
+    y = noisy_labels(y, train, cfg.label_noise, len(classes), cfg.split_seed)
 
     def subset(ix: np.ndarray) -> ImageSet:
         return ImageSet(torch.from_numpy(np.ascontiguousarray(x[ix])), torch.from_numpy(y[ix]))

@@ -87,6 +87,14 @@ class DatasetConfig(Section):
     # class), seeded by `split_seed`, each smaller fraction inside every larger one. The
     # validation and test splits stay the same, so studies at other fractions compare.
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # Use only this many labelled images (a stratified, seeded subset of the images outside
+    # the test split), taken before the validation (and test) split: a study as a user with
+    # that many labelled images would run it. Default: all of them.
+    subset: Int | None = Field(None, ge=20)
+    # Replace this share of the training split's labels by another class, at random (seeded
+    # by `split_seed`): a benchmark of robustness to wrong labels. The validation and test
+    # splits keep their labels.
+    label_noise: float = Field(0.0, ge=0.0, lt=1.0)
     # `synthetic` only: a learnable set of any shape, for tests and benchmarks.
     num_samples: Int = Field(2000, ge=20)
     num_classes: Int = Field(10, ge=2)

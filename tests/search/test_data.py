@@ -271,3 +271,46 @@ def test_a_tiny_train_fraction_keeps_one_image_of_every_class(digits: Dataset) -
 def test_a_train_fraction_outside_0_1_is_refused(fraction: float) -> None:
     with pytest.raises(ValueError, match="train_fraction"):
         DatasetConfig(name="digits", train_fraction=fraction)
+
+
+# --------------------------------------------------------------------------- subset, label noise
+
+
+def test_a_subset_is_the_labelled_images_a_smaller_user_would_have_before_any_split() -> None:
+    """`dataset.subset: 300` takes a stratified 300 images first, then splits them as a study
+    of 300 images would: validation and test come out of the 300, not out of all 1,797."""
+    part = load_dataset(DatasetConfig(name="digits", subset=300))
+    assert (len(part.train), len(part.val), len(part.test)) == (180, 60, 60)
+    for split in (part.train, part.val, part.test):
+        counts = np.bincount(split.y.numpy(), minlength=10)
+        assert counts.max() - counts.min() <= 2, "stratified: every class alike"
+    again = load_dataset(DatasetConfig(name="digits", subset=300))
+    assert _rows(again.val) == _rows(part.val), "seeded by split_seed: the same in every worker"
+    other = load_dataset(DatasetConfig(name="digits", subset=300, split_seed=1))
+    assert _rows(other.train) != _rows(part.train)
+
+
+def test_a_subset_keeps_an_official_test_split_whole(tmp_path) -> None:
+    from search.sample_data import digits_images, write_mnist_idx
+
+    x, y = digits_images(28)
+    write_mnist_idx(tmp_path, (x[:1400], y[:1400]), (x[1400:], y[1400:]))
+    data = load_dataset(DatasetConfig(name="mnist", root=tmp_path, subset=200))
+    assert (len(data.train), len(data.val), len(data.test)) == (160, 40, len(y) - 1400)
+
+
+def test_a_subset_too_small_to_split_is_one_line() -> None:
+    with pytest.raises(ValueError, match="subset"):
+        DatasetConfig(name="digits", subset=10)
+    with pytest.raises(UserError, match="cannot split"):
+        load_dataset(DatasetConfig(name="digits", subset=20, val_fraction=0.1, test_fraction=0.1))
+
+
+def test_label_noise_replaces_that_share_of_the_training_labels_only(digits: Dataset) -> None:
+    noisy = load_dataset(DatasetConfig(name="digits", label_noise=0.4))
+    assert _rows(noisy.train) == _rows(digits.train), "the same images"
+    wrong = (noisy.train.y != digits.train.y).float().mean().item()
+    assert wrong == pytest.approx(0.4, abs=1 / len(digits.train))
+    assert torch.equal(noisy.val.y, digits.val.y) and torch.equal(noisy.test.y, digits.test.y)
+    with pytest.raises(ValueError, match="label_noise"):
+        DatasetConfig(name="digits", label_noise=1.0)
