@@ -5,6 +5,21 @@ for the served dashboard (`read_only`).
 Both are cheap and self-contained, meant to be called from the objective or the runner:
 `upload_learning_curve` renders with matplotlib's Agg canvas directly (no pyplot, no global
 state, safe in worker threads) at a small size.
+
+Pruned trials. The dashboard's *Value* column is the value Optuna stores, which for a pruned
+trial is its last reported epoch's, the epoch it was pruned at (optuna 5.1,
+`optuna/study/_tell.py`, `_tell_with_warning`: "Register the last intermediate value if present
+as the value of the trial"), and Optuna refuses a value told with the PRUNED state
+(`_check_state_and_values`). regsearch neither writes that value behind Optuna's back nor
+reports a made-up last epoch. Instead, for a pruned trial to be compared with completed ones:
+
+- every COMPLETE and PRUNED trial has the user attr `best_value` (`search.records.
+  BEST_VALUE_ATTR`, the objective metric at its best epoch, `best_epoch`). optuna-dashboard
+  (0.21) shows each user attr as a column of its trial table ("UserAttribute best_value",
+  sortable, its values being numbers) and in the "User Attributes" of the trial's page;
+- each trial's learning-curve figure (`upload_learning_curve`, uploaded before the objective
+  raises `TrialPruned`) draws a dashed line at its best epoch, pruned trials included;
+- the study note (`study_note_markdown`) of a study with a pruner says so.
 """
 
 from __future__ import annotations
@@ -291,8 +306,26 @@ def study_note_markdown(study: optuna.Study, best: FrozenTrial) -> str:
                 "confirm phase's fresh seeds, never a single lucky run or an ablation retrain.",
                 "",
             ]
+    if _may_prune(study):
+        lines += [
+            "**Pruned trials:** their *Value* is the epoch they were pruned at (Optuna keeps a "
+            "pruned trial's last reported value). The column *UserAttribute best_value* has "
+            "every finished trial's value at its best epoch (*best_epoch*), pruned ones "
+            "included, and each trial's learning curve marks that epoch.",
+            "",
+        ]
     lines.append(f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by regsearch.")
     return "\n".join(lines) + "\n"
+
+
+def _may_prune(study: optuna.Study) -> bool:
+    """Whether the study has pruned trials or a pruner that may prune some."""
+    from search.evidence import study_config
+
+    if study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        return True
+    config = study_config(study)
+    return config is not None and config.search.pruner.name != "none"
 
 
 def _live_trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:

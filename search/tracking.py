@@ -31,7 +31,7 @@ from search.data import Dataset
 from search.errors import UserError, first_line
 from search.mlflow_store import create_store, rebuild_if_half_made
 from search.overrides import flatten
-from search.records import RUN_ID_ATTR, TRACKING_ERROR
+from search.records import BEST_VALUE_ATTR, RUN_ID_ATTR, TRACKING_ERROR
 from search.registry import CHAMPION, Registry
 from search.train import COMPILE_SECONDS, EpochStats, TrainResult
 from search.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri, sqlite_path
@@ -239,13 +239,19 @@ class Tracker:
             self._flush(run_id)
 
     def end_trial(self, run_id: str, *, state: str, summary: Mapping[str, Any]) -> None:
+        """Write the run's last epochs and outcome, then end it. Metric `best_value` is the
+        best epoch's value (`best_epoch`) of a complete trial (its `value`) and of a pruned one
+        (its `BEST_VALUE_ATTR`: Optuna's value of a pruned trial is its last epoch's)."""
         now = int(time.time() * 1000)
         metrics = self._pending.pop(run_id, [])
         self._flushed_at.pop(run_id, None)
-        for key in ("value", "best_epoch", "epochs_trained", COMPILE_SECONDS):
-            if isinstance(summary.get(key), int | float):
-                name = "best_value" if key == "value" else key
-                metrics.append(Metric(name, float(summary[key]), now, 0))
+        numbers = {
+            "best_value": summary.get("value", summary.get(BEST_VALUE_ATTR)),
+            **{k: summary.get(k) for k in ("best_epoch", "epochs_trained", COMPILE_SECONDS)},
+        }
+        for name, number in numbers.items():
+            if isinstance(number, int | float) and not isinstance(number, bool):
+                metrics.append(Metric(name, float(number), now, 0))
         optuna_state = "FAIL" if state in ("FAILED", "KILLED") else state
         tags = [RunTag("state", optuna_state)]
         if summary.get("stop_reason"):
@@ -350,7 +356,10 @@ class Tracker:
 
     def _close_orphans(self, study: optuna.Study) -> None:
         """Close the MLflow runs that were left RUNNING: those of trials whose worker died
-        (KILLED) and those whose closing failed during a tracking outage (by trial state)."""
+        (KILLED) and those whose closing failed during a tracking outage (by trial state),
+        with the `best_value` and `best_epoch` that `end_trial` would have logged."""
+        from search.summary import best_value_of
+
         for trial in study.get_trials(deepcopy=False, states=_ENDED):
             run_id = trial.user_attrs.get(RUN_ID_ATTR)
             outage = TRACKING_ERROR in trial.user_attrs
@@ -362,9 +371,21 @@ class Tracker:
             try:
                 if self.client.get_run(run_id).info.status != "RUNNING":
                     continue
-                self.client.set_tag(run_id, "state", trial.state.name)
-                if trial.value is not None:
-                    self.client.log_metric(run_id, "best_value", trial.value)
+                # What `end_trial` would have logged: a pruned trial's best epoch, not the
+                # last epoch that Optuna keeps as its value.
+                numbers = {
+                    "best_value": best_value_of(trial),
+                    "best_epoch": trial.user_attrs.get("best_epoch"),
+                }
+                now = int(time.time() * 1000)
+                metrics = [
+                    Metric(k, float(v), now, 0)
+                    for k, v in numbers.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                ]
+                self.client.log_batch(
+                    run_id, metrics=metrics, tags=[RunTag("state", trial.state.name)]
+                )
                 self.client.set_terminated(run_id, status=status)
             except MlflowException:
                 continue
