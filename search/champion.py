@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from search.records import MODEL_URI_ATTR, RUN_ID_ATTR, TIEBREAK_ATTR
+from search.records import MODEL_URI_ATTR, PHASE_ATTR, REFIT, RUN_ID_ATTR, TIEBREAK_ATTR
+from search.refit import refit_tags
 from search.storage import study_lock
 from search.study import best_trial
 
@@ -72,6 +73,10 @@ def promote(
         best = best_trial(study)
         if best is None or best.number != candidate.number:
             return None  # another worker's trial is better by now
+        # A refit's value is its configuration's confirm mean, which the alias's rule for
+        # values of one training run (`Registry.move_alias`) cannot weigh: it is the best
+        # trial, read under the lock, so the alias moves.
+        tags = refit_tags(best)
         uri = tracker.register_champion(
             candidate.run_id,
             number=candidate.number,
@@ -79,8 +84,11 @@ def promote(
             result=candidate.result,
             data=data,
             checkpoint=False,
+            force=bool(tags),
         )
         if uri:
+            if tags:
+                tracker.registry.tag_version(uri, tags)
             _record(tracker, study, candidate.number, candidate.run_id, uri)
         return uri
 
@@ -115,6 +123,8 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
             tiebreak=best.user_attrs.get(TIEBREAK_ATTR),
         )
         if uri:
+            if tags := refit_tags(best):
+                tracker.registry.tag_version(uri, tags)
             _record(tracker, study, best.number, run_id, uri)
             _log.warning(
                 "@champion pointed at trial %s, not the best trial %d: moved", current, best.number
@@ -127,7 +137,9 @@ def evaluate_on_test(
 ) -> dict[str, Any] | None:
     """The champion's and the baseline recipe's one evaluation on the test split
     (`search.evidence.held_out`), kept in the study; computed again only when the
-    champion or the baseline's model changes (a study extended later)."""
+    champion or the baseline's model changes (a study extended later). A refit champion
+    (`search.refit`) is compared with the recipe's refit, and with the best-seed retrain it
+    refits (`before_refit`, `refit_gain`)."""
     # Workers that finish together evaluate once: the second reads the first's result.
     with study_lock(study, "test-evidence"):
         return _test_evidence(registry, study, data)
@@ -136,16 +148,21 @@ def evaluate_on_test(
 def _test_evidence(registry: Registry, study: optuna.Study, data: Dataset) -> dict[str, Any] | None:
     from mlflow.exceptions import MlflowException
 
-    from search.evidence import TEST_ATTR, baseline_model_trial, held_out
+    from search.evidence import BOOTSTRAP_RESAMPLES, TEST_ATTR, baseline_model_trial, held_out
+    from search.refit import refit_gain
     from search.registry import load_checkpoint
 
     champion = best_trial(study)
     if champion is None or not champion.user_attrs.get(RUN_ID_ATTR):
         return None
     base = baseline_model_trial(study)
+    before = None
+    if champion.user_attrs.get(PHASE_ATTR) == REFIT:
+        base, before = _refit_comparison(study, champion, base)
     key = {
         "champion_trial": champion.number,
         "baseline_trial": None if base is None else base.number,
+        "before_refit_trial": None if before is None else before.number,
     }
     stored = study.user_attrs.get(TEST_ATTR)
     if isinstance(stored, dict) and all(stored.get(k) == v for k, v in key.items()):
@@ -165,6 +182,37 @@ def _test_evidence(registry: Registry, study: optuna.Study, data: Dataset) -> di
     if base is not None and base.number == champion.number:  # the recipe won
         result["baseline"] = dict(result["champion"])
         result["gain"] = {"mean": 0.0, "low": 0.0, "high": 0.0, "method": "same model"}
+    note = ""
+    if before is not None:
+        try:
+            before_model = load_checkpoint(registry.client, before.user_attrs[RUN_ID_ATTR])
+        except (KeyError, MlflowException, OSError) as exc:
+            _log.warning("the model before the refit not evaluated on the test split: %s", exc)
+        else:
+            result.update(refit_gain(model, before_model, data, resamples=BOOTSTRAP_RESAMPLES))
+        tags = refit_tags(champion)
+        note = (
+            f"A refit on {tags['trained_on'].replace('+', ' + ')}, {tags['refit_epochs']} "
+            f"epochs, of trial {tags['refit_of']}'s configuration (its value: that "
+            "configuration's mean over the confirm phase's seeds)."
+        )
     study.set_user_attr(TEST_ATTR, result)
-    registry.describe_champion(result["champion"]["accuracy"], len(data.test))
+    registry.describe_champion(
+        result["champion"]["accuracy"], len(data.test), note=note, tags=refit_tags(champion)
+    )
     return result
+
+
+def _refit_comparison(
+    study: optuna.Study, champion: optuna.trial.FrozenTrial, base: optuna.trial.FrozenTrial | None
+) -> tuple[optuna.trial.FrozenTrial | None, optuna.trial.FrozenTrial | None]:
+    """For a refit champion: the baseline recipe's model, its refit when that ran (trained
+    the same way; the champion itself when the recipe won) else `base`; and the best-seed
+    retrain the champion refits (trained on the training split alone)."""
+    from search.evidence import study_config, study_evidence
+    from search.refit import REFIT_OF_ATTR, refits
+
+    trials = study.get_trials(deepcopy=False)
+    found = refits(trials, study_config(study), study.direction, study_evidence(study))
+    by_number = {t.number: t for t in trials}
+    return found.baseline or base, by_number.get(champion.user_attrs.get(REFIT_OF_ATTR, -1))

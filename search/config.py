@@ -118,6 +118,19 @@ class ConfirmConfig(Section):
     top_k: Int = Field(3, ge=1)
     seeds: Int = Field(3, ge=1)
     ablation: bool = True
+    # Racing: seeds are run one round at a time and a configuration clearly behind the
+    # leader after a round stops being retrained (`search.evidence`); false: every seed of
+    # every configuration, and of every ablation.
+    racing: bool = True
+    # A validation split smaller than this (images): each confirm seed retrains every
+    # configuration on its own train/validation split of the labelled images, so the choice
+    # is not the luck of one small split; 0: always the study's own split.
+    resplit_below: Int = Field(500, ge=0)
+    # Once the champion is chosen (and ablated), its configuration and the recipe's are
+    # trained again on the training + validation images for the epochs the confirm phase
+    # found, and that refit is the registered champion (`search.refit`); false: the champion
+    # is the best-seed retrain, trained on the training split alone.
+    refit: bool = True
 
 
 class SearchConfig(Section):

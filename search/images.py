@@ -90,6 +90,38 @@ class Dataset:
         std = var.clamp_min(0).sqrt().clamp_min(1e-3)
         return mean.tolist(), std.tolist()
 
+    def with_val_in_train(self) -> Dataset:
+        """The training split with the validation images added (a refit, `search.refit`): all
+        the labelled images, the test split still held out. The validation split stays, for
+        the per-epoch display only: its images are training images now."""
+        train = ImageSet(
+            torch.cat([self.train.x, self.val.x]), torch.cat([self.train.y, self.val.y])
+        )
+        return replace(self, train=train)
+
+    def resplit(self, index: int) -> Dataset:
+        """Split `index` of the labelled images: the training and validation images pooled and
+        split again, stratified, seeded by `index`, with as many validation images as the
+        study's own split (0: the study's own split). The test split stays. The confirm phase
+        of a study with a small validation split retrains each seed on its own split
+        (`search.evidence`), so its choice is not the luck of one split."""
+        if index == 0:
+            return self
+        from sklearn.model_selection import train_test_split
+
+        x = torch.cat([self.train.x, self.val.x])
+        y = torch.cat([self.train.y, self.val.y])
+        pool = np.arange(len(y))
+        labels = y.cpu().numpy()
+        train, val = train_test_split(
+            pool, test_size=len(self.val), stratify=labels, random_state=10_000 + index
+        )
+        train_ix = torch.from_numpy(np.sort(train)).to(x.device)
+        val_ix = torch.from_numpy(np.sort(val)).to(x.device)
+        return replace(
+            self, train=ImageSet(x[train_ix], y[train_ix]), val=ImageSet(x[val_ix], y[val_ix])
+        )
+
 
 CHUNK = 4096  # images per step when a whole-set float copy would be too big
 

@@ -24,20 +24,24 @@ from search.champion import Candidate
 from search.config import StudyConfig, TrialConfig
 from search.data import Dataset
 from search.errors import first_line
-from search.evidence import CONFIRM
+from search.evidence import ABLATION, CONFIRM, SPLIT_ATTR
 from search.records import (
     BASELINE,
+    BEST_VALUE_ATTR,
     OVERRIDES_ATTR,
     PHASE_ATTR,
+    REFIT,
     RUN_ID_ATTR,
     SEARCH,
     STOP_REASON_ATTR,
     SURPLUS,
     TIEBREAK_ATTR,
     TRACKING_ERROR,
+    TRAIN_IMAGES_ATTR,
     WORKER_ATTR,
     is_budget_trial,
 )
+from search.refit import REFIT_EPOCHS_ATTR, REFIT_VALUE_ATTR
 from search.space import SearchSpace
 from search.storage import describe_storage_error, enqueue_retry, storage_error_of
 from search.study import beats_best
@@ -118,6 +122,7 @@ class Objective:
         self.trainer = trainer
         self.space = SearchSpace.from_config(config)
         self.data = data.to(device)  # once per worker, not once per trial
+        self._splits: dict[int, Dataset] = {0: self.data}
         self.device = device
         self.tracker = tracker
         self.listeners = tuple(listeners)
@@ -198,14 +203,22 @@ class Objective:
             summary["val_accuracy"] = result.best_stats.val_accuracy
             summary[TIEBREAK_ATTR] = result.best_stats.val_loss
         if result.stop_reason in (PRUNED, NONFINITE) or result.best_value is None:
+            # Optuna stores a pruned trial's value as its last reported epoch's (optuna 5.1:
+            # `study/_tell.py`, `_tell_with_warning`) and refuses a value told with PRUNED:
+            # the best epoch's value is kept beside it, as a user attr and in MLflow.
+            if result.best_value is not None and math.isfinite(result.best_value):
+                summary[BEST_VALUE_ATTR] = float(result.best_value)
             self._finish(trial, run_id, "PRUNED", summary)
             raise optuna.TrialPruned(f"{result.stop_reason} at epoch {result.epochs_trained}")
 
         value = float(result.best_value)
+        if phase == REFIT:  # no held-out validation: its configuration's confirm mean
+            value = float(trial.user_attrs[REFIT_VALUE_ATTR])
         tiebreak = summary.get(TIEBREAK_ATTR)
-        # The baseline and confirm retrains keep their weights: the confirmed champion and
-        # the recipe it is compared with are evaluated on the test split from them.
-        keep = phase in (BASELINE, CONFIRM) or (
+        # The baseline, confirm and ablation retrains keep their weights: the confirmed
+        # champion (an ablated configuration when it beat the champion) and the recipe it is
+        # compared with are evaluated on the test split from them.
+        keep = phase in (BASELINE, CONFIRM, ABLATION, REFIT) or (
             phase == SEARCH and beats_best(trial.study, value, tiebreak)
         )
         if run_id is not None and self.tracker and keep:
@@ -292,8 +305,29 @@ class Objective:
                 listener.epoch_done(trial.number, stats)
             return PRUNED if stop else None
 
+        if trial.user_attrs.get(PHASE_ATTR) == REFIT:  # `search.refit`
+            data = self._refit_data()
+            trial.set_user_attr(TRAIN_IMAGES_ATTR, len(data.train))
+            epochs = int(trial.user_attrs[REFIT_EPOCHS_ATTR])
+            return train(
+                cfg, data, device=self.device, on_epoch=on_epoch, stop_after=epochs, keep="last"
+            )
         trainer = self.trainer or train
-        return trainer(cfg, self.data, device=self.device, on_epoch=on_epoch)
+        return trainer(cfg, self._split(trial), device=self.device, on_epoch=on_epoch)
+
+    def _refit_data(self) -> Dataset:
+        """A refit's data: training + validation images (the test split held out)."""
+        if -1 not in self._splits:
+            self._splits[-1] = self.data.with_val_in_train()
+        return self._splits[-1]
+
+    def _split(self, trial: optuna.Trial) -> Dataset:
+        """The data a trial trains on: the study's split, or the confirm phase's own split for
+        its seed (`search.evidence`, small validation splits), made once per worker."""
+        index = int(trial.user_attrs.get(SPLIT_ATTR) or 0)
+        if index not in self._splits:
+            self._splits[index] = self.data.resplit(index)
+        return self._splits[index]
 
     def _finish(
         self, trial: optuna.Trial, run_id: str | None, state: str, summary: Mapping[str, Any]
@@ -301,6 +335,10 @@ class Objective:
         for key, value in summary.items():
             if key != "value" and value is not None:
                 trial.set_user_attr(key, value)
+        if state == "COMPLETE" and summary.get("value") is not None:
+            # The best-value attr on every finished trial, so that optuna-dashboard's column
+            # of it (`search.dashboard`) compares pruned trials with complete ones.
+            trial.set_user_attr(BEST_VALUE_ATTR, summary["value"])
         if self.tracker and run_id is not None:
             try:
                 self.tracker.end_trial(run_id, state=state, summary=summary)

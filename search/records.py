@@ -6,26 +6,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 __all__ = [
+    "ABLATE_ATTR",
     "BASELINE",
+    "BEST_VALUE_ATTR",
     "CONFIG_ATTR",
     "FINISHED",
     "INPUT_ATTR",
     "MODEL_URI_ATTR",
     "OVERRIDES_ATTR",
     "PHASE_ATTR",
+    "REFIT",
     "RUN_ID_ATTR",
     "SEARCH",
+    "SEED_ATTR",
+    "SOURCE_ATTR",
     "STOP_REASON_ATTR",
     "SURPLUS",
     "TIEBREAK_ATTR",
     "TRACKING_ERROR",
     "TRAIN_IMAGES_ATTR",
+    "VAL_IMAGES_ATTR",
     "WORKER_ATTR",
+    "Planned",
     "baseline_trial",
     "is_budget_trial",
     "outranks",
@@ -34,6 +43,7 @@ __all__ = [
 
 CONFIG_ATTR = "regsearch_config"
 TRAIN_IMAGES_ATTR = "train_images"  # study user attr: the size of the training split it trains on
+VAL_IMAGES_ATTR = "val_images"  # study user attr: the validation split's size
 # Study user attr: what the champion takes, {"shape": [C, H, W], "dtype", "range", "classes"}.
 INPUT_ATTR = "input"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -50,10 +60,28 @@ SEARCH, BASELINE = "search", "baseline"
 # User attr: what a trial trains with beyond its params (the recipe, a retrain's seed, an
 # ablated regularizer's "off").
 OVERRIDES_ATTR = "overrides"
+# User attrs of the retrains after the search (`search.evidence`, `search.refit`).
+SOURCE_ATTR = "source"  # the trial whose configuration a retrain trains again
+SEED_ATTR = "seed"  # its training seed
+ABLATE_ATTR = "ablate"  # the regularizer an ablation trial switches off
+# The phase of the champion's (and the recipe's) refit on training + validation images.
+REFIT = "refit"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A trial to enqueue: its params and user attrs (`search.evidence.plan`)."""
+
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
 
 
 # User attribute with the validation loss at a trial's best epoch: the tie-break.
 TIEBREAK_ATTR = "val_loss"
+# User attribute with the objective metric at a trial's best epoch, on COMPLETE and PRUNED
+# trials. A COMPLETE trial's value is that already; a PRUNED trial's value, as Optuna stores it,
+# is the last epoch's (the step it was pruned at), so this is what compares it with the others.
+BEST_VALUE_ATTR = "best_value"
 
 
 def ranking(
@@ -64,9 +92,10 @@ def ranking(
     sign = -1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
 
     def key(t: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
-        value = t.value if t.value is not None and math.isfinite(t.value) else math.inf * -sign
+        finite = t.value is not None and math.isfinite(t.value)
+        primary = sign * float(t.value) if finite else math.inf  # type: ignore[arg-type]
         tiebreak = t.user_attrs.get(TIEBREAK_ATTR)
-        return sign * value, math.inf if tiebreak is None else float(tiebreak), t.number
+        return primary, math.inf if tiebreak is None else float(tiebreak), t.number
 
     return key
 

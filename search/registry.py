@@ -15,6 +15,7 @@ import logging
 import math
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +217,29 @@ class Registry:
             pass  # no champion yet
         self.client.set_registered_model_alias(self.study_name, CHAMPION, version)
 
-    def describe_champion(self, accuracy: float, images: int) -> None:
+    def tag_version(self, uri: str, tags: Mapping[str, str]) -> None:
+        """Set `tags` on the version `uri` (`models:/<study>/<version>`) names, e.g. that it
+        is a refit on training + validation images (`search.refit.refit_tags`)."""
+        version = uri.rpartition("/")[2]
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.study_name, version, key, value)
+
+    def describe_champion(
+        self,
+        accuracy: float,
+        images: int,
+        *,
+        note: str = "",
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         """Tag and describe the `@champion` version with its test accuracy (a worker of an
-        earlier launch may have tagged it already: a tracking server then refuses the insert)."""
+        earlier launch may have tagged it already: a tracking server then refuses the insert);
+        `note`: a sentence more, and `tags` more (a refit says what it was trained on)."""
         try:
             mv = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
+            for key, value in (tags or {}).items():
+                if mv.tags.get(key) != value:
+                    self.client.set_model_version_tag(self.study_name, mv.version, key, value)
             if mv.tags.get("test_accuracy") != repr(accuracy):
                 self.client.set_model_version_tag(
                     self.study_name, mv.version, "test_accuracy", repr(accuracy)
@@ -230,8 +249,8 @@ class Registry:
                 mv.version,
                 description=f"Trial {mv.tags.get('trial')}: {self.config.objective.metric} "
                 f"{float(mv.tags.get('value', 'nan')):.4f}, test accuracy {accuracy:.4f} "
-                f"({images} held-out images). Input: float32 images in [0, 1], shape "
-                "(N, C, H, W); returns logits.",
+                f"({images} held-out images).{' ' + note if note else ''} Input: float32 "
+                "images in [0, 1], shape (N, C, H, W); returns logits.",
             )
         except MlflowException as exc:  # the evidence stands; the description is a courtesy
             _log.warning("@champion not described with its test accuracy: %s", exc)

@@ -27,6 +27,7 @@ from search.records import (
     STOP_REASON_ATTR,
     SURPLUS,
     TRAIN_IMAGES_ATTR,
+    VAL_IMAGES_ATTR,
     is_budget_trial,
 )
 from search.signals import sigterm_interrupts
@@ -200,7 +201,8 @@ def _confirm_until_done(
         if heartbeats:
             fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
-        if plan(trials, config, study.direction):  # checked first without the lock
+        val_images = study.user_attrs.get(VAL_IMAGES_ATTR)
+        if plan(trials, config, study.direction, val_images=val_images):  # first without the lock
             added = enqueue_plan(study, config)
             if added:
                 on_plan(added)
@@ -210,7 +212,7 @@ def _confirm_until_done(
         if deadline is not None and time.monotonic() >= deadline:
             return False
         if not waiting:
-            ev = evidence(trials, config, study.direction)
+            ev = evidence(trials, config, study.direction, val_images=val_images)
             if ev is None or ev.pending == 0:
                 return True
             if not running or not heartbeats:  # nothing that can still end: stop here
@@ -244,10 +246,17 @@ def _arms_line(study: optuna.Study, config: StudyConfig) -> str:
     (fewer than `top_k` when fewer completed) and the baseline recipe, once."""
     from search.evidence import evidence
 
-    ev = evidence(study.get_trials(deepcopy=False), config, study.direction)
-    arms = ev.arms if ev is not None else []
+    ev = evidence(
+        study.get_trials(deepcopy=False),
+        config,
+        study.direction,
+        val_images=study.user_attrs.get(VAL_IMAGES_ATTR),
+    )
+    arms = ev.alive if ev is not None else []
     others = sum(not a.baseline for a in arms)
     what = f"the {others} best configuration{'s' if others != 1 else ''} of the search"
+    if ev is not None and len(ev.alive) < len(ev.arms):
+        what += " still in the race"
     return what + (" and the baseline recipe" if any(a.baseline for a in arms) else "")
 
 
@@ -286,6 +295,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     study, _created = create_or_resume(config, storage, worker_index=options.worker_index)
     study.set_user_attr("objective_metric", config.objective.metric)
     study.set_user_attr(TRAIN_IMAGES_ATTR, len(data.train))
+    study.set_user_attr(VAL_IMAGES_ATTR, len(data.val))
     study.set_user_attr(INPUT_ATTR, input_contract(data))
     if options.sweep is not None:
         warm_start(study, options.sweep)
@@ -354,15 +364,22 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
                     confirm = config.search.confirm
                     assert confirm is not None
                     if added.get("confirm"):
+                        how = (
+                            "a seed at a time; one clearly behind after 2 seeds stops"
+                            if confirm.racing
+                            else f"{confirm.seeds} fresh seeds each"
+                        )
+                        n = added["confirm"]
                         console.print(
-                            f"{config.study}: confirm phase — {added['confirm']} retrains: "
-                            f"{_arms_line(study, config)}, {confirm.seeds} fresh seeds each, "
-                            "unpruned"
+                            f"{config.study}: confirm phase — {n} retrain{'s' if n != 1 else ''}: "
+                            f"{_arms_line(study, config)}, {how}, unpruned"
                         )
                     if added.get("ablation"):
+                        n = added["ablation"]
                         console.print(
-                            f"{config.study}: ablation — {added['ablation']} retrains of the "
+                            f"{config.study}: ablation — {n} retrain{'s' if n != 1 else ''} of the "
                             "champion, each active regularizer off in turn, the same seeds"
+                            + (" (a seed at a time while unclear)" if confirm.racing else "")
                         )
 
                 confirmed = _confirm_until_done(

@@ -52,6 +52,9 @@ _MAY_DIFFER = {
     "search.confirm.top_k",
     "search.confirm.seeds",
     "search.confirm.ablation",
+    "search.confirm.refit",
+    "search.confirm.racing",
+    "search.confirm.resplit_below",
     "train.device",
     "storage",
     "tracking.uri",
@@ -340,19 +343,24 @@ def load_existing(
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's best trial: once its confirm phase is complete, the champion's best-seed
-    retrain (`search.evidence`); before, the best COMPLETE search or baseline trial by
-    `ranking`. On a small validation split many trials
+    """The study's best trial: once its confirm phase is complete, the champion's refit on
+    training + validation images once that is COMPLETE (`search.refit`), else the champion's
+    best-seed retrain (`search.evidence`); before, the best COMPLETE search or baseline trial
+    by `ranking`. On a small validation split many trials
     reach the same accuracy (60 images: steps of 1/60, often 1.0); Optuna's own `best_trial`
     takes the first of them, which is no better than a random pick. `best`, `status`, the
     report, the dashboard note and the `@champion` alias all use this one."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if any(not is_budget_trial(t) for t in complete):  # a confirm phase has run
-        from search.evidence import confirmed_champion
+        from search.evidence import study_config, study_evidence
+        from search.refit import champion_refit
 
-        champion = confirmed_champion(study)
-        if champion is not None:
-            return champion
+        ev = study_evidence(study)
+        if ev is not None and ev.champion is not None:
+            refit = champion_refit(complete, study_config(study), study.direction, ev)
+            champion = refit or ev.champion.best_trial(study.direction)
+            if champion is not None:
+                return champion
     searched = [t for t in complete if is_budget_trial(t)]
     return min(searched, key=ranking(study.direction)) if searched else None
 

@@ -12,10 +12,12 @@ from optuna.trial import FrozenTrial, TrialState
 __all__ = [
     "CONTRACT_PARAMS",
     "best_summary",
+    "best_value_of",
     "champion_name",
     "champion_source",
     "format_value",
     "ranked_trials",
+    "shown_value",
     "study_rows",
     "trial_row",
     "trials_table",
@@ -30,9 +32,30 @@ def _json_number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
+def best_value_of(trial: FrozenTrial) -> float | None:
+    """The objective metric at a finished trial's best epoch (`best_epoch`): a COMPLETE
+    trial's value; a PRUNED trial's `BEST_VALUE_ATTR` (Optuna's value of a pruned trial is the
+    last epoch it reported), or, pruned before regsearch recorded that attr, the value it
+    reported at its best epoch. None for other trials and a pruned trial without a finite
+    epoch."""
+    from search.records import BEST_VALUE_ATTR
+
+    if trial.state == TrialState.COMPLETE:
+        return trial.value
+    if trial.state != TrialState.PRUNED:
+        return None
+    best = trial.user_attrs.get(BEST_VALUE_ATTR)
+    if best is None:
+        epoch = trial.user_attrs.get("best_epoch")
+        best = None if epoch is None else trial.intermediate_values.get(int(epoch))
+    return None if best is None or not math.isfinite(best) else float(best)
+
+
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     """One trial as JSON; `params` are what it trained with (an ablation's regularizer off, a
-    retrain's seed), `phase` is search, baseline, confirm or ablation."""
+    retrain's seed), `phase` is search, baseline, confirm or ablation. `value` is Optuna's
+    (of a pruned trial: the epoch it was pruned at); `best_value` the value at `best_epoch`
+    (`best_value_of`: a complete trial's value, a pruned trial's best before it was stopped)."""
     from search.records import OVERRIDES_ATTR
 
     attrs = trial.user_attrs
@@ -45,6 +68,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "ablate": attrs.get("ablate"),
         "source": attrs.get("source"),
         "value": _json_number(trial.value) if trial.state != TrialState.FAIL else None,
+        "best_value": _json_number(best_value_of(trial)),
         "params": {**trial.params, **trained},
         "epochs": attrs.get("epochs_trained", len(trial.intermediate_values) or None),
         "best_epoch": attrs.get("best_epoch"),
@@ -58,14 +82,20 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
 
 def sorted_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Completed first, then pruned, each best first by `search.study.ranking` (equal values
-    by validation loss, as `best_trial`), then the rest by number."""
+    by validation loss, as `best_trial`), then the rest by number. Pruned trials rank among
+    themselves by their best epoch's value (`best_value_of`, the value `status` shows), never
+    above a completed trial; one without a finite epoch comes last of them."""
     from search.records import ranking
 
     order = ranking(study.direction)
     rank = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1}
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
 
     def key(t: FrozenTrial) -> tuple[int, float, float, int]:
         value, tiebreak, number = order(t)
+        if t.state == TrialState.PRUNED:
+            best = best_value_of(t)
+            value = math.inf if best is None else sign * best
         return rank.get(t.state, 2), value if t.state in rank else 0.0, tiebreak, number
 
     return sorted(study.get_trials(deepcopy=False), key=key)
@@ -88,7 +118,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     held-out evaluation: accuracy, ECE and NLL of both models, the gain with its interval);
     `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early stopping."""
     from search.evidence import TEST_ATTR, epochs_saved, study_config, study_evidence
-    from search.records import INPUT_ATTR, PHASE_ATTR, baseline_trial
+    from search.records import INPUT_ATTR, PHASE_ATTR, REFIT, baseline_trial
     from search.study import best_trial
 
     best = best_trial(study)
@@ -123,7 +153,18 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
             "seeds": ev.seeds,
             "is_baseline": ev.champion.baseline,
             "model_trial": best.number,  # the retrain whose weights are registered
+            "model_refit": best.user_attrs.get(PHASE_ATTR) == REFIT,  # on train + val
             "model_seed": best.user_attrs.get(SEED_ATTR),
+            # The regularizer switched off: the champion is an ablated configuration that
+            # beat the one the confirm phase chose (`replaced`) beyond its interval.
+            "ablated": ev.champion.ablate,
+            "replaced": None
+            if ev.replaced is None or ev.replaced.interval is None
+            else {"source": ev.replaced.source, "val": _interval(ev.replaced.interval)},
+            "resplit": ev.resplit,
+            "retrains": ev.retrains,
+            "retrains_without_racing": ev.full_retrains,
+            "dropped": {str(a.source): a.dropped_after for a in ev.arms if a.dropped_after},
         }
         if baseline is not None and ev.baseline is not None and ev.baseline.interval:
             baseline["val"] = _interval(ev.baseline.interval)
@@ -160,6 +201,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
         "epochs_saved": epochs_saved(study, study_config(study)),
         "input": study.user_attrs.get(INPUT_ATTR),
         "champion_name": champion_name(best.number, champion),
+        "refit": _refit_summary(best, test),
     }
 
 
@@ -173,9 +215,34 @@ def champion_name(trial: int, champion: dict[str, Any] | None) -> str:
         if champion.get("is_baseline")
         else f"configuration of trial {champion['source']}"
     )
+    if champion.get("ablated"):
+        what += f" with {champion['ablated']} off"
     seed = champion.get("model_seed")
     model = f"model from trial {champion.get('model_trial', trial)}"
-    return f"{what}, {model}" + (f", seed {seed}" if seed is not None else "")
+    refit = ", refit on train + validation" if champion.get("model_refit") else ""
+    return f"{what}, {model}" + (f", seed {seed}" if seed is not None else "") + refit
+
+
+def _refit_summary(best: FrozenTrial, test: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The refit champion (`search.refit`): what it trained on, and what the test split says
+    of it and of its configuration trained on the training split alone (`before`, the
+    best-seed retrain `of`) with the refit's `gain`; None when the champion is no refit."""
+    from search.records import PHASE_ATTR, REFIT, TRAIN_IMAGES_ATTR
+    from search.refit import REFIT_EPOCHS_ATTR, REFIT_OF_ATTR
+
+    attrs = best.user_attrs
+    if attrs.get(PHASE_ATTR) != REFIT:
+        return None
+    test = test or {}
+    return {
+        "trial": best.number,
+        "of": attrs.get(REFIT_OF_ATTR),
+        "epochs": attrs.get(REFIT_EPOCHS_ATTR),
+        "train_images": attrs.get(TRAIN_IMAGES_ATTR),
+        "test_accuracy": (test.get("champion") or {}).get("accuracy"),
+        "before": test.get("before_refit"),
+        "gain": test.get("refit_gain"),
+    }
 
 
 def _points(value: float, metric: str) -> str:
@@ -221,10 +288,37 @@ def verdict(best: dict[str, Any], metric: str) -> str:
         if gains:
             line += f", gain {', '.join(gains)}"
     contributions = best.get("contributions") or {}
+    ablated = champion.get("ablated") if champion is not None else None
+    if champion is not None and ablated and ablated in contributions:
+        c = contributions[ablated]
+        iv = "" if c["low"] is None else f" [{_points(-c['high'], metric)}, "
+        iv += "" if c["low"] is None else f"{_points(-c['low'], metric)}]"
+        line += (
+            f"; {ablated} hurt: switching it off gained {_points(-c['mean'], metric)}{iv} "
+            f"over the configuration of trial {champion['source']}"
+        )
     if contributions:
         ranked = sorted(contributions.items(), key=lambda kv: -(kv[1]["mean"] or 0.0))
         parts = [f"{name} {_points(c['mean'], metric)}" for name, c in ranked]
         line += f"; contributions: {', '.join(parts)}"
+    if champion is not None and champion.get("retrains_without_racing"):
+        done, full = champion["retrains"], champion["retrains_without_racing"]
+        if done < full:
+            line += f"; racing ran {done} of {full} retrains"
+    refit = best.get("refit")
+    if refit is not None:
+        images = refit.get("train_images")
+        shown = f"{images:,} images, " if images is not None else ""
+        line += f"; refit on train + validation ({shown}{refit['epochs']} epochs)"
+        if refit.get("test_accuracy") is not None:
+            line += f": test {refit['test_accuracy']:.3f}"
+        if refit.get("gain") is not None:
+            g = refit["gain"]
+            low, high = _points(g["low"], "accuracy"), _points(g["high"], "accuracy")
+            line += (
+                f", {_points(g['mean'], 'accuracy')} [{low}, {high}] over the same "
+                "configuration trained on the training split alone"
+            )
     confirm = best.get("confirm")
     if confirm is not None and confirm.get("pending"):
         line += f"; confirm phase: {confirm['pending']} retrains to go"
@@ -259,6 +353,15 @@ def verdict_metrics(best: dict[str, Any]) -> dict[str, float]:
     for name, c in (best.get("contributions") or {}).items():
         out[f"contribution_{name}"] = c["mean"]
         out[f"contribution_{name}_low"], out[f"contribution_{name}_high"] = c["low"], c["high"]
+    refit = best.get("refit") or {}
+    out["refit_epochs"] = refit.get("epochs")
+    out["before_refit_test_accuracy"] = (refit.get("before") or {}).get("accuracy")
+    g = refit.get("gain") or {}
+    out["refit_gain"], out["refit_gain_low"], out["refit_gain_high"] = (
+        g.get("mean"),
+        g.get("low"),
+        g.get("high"),
+    )
     out["epochs_saved"] = best.get("epochs_saved")
     return {k: float(v) for k, v in out.items() if isinstance(v, int | float) and math.isfinite(v)}
 
@@ -298,6 +401,18 @@ def format_value(value: Any, *, digits: int = 4) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
+
+
+def shown_value(row: dict[str, Any]) -> str:
+    """A `trial_row`'s value cell: a pruned trial's best epoch's value, marked as such
+    (`0.912 @ep4 (pruned)`: comparable with the completed trials' values, which are their best
+    epoch's too, where Optuna's value of a pruned trial is the epoch it was pruned at)."""
+    if row["state"] != "PRUNED":
+        return format_value(row["value"])
+    if row["best_value"] is None:
+        return "– (pruned)"
+    at = "" if row["best_epoch"] is None else f" @ep{row['best_epoch']}"
+    return f"{format_value(row['best_value'])}{at} (pruned)"
 
 
 def table_params(study: optuna.Study) -> tuple[dict[str, Any], list[str]]:
@@ -375,7 +490,7 @@ def trials_table(
             str(row["number"]),
             row["state"],
             phase,
-            format_value(row["value"]),
+            shown_value(row),
             *(format_value(row["params"].get(p, fixed.get(p))) for p in names),
             format_value(row["epochs"]),
             format_value(row["stop_reason"]),

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,11 @@ from search.optim import EarlyStopping, make_optimizer, make_scheduler
 
 __all__ = [
     "COMPILE_SECONDS",
+    "PLANNED_EPOCHS",
     "EarlyStopping",
     "EpochStats",
     "Epochs",
+    "Keep",
     "TrainResult",
     "Trainer",
     "build_model",
@@ -43,6 +45,7 @@ __all__ = [
 
 # Why a trial stopped; also the `stop_reason` user attribute of its Optuna trial.
 MAX_EPOCHS, EARLY_STOPPING, NONFINITE = "max_epochs", "early_stopping", "nonfinite"
+PLANNED_EPOCHS = "planned_epochs"  # `stop_after` epochs done (a refit)
 # `TrainResult.compile_seconds`, as a trial's user attribute and MLflow metric.
 COMPILE_SECONDS = "compile_seconds"
 
@@ -80,6 +83,9 @@ class TrainResult:
 
 
 EpochCallback = Callable[[EpochStats], str | None]
+# Which epoch's weights a run returns: the best by the objective metric on the validation
+# split, or the last (a refit: its validation images are training images).
+Keep = Literal["best", "last"]
 
 
 class Trainer(Protocol):
@@ -292,14 +298,25 @@ def train(
     *,
     device: torch.device | None = None,
     on_epoch: EpochCallback | None = None,
+    stop_after: int | None = None,
+    keep: Keep = "best",
 ) -> TrainResult:
     """Train one model; return the best epoch's value and weights (by the objective metric).
 
     `data` should already live on `device` (`Dataset.to`), so the loop never copies images
     from the host. `on_epoch` may return a stop reason (e.g. "pruned") to end the run.
+    `stop_after` and `keep` as in `run_epochs` (a refit: `search.refit`).
     """
     run = Epochs(cfg, data, device=device)
-    return run_epochs(cfg, run, result=run.result, model=run.model, on_epoch=on_epoch)
+    return run_epochs(
+        cfg,
+        run,
+        result=run.result,
+        model=run.model,
+        on_epoch=on_epoch,
+        stop_after=stop_after,
+        keep=keep,
+    )
 
 
 def run_epochs(
@@ -309,9 +326,20 @@ def run_epochs(
     result: TrainResult,
     model: nn.Module | None = None,
     on_epoch: EpochCallback | None = None,
+    stop_after: int | None = None,
+    keep: Keep = "best",
 ) -> TrainResult:
     """Consume `epochs` as a trial does: keep the best epoch (with `model`'s weights at it),
-    call `on_epoch`, stop on its reason, on patience or on a non-finite value."""
+    call `on_epoch`, stop on its reason, on patience or on a non-finite value.
+
+    `stop_after`: end after that many epochs (stop reason `planned_epochs`), the learning-rate
+    schedule still the one over `train.epochs`. `keep="last"`: the last epoch's value and
+    weights, whatever the validation split says, and no early stopping (a refit, whose
+    validation images are training images)."""
+    if keep == "last":
+        return _run_to_last(
+            cfg, epochs, result=result, model=model, on_epoch=on_epoch, stop=stop_after
+        )
     metric = cfg.objective.metric
     stopper = EarlyStopping(
         patience=cfg.early_stopping.patience,
@@ -342,4 +370,42 @@ def run_epochs(
         if stopper.should_stop and stats.epoch < cfg.train.epochs:  # the last epoch: max
             result.stop_reason = EARLY_STOPPING
             break
+        if stop_after is not None and stats.epoch >= stop_after:
+            result.stop_reason = PLANNED_EPOCHS
+            break
+    return result
+
+
+def _run_to_last(
+    cfg: TrialConfig,
+    epochs: Iterable[EpochStats],
+    *,
+    result: TrainResult,
+    model: nn.Module | None,
+    on_epoch: EpochCallback | None,
+    stop: int | None,
+) -> TrainResult:
+    """`run_epochs` with `keep="last"`: each epoch is the one kept until the next comes; the
+    weights are copied once, after the last."""
+    metric = cfg.objective.metric
+    for stats in epochs:
+        result.epochs_trained = stats.epoch
+        value = getattr(stats, metric)
+        if not (math.isfinite(stats.fit_loss) and math.isfinite(value)):
+            result.stop_reason = NONFINITE
+            result.best_epoch = result.best_value = result.best_stats = None
+            return result
+        result.history.append(stats)
+        result.best_epoch, result.best_value, result.best_stats = stats.epoch, value, stats
+        reason = on_epoch(stats) if on_epoch is not None else None
+        if reason:
+            result.stop_reason = reason
+            break
+        if stop is not None and stats.epoch >= stop:
+            result.stop_reason = PLANNED_EPOCHS
+            break
+    if model is not None and result.best_stats is not None:
+        result.state_dict = {
+            k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+        }
     return result

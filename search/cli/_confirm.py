@@ -20,6 +20,11 @@ from search.launch import Launch, check_tracking, run_in_process
 )
 @click.option("--seeds", type=click.IntRange(min=1), default=None, help="Fresh seeds for each.")
 @click.option("--ablation/--no-ablation", default=None, help="Ablate the champion (default on).")
+@click.option(
+    "--racing/--no-racing",
+    default=None,
+    help="Stop retraining what can no longer win (default on); off: every seed of every one.",
+)
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--threads", type=int, default=None, help="CPU threads for this worker.")
 @artifacts_option
@@ -31,6 +36,7 @@ def confirm_command(
     top_k: int | None,
     seeds: int | None,
     ablation: bool | None,
+    racing: bool | None,
     device: str | None,
     threads: int | None,
     artifacts: str | None,
@@ -38,7 +44,8 @@ def confirm_command(
 ) -> None:
     """Run, finish or extend a study's confirm phase: the top configurations and the baseline
     retrained with fresh seeds, the champion chosen by its mean, then its ablation. A larger
-    --top-k or --seeds adds only the missing retrains; other workers may join with
+    --top-k or --seeds adds only the missing retrains (with racing, only for the
+    configurations still in the race: --no-racing retrains every one); other workers may join with
     `regsearch worker STUDY`."""
     from search.config import ConfirmConfig
     from search.storage import open_storage, resolve_storage_url
@@ -50,7 +57,7 @@ def confirm_command(
     if config is None:
         raise UserError(f"study {study_name!r} has no stored config: it is not a regsearch study")
     current = (config.search.confirm or ConfirmConfig()).model_dump()
-    asked = {"top_k": top_k, "seeds": seeds, "ablation": ablation}
+    asked = {"top_k": top_k, "seeds": seeds, "ablation": ablation, "racing": racing}
     current.update({k: v for k, v in asked.items() if v is not None})
     data = config.model_dump(mode="json")
     data["search"]["confirm"] = current

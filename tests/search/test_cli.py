@@ -82,6 +82,7 @@ def test_best_json_has_the_contract_keys(tiny_study: Path) -> None:
         "epochs_saved",
         "input",
         "champion_name",
+        "refit",
     }
     assert best["study"] == "tiny"
     assert best["input"] == {
@@ -318,11 +319,14 @@ def test_default_study_meets_the_acceptance_bar(tmp_path: Path) -> None:
     assert states.count("COMPLETE") + states.count("PRUNED") == 24
     assert "PRUNED" in states
     assert max(r["value"] for r in searched if r["state"] == "COMPLETE") >= 0.97
-    # The confirm phase ran to the end: (top 3 + baseline) × 3 seeds, then the ablation.
+    # The confirm phase ran to the end: (top 3 + baseline) × 2 seeds at least, a third for
+    # what racing kept (at most 12), then the ablation.
     retrains = [r for r in rows if r["phase"] == "confirm"]
-    assert len(retrains) == 12 and {r["state"] for r in retrains} == {"COMPLETE"}
+    assert 8 <= len(retrains) <= 12 and {r["state"] for r in retrains} == {"COMPLETE"}
     best = json.loads(regsearch("best", "digits", "--json", cwd=tmp_path).stdout)
     assert best["confirm"] == {"complete": True, "pending": 0} and best["contributions"]
+    champion = best["champion"]
+    assert champion["retrains"] <= champion["retrains_without_racing"] == 27
     assert best["champion"]["val"]["mean"] >= 0.97 and best["test_accuracy"] >= 0.95
 
 

@@ -47,7 +47,7 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("confirm")
     first = regsearch("run", "--study", "c", "--n-trials", "3", *SMALL, cwd=root)
     assert first.returncode == 0, first.stderr[-2000:]
-    proc = regsearch("confirm", "c", "--top-k", "1", "--seeds", "2", cwd=root)
+    proc = regsearch("confirm", "c", "--top-k", "1", "--seeds", "2", "--no-racing", cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (root / "confirm.out").write_text(proc.stdout + proc.stderr)
     return root
@@ -73,10 +73,15 @@ def test_confirm_retrains_the_top_configuration_and_the_baseline_then_ablates(
     assert set(best["contributions"]) == active
     for c in best["contributions"].values():
         assert c["n"] == 2 and c["low"] <= c["mean"] <= c["high"]
-    # The champion trial is the best-seed retrain of the configuration with the best mean.
+    # The champion trial is the refit on training + validation images (`search.refit`) of
+    # the configuration with the best mean; the model before it, its best-seed retrain.
     winner = study.trials[best["trial"]]
-    assert winner.user_attrs["phase"] == "confirm"
+    assert winner.user_attrs["phase"] == "refit"
     assert winner.user_attrs["source"] == champion["source"]
+    before = study.trials[winner.user_attrs["refit_of"]]
+    assert before.user_attrs["phase"] in ("confirm", "ablation")
+    assert before.user_attrs["source"] == champion["source"]
+    assert best["refit"]["of"] == best["test"]["before_refit_trial"] == before.number
     assert best["confirm"] == {"complete": True, "pending": 0}
     test = best["test"]
     for who in ("champion", "baseline"):
@@ -163,7 +168,10 @@ def test_confirm_on_an_unknown_study_is_one_line_and_exit_2(confirmed: Path) -> 
 
 def test_more_seeds_extend_the_phase_with_only_the_missing_retrains(confirmed: Path) -> None:
     before = _phases(_study(confirmed, "c"))
-    proc = regsearch("confirm", "c", "--top-k", "1", "--seeds", "3", "--no-ablation", cwd=confirmed)
+    proc = regsearch(
+        "confirm", "c", "--top-k", "1", "--seeds", "3", "--no-ablation", "--no-racing",
+        cwd=confirmed,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     after = _phases(_study(confirmed, "c"))
     assert after["confirm"] == before["confirm"] + 2, "one more seed for each configuration"

@@ -464,4 +464,5 @@ def test_sigterm_in_any_phase_then_a_relaunch_loses_nothing(phase: str, tmp_path
     assert sum(t.user_attrs.get("phase") in ("search", "baseline") for t in done) == 3
     assert sum(t.user_attrs.get("phase") == "confirm" for t in done) == 4  # 2 configs × 2 seeds
     ablated = sum(t.user_attrs.get("phase") == "ablation" for t in done)
-    assert ablated == 2 * len(best["contributions"]) and ablated > 0
+    # Racing may settle a regularizer after one seed: each ran its contribution's seeds.
+    assert ablated == sum(c["n"] for c in best["contributions"].values()) and ablated > 0
