@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
@@ -25,9 +26,9 @@ from typing import Any
 import optuna
 import torch
 
-from search.config import StudyConfig, TrialConfig
+from search.config import EarlyStoppingConfig, StudyConfig, TrialConfig
 from search.data import Dataset, load_dataset
-from search.records import FINISHED
+from search.records import FINISHED, PHASE_ATTR, TIEBREAK_ATTR
 from search.studyfile import load_config
 from search.train import MAX_EPOCHS, EpochCallback, Epochs, EpochStats, TrainResult, run_epochs
 
@@ -81,6 +82,9 @@ SAMPLERS: dict[str, list[str]] = {
 _STUDY = ["search.confirm=none", "tracking.enabled=false"]
 
 
+_NO_STOPPING = EarlyStoppingConfig(patience=None)
+
+
 @dataclass
 class _Curve:
     """One configuration's epochs so far, and the run that trains the next one (dropped once
@@ -96,7 +100,9 @@ class _Curve:
 
 class CurveBank:
     """A `Trainer` that trains each configuration once, lazily, and replays it to every study
-    that asks (keyed by the whole trial config: regularizers, seed, epochs, model)."""
+    that asks (keyed by the whole trial config but its early stopping: regularizers, seed,
+    epochs, model; early stopping only decides where a curve is cut, `train.run_epochs`). One
+    bank serves one data set."""
 
     def __init__(self) -> None:
         self._curves: dict[str, _Curve] = {}
@@ -107,7 +113,7 @@ class CurveBank:
         self._epochs: list[float] = []
 
     def _curve(self, cfg: TrialConfig, data: Dataset, device: torch.device | None) -> _Curve:
-        key = repr(cfg)
+        key = repr(replace(cfg, early_stopping=_NO_STOPPING))
         curve = self._curves.get(key)
         if curve is None:
             outer = torch.get_rng_state()
@@ -186,6 +192,11 @@ class StudyTrace:
     own_seconds: float
     epoch_seconds: float = 0.0  # the bank's median epoch
     setup_seconds: float = 0.0  # the bank's median model + optimizer + data setup
+    # Per trial: its params (what `replay_study(enqueue=...)` replays), its phase and its best
+    # epoch's validation loss (the tie-break between equal values).
+    params: list[dict[str, Any]] = field(default_factory=list)
+    phases: list[str | None] = field(default_factory=list)
+    tiebreaks: list[float | None] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -212,13 +223,26 @@ class StudyTrace:
         return None
 
 
-def replay_study(config: StudyConfig, data: Dataset, bank: CurveBank) -> StudyTrace:
-    """`config`'s study (its `n_trials`) in memory, trained by `bank`."""
+def replay_study(
+    config: StudyConfig,
+    data: Dataset,
+    bank: CurveBank,
+    *,
+    enqueue: Sequence[Mapping[str, Any]] = (),
+    wrap_pruner: Callable[[optuna.pruners.BasePruner], optuna.pruners.BasePruner] | None = None,
+) -> StudyTrace:
+    """`config`'s study (its `n_trials`) in memory, trained by `bank`. `enqueue`: params its
+    search trials take, in order, after its baseline trial (the sampler is then not asked);
+    `wrap_pruner`: the study's pruner (`search.study.make_pruner`) is wrapped in this."""
     from search.objective import Objective
     from search.study import create_or_resume
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study, _ = create_or_resume(config, optuna.storages.InMemoryStorage())
+    for params in enqueue:
+        study.enqueue_trial(dict(params))
+    if wrap_pruner is not None:
+        study.pruner = wrap_pruner(study.pruner)
     objective = Objective(config, data, device=torch.device("cpu"), trainer=bank)
     trained, epochs = bank.trained_seconds, bank.used_epochs
     per_trial: list[int] = []
@@ -232,7 +256,14 @@ def replay_study(config: StudyConfig, data: Dataset, bank: CurveBank) -> StudyTr
     own = wall - (bank.trained_seconds - trained)  # the replay's Optuna + objective time
     trials = sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number)
     values = [t.value if t.state == optuna.trial.TrialState.COMPLETE else None for t in trials]
-    return StudyTrace(values, per_trial, own)
+    return StudyTrace(
+        values,
+        per_trial,
+        own,
+        params=[dict(t.params) for t in trials],
+        phases=[t.user_attrs.get(PHASE_ATTR) for t in trials],
+        tiebreaks=[t.user_attrs.get(TIEBREAK_ATTR) for t in trials],
+    )
 
 
 @cache

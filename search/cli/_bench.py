@@ -46,8 +46,20 @@ def bench_command(names: tuple[str, ...], as_json: bool, threads: int | None, de
         return
     for section, values in figures.items():
         click.echo(f"{section}:")
+        # A figure that renders its own tables leaves the long data behind them to --json.
+        rendered = any(isinstance(v, str) and "\n" in v for v in values.values())
+        left: list[str] = []
         for key, value in values.items():
-            click.echo(f"  {key}: {value}")
+            if isinstance(value, str) and "\n" in value:  # a table: as printed, indented
+                click.echo(f"  {key}:")
+                for line in value.splitlines():
+                    click.echo(f"    {line}".rstrip())
+            elif rendered and isinstance(value, dict | list) and len(repr(value)) > 200:
+                left.append(key)
+            else:
+                click.echo(f"  {key}: {value}")
+        if left:
+            click.echo(f"  ({', '.join(left)}: with --json)")
 
 
 COMMANDS = [bench_command]

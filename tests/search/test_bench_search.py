@@ -11,14 +11,33 @@ import optuna
 import pytest
 import torch
 
+from search.bench_regret import (
+    CANDIDATES,
+    EPOCHS,
+    SMOOTHED,
+    choose,
+    closest,
+    contenders,
+    regret,
+    regret_row,
+    summary,
+    top_configurations,
+)
 from search.bench_runs import worker_rate
-from search.bench_search import CurveBank, StudyTrace, choose_pruner, replay_study
+from search.bench_search import (
+    PRUNERS,
+    CurveBank,
+    StudyTrace,
+    _Curve,
+    choose_pruner,
+    replay_study,
+)
 from search.config import StudyConfig
 from search.data import Dataset, load_dataset
 from search.records import FINISHED, WORKER_ATTR
 from search.space import SearchSpace
 from search.studyfile import load_config
-from search.train import train
+from search.train import EpochStats, train
 
 TINY = [
     "dataset={name: synthetic, num_samples: 240, image_size: 8, channels: 1, num_classes: 3}",
@@ -82,6 +101,22 @@ def test_the_bank_replays_each_curve_as_training_it_alone_would(
     assert _history(a) == _history(alone["a"]) and _history(b) == _history(alone["b"])
     assert a.best_value == alone["a"].best_value and a.best_epoch == alone["a"].best_epoch
     assert bank.trained_epochs == 8 and bank.used_epochs == 9
+
+
+def test_the_bank_trains_a_configuration_once_whatever_its_early_stopping(
+    config: StudyConfig, data: Dataset
+) -> None:
+    space = SearchSpace.from_config(config)
+    cfg = space.resolve(space.fixed_values())
+    patient = replace(cfg, early_stopping=cfg.early_stopping.model_copy(update={"patience": 1}))
+    unstopped = replace(
+        cfg, early_stopping=cfg.early_stopping.model_copy(update={"patience": None})
+    )
+    bank = CurveBank()
+    full = bank(unstopped, data)
+    stopped = bank(patient, data)  # the same curve, cut where patience 1 cuts it
+    assert bank.trained_epochs == full.epochs_trained == 4
+    assert _history(stopped) == _history(full)[: stopped.epochs_trained]
 
 
 def test_a_replayed_study_is_the_real_study(config: StudyConfig, data: Dataset) -> None:
@@ -150,3 +185,147 @@ def test_worker_rate_times_each_worker_from_its_first_start_to_its_last_end() ->
         trial(4, "b", 45, 60),
     ]
     assert worker_rate(trials) == pytest.approx(3 / 1 + 2 / 0.5)
+
+
+# --------------------------------------------------------------------------- pruning regret
+
+
+class _ScriptedBank(CurveBank):
+    """A bank whose curves are written out (validation accuracy per epoch, keyed by the
+    configuration's dropout) instead of trained."""
+
+    def __init__(self, curves: dict[float, list[float]]) -> None:
+        super().__init__()
+        self.curves = curves
+
+    def _curve(self, cfg: Any, data: Dataset, device: torch.device | None) -> _Curve:
+        accuracies = self.curves[round(cfg.regularization.dropout, 3)]
+        stats = [
+            EpochStats(epoch, 1.0, 0.5, 1.0, accuracy, 1.0, 0.1, 0.0)
+            for epoch, accuracy in enumerate(accuracies, 1)
+        ]
+        return _Curve(None, iter(()), torch.get_rng_state(), 0.0, stats)
+
+
+def _params(dropout: float) -> dict[str, float]:
+    return {
+        "weight_decay": 1e-4,
+        "dropout": dropout,
+        "aug_strength": 0.2,
+        "mixup_alpha": 0.0,
+        "label_smoothing": 0.0,
+    }
+
+
+def test_pruning_regret_counts_a_killed_top_configuration_and_the_value_lost(
+    data: Dataset,
+) -> None:
+    curves = {
+        0.5: [0.7, 0.8, 0.9, 0.9],  # the baseline recipe: never pruned, completes at 0.9
+        0.1: [0.3, 0.9, 0.95, 0.96],  # slow start: the threshold pruner stops it at epoch 1
+        0.2: [0.7, 0.6, 0.6, 0.99],  # best at the last epoch: early stopping ends it at 3
+        0.3: [0.6, 0.8, 0.85, 0.85],
+        0.4: [0.55, 0.6, 0.6, 0.6],
+    }
+    sequence = [_params(d) for d in (0.1, 0.2, 0.3, 0.4)]
+    bank = _ScriptedBank(curves)
+
+    def study(*items: str) -> StudyTrace:
+        config = load_config(overrides=[*TINY, "search.n_trials=5", *items])
+        return replay_study(config, data, bank, enqueue=sequence)
+
+    full = study(*PRUNERS["none"])
+    assert full.values == [0.9, 0.96, 0.99, 0.85, 0.6] and full.epochs == [4] * 5
+    assert full.phases[0] == "baseline" and full.params[1:] == sequence
+    pruned = study("search.pruner={name: threshold, lower: 0.5}")
+    assert pruned.values == [0.9, None, 0.7, 0.85, 0.6] and pruned.epochs == [4, 1, 3, 4, 4]
+
+    assert top_configurations(full.values) == [2, 1, 0]  # type: ignore[arg-type]
+    row = regret(full, pruned)
+    assert row.killed == [1, 2]  # pruned; stopped before its best epoch. The baseline lives
+    assert row.best == 0.9 and row.best_lost == pytest.approx(0.99 - 0.9)
+    assert (row.epochs, row.full_epochs, row.pruned) == (16, 20, 1)
+    assert row.epochs_saved == pytest.approx(0.2)
+    assert not row.meets() and row.meets(max_killed=2, min_saved=0.2)
+    assert regret(full, full).killed == [] and regret(full, full).best_lost == 0.0
+
+
+def test_regret_rows_rank_ties_by_the_tiebreak_then_the_trial_order() -> None:
+    full = [0.9, 0.95, 0.95, 0.9, 0.8]
+    assert top_configurations(full) == [1, 2, 0]
+    assert top_configurations(full, [0.3, 0.2, 0.1, 0.05, 0.0]) == [2, 1, 3]
+    # #3 (a top configuration by its lower loss) completed below its value: killed, though
+    # #0 with the same full-budget value completed at it, so no value is lost.
+    row = regret_row(
+        full, 100, [0.9, 0.95, 0.95, 0.85, None], [20, 20, 20, 20, 4], tiebreaks=[1, 1, 1, 0, 1]
+    )
+    assert row.killed == [3] and row.best_lost == 0.0 and row.pruned == 1
+    assert row.epochs_saved == pytest.approx(0.16) and not row.meets()
+    with pytest.raises(ValueError, match="2 trials replayed"):
+        regret_row(full, 100, [0.9, 0.9], [20, 20])
+
+
+def test_best_so_far_pruning_sees_each_curve_as_its_running_best() -> None:
+    from search.bench_regret import _best_so_far
+
+    trial = optuna.trial.create_trial(
+        params={},
+        distributions={},
+        value=0.6,
+        intermediate_values={1: 0.5, 2: 0.4, 3: 0.6, 4: 0.55},
+    )
+    assert _best_so_far(trial, True).intermediate_values == {1: 0.5, 2: 0.5, 3: 0.6, 4: 0.6}
+    assert _best_so_far(trial, False).intermediate_values == {1: 0.5, 2: 0.4, 3: 0.4, 4: 0.4}
+    assert trial.intermediate_values[2] == 0.4  # the study's own record is untouched
+
+
+def test_the_regret_verdict_keeps_a_default_that_meets_the_rule_else_the_cheapest_that_does() -> (
+    None
+):
+    def row(saved: float, killed: int, lost: float = 0.0) -> dict[str, Any]:
+        return {
+            "epochs_saved": saved,
+            "killed": list(range(killed)),
+            "best_lost": lost,
+            "meets_rule": killed <= 1 and saved >= 0.4,
+        }
+
+    rows = {
+        "a": {"none": row(0.0, 0), "sh": row(0.6, 2), "gentle": row(0.45, 1), "wide": row(0.5, 0)},
+        "b": {"none": row(0.0, 0), "sh": row(0.5, 1), "gentle": row(0.42, 0), "wide": row(0.5, 1)},
+    }
+    assert choose(rows, "sh") == ("wide", ["wide", "gentle"])
+    assert choose(rows, "gentle") == ("gentle", ["wide", "gentle"])
+    rows["b"]["wide"] = row(0.3, 0)
+    rows["b"]["gentle"] = row(0.35, 0)
+    assert choose(rows, "sh") == (None, [])
+    # Met once each: gentle and wide only save too little (gentle less so), sh kills one too many.
+    assert closest(rows) == ["gentle", "wide", "sh"]
+    assert summary(rows)["sh"] == {
+        "cases_meeting_rule": 1,
+        "cases": 2,
+        "killed": 3,
+        "killed_most": 2,
+        "saved_mean": 0.55,
+        "saved_least": 0.5,
+        "lost_most": 0.0,
+    }
+
+
+def test_the_regret_contenders_are_valid_studies_of_the_default_budget() -> None:
+    assert load_config().train.epochs == EPOCHS
+    for items, _ in contenders().values():
+        config = load_config(overrides=items)
+        assert config.early_stopping.patience in (None, 6)
+    assert set(SMOOTHED) & set(PRUNERS) == set() and set(CANDIDATES) & set(PRUNERS) == set()
+
+
+def test_the_fashion_regret_sets_are_skipped_with_their_reason_when_the_files_are_absent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from search import bench_regret
+
+    monkeypatch.setattr(bench_regret, "FASHION_ROOT", tmp_path / "absent")
+    reasons = {name: bench_regret._skip_reason(name) for name in bench_regret.SETS}
+    assert reasons.pop("digits") is None
+    assert reasons and all(r is not None and "absent" in r for r in reasons.values())
