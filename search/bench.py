@@ -136,6 +136,24 @@ def _samplers() -> dict[str, Any]:
     return samplers()
 
 
+def _regret() -> dict[str, Any]:
+    from search.bench_regret import pruning_regret
+
+    return pruning_regret()
+
+
+def _fashion() -> dict[str, Any]:
+    from search.bench_fashion import fashion
+
+    return fashion()
+
+
+def _selection() -> dict[str, Any]:
+    from search.bench_fashion import selection
+
+    return selection()
+
+
 def _storage_ms_per_trial() -> dict[str, Any]:
     from search.bench_storage import storage_ms_per_trial
 
@@ -167,15 +185,18 @@ BENCHMARKS: dict[str, Benchmark] = {
     "augment_speedup": lambda device: augment_speedup(device=device),
     "pruning": lambda _: _pruning(),
     "samplers": lambda _: _samplers(),
+    "regret": lambda _: _regret(),
     "time_to_target": lambda _: _time_to_target(),
     "storage_ms_per_trial": lambda _: _storage_ms_per_trial(),
     "worker_scaling": lambda _: _worker_scaling(),
     "airbench_trial": lambda device: airbench_trial(device=device),
     "real_data": lambda _: _real_data(),
+    "fashion": lambda _: _fashion(),
+    "selection": lambda _: _selection(),
     "sweep_warm_start": lambda _: _sweep_warm_start(),
 }
 # Figures that take many minutes on the CPU: run only when named with --only.
-OPT_IN = ("real_data", "airbench_trial", "sweep_warm_start")
+OPT_IN = ("real_data", "airbench_trial", "sweep_warm_start", "regret", "fashion", "selection")
 # What `bench --device cuda` runs: the figures of the GPU path (the rest are of the CPU, the
 # storage and the processes, whatever device trains).
 DEVICE_FIGURES = ("train_images_per_second", "augment_speedup", "airbench_trial")

@@ -12,11 +12,7 @@ so the search's gain over it shows. About 15 minutes on 2 CPU cores; not part of
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -54,20 +50,16 @@ def _write_sets(root: Path) -> dict[str, list[str]]:
 def _run(cwd: Path, study: str, sets: list[str]) -> dict[str, Any]:
     import optuna
 
+    from search.bench_runs import run_cli
     from search.study import best_trial
 
-    cmd = [sys.executable, "-m", "search", "run", "--study", study, "--quiet"]
+    args = ["--study", study]
     for item in sets:
-        cmd += ["--set", item]
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("REGSEARCH_STORAGE", "MLFLOW_TRACKING_URI")
-    }
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
-        return {"error": tail[0] if tail else f"exit {done.returncode}"}
+        args += ["--set", item]
+    try:
+        seconds = run_cli(cwd, args)
+    except RuntimeError as exc:
+        return {"error": str(exc).splitlines()[-1]}
     loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{cwd}/studies/regsearch.db")
     best = best_trial(loaded)
     assert best is not None

@@ -15,10 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["time_to_target", "worker_rate", "worker_scaling"]
+__all__ = ["run_cli", "time_to_target", "worker_rate", "worker_scaling"]
 
 
-def _run(cwd: str, args: list[str]) -> float:
+def run_cli(cwd: str | Path, args: list[str]) -> float:
     """`regsearch run ARGS` in `cwd`; its wall seconds. A failure raises with its last line."""
     env = {
         k: v for k, v in os.environ.items() if k not in ("REGSEARCH_STORAGE", "MLFLOW_TRACKING_URI")
@@ -56,7 +56,7 @@ def time_to_target(*, target: float = 0.98, args: tuple[str, ...] = ()) -> dict[
     from search.records import is_budget_trial
 
     with tempfile.TemporaryDirectory() as tmp:
-        wall = _run(tmp, list(args))
+        wall = run_cli(tmp, list(args))
         trials = _trials(tmp, "digits")
     start = min(t.datetime_start for t in trials if t.datetime_start)
     done = sorted(
@@ -119,7 +119,7 @@ def worker_scaling(*, trials: int = 12, epochs: int = 6, repeats: int = 3) -> di
     for _ in range(repeats):
         for workers in (1, 2):
             with tempfile.TemporaryDirectory() as tmp:
-                _run(tmp, ["--study", "scaling", "--workers", str(workers), *common])
+                run_cli(tmp, ["--study", "scaling", "--workers", str(workers), *common])
                 rates[workers].append(worker_rate(_trials(tmp, "scaling")))
     ratios = [two / one for one, two in zip(rates[1], rates[2], strict=True)]
     return {
