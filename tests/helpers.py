@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from optuna.distributions import FloatDistribution
+
 
 def _user_env(env: dict[str, str] | None) -> dict[str, str]:
     """This environment without the store URLs of the test process (unless `env` sets them)."""
@@ -260,3 +262,14 @@ def assert_runs_ended(runs: list[Any]) -> None:
     for run in runs:
         expected = "KILLED" if run.data.tags.get("state") == "PRUNED" else "FINISHED"
         assert run.info.status == expected, (run.info.run_id, run.data.tags.get("state"))
+
+
+# The default space's five regularizers as Optuna distributions: for trials made with
+# `optuna.trial.create_trial` in tests of the confirm phase's arithmetic.
+SPACE_DISTRIBUTIONS = {
+    "weight_decay": FloatDistribution(1e-5, 0.1, log=True),
+    "dropout": FloatDistribution(0.0, 0.6),
+    "aug_strength": FloatDistribution(0.0, 1.0),
+    "mixup_alpha": FloatDistribution(0.0, 1.0),
+    "label_smoothing": FloatDistribution(0.0, 0.3),
+}

@@ -10,7 +10,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.evaluation import expected_calibration_error
@@ -29,14 +28,8 @@ from search.stats import mean_interval, paired_bootstrap
 from search.study import best_trial, count_trials
 from search.studyfile import load_config
 from search.summary import best_summary, verdict
+from tests.helpers import SPACE_DISTRIBUTIONS
 
-_DISTS = {
-    "weight_decay": FloatDistribution(1e-5, 0.1, log=True),
-    "dropout": FloatDistribution(0.0, 0.6),
-    "aug_strength": FloatDistribution(0.0, 1.0),
-    "mixup_alpha": FloatDistribution(0.0, 1.0),
-    "label_smoothing": FloatDistribution(0.0, 0.3),
-}
 # Two searched configurations: A has the luckiest search trial, B is better on average.
 A = {"weight_decay": 1e-4, "dropout": 0.1, "aug_strength": 0.0, "mixup_alpha": 0.3,
      "label_smoothing": 0.05}  # fmt: skip
@@ -67,7 +60,7 @@ def _add(study, value, params, **attrs) -> int:
             state=TrialState.COMPLETE,
             value=value,
             params=params,
-            distributions=_DISTS,
+            distributions=SPACE_DISTRIBUTIONS,
             user_attrs=attrs,
         )
     )
@@ -355,7 +348,7 @@ def test_configurations_are_compared_on_the_seeds_all_of_them_completed() -> Non
                 create_trial(
                     state=TrialState.FAIL,
                     params=item.params,
-                    distributions=_DISTS,
+                    distributions=SPACE_DISTRIBUTIONS,
                     user_attrs=attrs,
                 )
             )

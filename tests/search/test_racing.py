@@ -9,7 +9,6 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.config import DatasetConfig
@@ -29,14 +28,8 @@ from search.records import BASELINE, CONFIG_ATTR, PHASE_ATTR, SEARCH, VAL_IMAGES
 from search.study import best_trial
 from search.studyfile import load_config
 from search.summary import best_summary, verdict
+from tests.helpers import SPACE_DISTRIBUTIONS
 
-_DISTS = {
-    "weight_decay": FloatDistribution(1e-5, 0.1, log=True),
-    "dropout": FloatDistribution(0.0, 0.6),
-    "aug_strength": FloatDistribution(0.0, 1.0),
-    "mixup_alpha": FloatDistribution(0.0, 1.0),
-    "label_smoothing": FloatDistribution(0.0, 0.3),
-}
 RECIPE = {"weight_decay": 0.01, "dropout": 0.5, "aug_strength": 0.5, "mixup_alpha": 0.2,
           "label_smoothing": 0.1}  # fmt: skip
 
@@ -65,7 +58,7 @@ def _add(study: optuna.Study, value: float, params: Mapping[str, Any], **attrs: 
             state=TrialState.COMPLETE,
             value=value,
             params=dict(params),
-            distributions=_DISTS,
+            distributions=SPACE_DISTRIBUTIONS,
             user_attrs=attrs,
         )
     )
