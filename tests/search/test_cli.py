@@ -319,14 +319,17 @@ def test_default_study_meets_the_acceptance_bar(tmp_path: Path) -> None:
     assert states.count("COMPLETE") + states.count("PRUNED") == 24
     assert "PRUNED" in states
     assert max(r["value"] for r in searched if r["state"] == "COMPLETE") >= 0.97
-    # The confirm phase ran to the end: (top 3 + baseline) × 2 seeds at least, a third for
-    # what racing kept (at most 12), then the ablation.
+    # The confirm phase ran to the end: the top 3 (more where the search tied: 360
+    # validation images split anew per seed) and the baseline, 2 seeds at least and a third
+    # for what racing kept, then the ablation and the refit.
     retrains = [r for r in rows if r["phase"] == "confirm"]
-    assert 8 <= len(retrains) <= 12 and {r["state"] for r in retrains} == {"COMPLETE"}
+    assert {r["state"] for r in retrains} == {"COMPLETE"}
     best = json.loads(regsearch("best", "digits", "--json", cwd=tmp_path).stdout)
     assert best["confirm"] == {"complete": True, "pending": 0} and best["contributions"]
     champion = best["champion"]
-    assert champion["retrains"] <= champion["retrains_without_racing"] == 27
+    arms = champion["retrains_without_racing"] // 3 - len(best["contributions"])
+    assert 4 <= arms <= 7 and 2 * arms <= len(retrains) <= 3 * arms
+    assert champion["retrains"] <= champion["retrains_without_racing"]
     assert best["champion"]["val"]["mean"] >= 0.97 and best["test_accuracy"] >= 0.95
 
 
