@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import UserError, first_line
+from search.records import BEST_VALUE_ATTR, TRAIN_IMAGES_ATTR
 from search.sqlite_setup import SQLITE_BUSY_TIMEOUT_S, prepare_sqlite, sync_normal
 from search.urls import redact_url, sqlite_path
 
@@ -274,6 +275,8 @@ OUTCOME_ATTRS = frozenset(
         "val_loss",
         "tracking_error",
         "champion_error",
+        BEST_VALUE_ATTR,  # a pruned trial's best epoch value
+        TRAIN_IMAGES_ATTR,  # what a refit trained on
     }
 )
 
