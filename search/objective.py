@@ -122,7 +122,8 @@ class Objective:
         self.trainer = trainer
         self.space = SearchSpace.from_config(config)
         self.data = data.to(device)  # once per worker, not once per trial
-        self._splits: dict[int, Dataset] = {0: self.data}
+        self._splits: dict[int, Dataset] = {0: self.data}  # the confirm phase's, by index
+        self._refit: Dataset | None = None  # training + validation images, for refits
         self.device = device
         self.tracker = tracker
         self.listeners = tuple(listeners)
@@ -317,9 +318,9 @@ class Objective:
 
     def _refit_data(self) -> Dataset:
         """A refit's data: training + validation images (the test split held out)."""
-        if -1 not in self._splits:
-            self._splits[-1] = self.data.with_val_in_train()
-        return self._splits[-1]
+        if self._refit is None:
+            self._refit = self.data.with_val_in_train()
+        return self._refit
 
     def _split(self, trial: optuna.Trial) -> Dataset:
         """The data a trial trains on: the study's split, or the confirm phase's own split for
