@@ -109,7 +109,7 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
 
 def check_name(name: str, *, folders: Sequence[Path] = ()) -> None:
     """A `ValueError` (one line) when an outside `name` cannot be built here: timm missing, an
-    unknown timm or torchvision name; a factory is imported (`search.imports` errors)."""
+    unknown timm or torchvision name; a factory is imported (`search.core.imports` errors)."""
     kind = kind_of(name)
     if kind == "timm":
         timm = _timm()

@@ -4,7 +4,7 @@
 The module is imported from `sys.path` first, then from the folders given (the study file's
 folder, stored in the study so that every worker and resume looks there too). A module that
 cannot be imported, or a name it does not define, is a `ValueError` with one line naming the
-key and the spec (`search.imports` makes it a `UserError`: the launch and every worker stop
+key and the spec (`search.core.imports` makes it a `UserError`: the launch and every worker stop
 at start-up with that line, not trial by trial).
 """
 

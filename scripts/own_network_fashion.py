@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from search.api import run
-from search.sample_data import write_mnist_idx
+from search.data.sample import write_mnist_idx
 
 
 def _idx(path: Path) -> np.ndarray:
@@ -79,8 +79,8 @@ def main() -> None:
             {
                 "study": study,
                 "model": args.model,
-                "train_images": int(len(keep)),
-                "test_images": int(len(test[1])),
+                "train_images": len(keep),
+                "test_images": len(test[1]),
                 "seconds": round(seconds, 1),
                 "verdict": result.verdict,
                 "test": best.get("test"),

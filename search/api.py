@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.errors import UserError
+from search.core.errors import UserError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,7 +47,7 @@ class StudyResult:
         """The verdict line `regsearch run` and `best` print."""
         if self.best is None:
             return None
-        from search.summary import verdict
+        from search.report.summary import verdict
 
         return verdict(self.best, self.metric)
 
@@ -87,7 +87,7 @@ def _process_state() -> Iterator[None]:
 def _config(
     config: str | Path | Mapping[str, Any] | None, overrides: Iterable[str], flags: dict[str, Any]
 ) -> Any:
-    from search.studyfile import load_config
+    from search.study.studyfile import load_config
 
     if config is None or isinstance(config, str | Path):
         return load_config(
@@ -119,8 +119,8 @@ def run(
     `overrides` are `--set` strings (`"train.epochs=5"`); `workers` > 1 starts worker
     processes (a model or data set defined in the notebook cannot reach them: put it in a
     module). Raises `UserError` with the CLI's one-line message for any bad input."""
-    from search.launch import Launch, check_tracking, run_in_process, run_workers
-    from search.storage import resolve_storage_url
+    from search.run.launch import Launch, check_tracking, run_in_process, run_workers
+    from search.study.storage import resolve_storage_url
 
     flags = {
         "study": study,
@@ -146,9 +146,9 @@ def run(
 def best(study: str, *, storage: str | None = None) -> dict[str, Any] | None:
     """The study's verdict: the dict `regsearch best STUDY --json` prints (None before any
     trial completed)."""
-    from search.storage import open_storage, resolve_storage_url
-    from search.study import load_existing
-    from search.summary import best_summary
+    from search.report.summary import best_summary
+    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.studies import load_existing
 
     opened, _ = load_existing(study, open_storage(resolve_storage_url(storage), create=False))
     return best_summary(opened)
@@ -161,8 +161,8 @@ def load_champion(study: str, *, tracking_uri: str | None = None) -> nn.Module:
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
-    from search.errors import first_line
-    from search.urls import resolve_tracking_uri, sqlite_path
+    from search.core.errors import first_line
+    from search.core.urls import resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri, None)
     local = sqlite_path(uri)

@@ -1,6 +1,8 @@
-"""The package's shape: its modules import one way (no cycle, counting imports inside
-functions too, since they run), nothing below the CLI imports the CLI, and `models/` stands
-alone (architectures that any PyTorch code can use without the service)."""
+"""The package's shape: `search/` is a stack of layers, one sub-package each, and a module
+imports only from its own layer or the layers below (imports inside functions and under
+`if TYPE_CHECKING:` count too); no import cycle, type-checking imports included; nothing below
+the CLI imports the CLI, the benchmarks are imported only by `regsearch bench`, and `models/`
+stands alone (architectures that any PyTorch code can use without the service)."""
 
 from __future__ import annotations
 
@@ -18,11 +20,38 @@ def _module(path: Path) -> str:
 MODULES = {_module(p): p for d in ("search", "models") for p in (ROOT / d).rglob("*.py")}
 
 
-def _imports(name: str) -> set[str]:
-    """The project modules `name` imports at run time (`if TYPE_CHECKING:` blocks aside)."""
+# Bottom to top: what each layer is for is in its `__init__.py`.
+LAYERS = (
+    "core",  # errors, addresses, attribute keys, statistics: imports nothing of the project
+    "config",  # the study file's keys, the search space
+    "data",  # data sets and their readers
+    "training",  # one model trained: the loop, networks, batch regularizers
+    "study",  # the Optuna study: storage, confirm phase, refit, sweeps
+    "tracking",  # MLflow: runs, the registry, the champion
+    "report",  # what a study says: verdict, tables, dashboard notes, the HTML report
+    "run",  # a trial, a worker, a launch
+    "api",  # `search.api`, the Python entry points
+    "bench",  # `regsearch bench`
+    "cli",  # the command line
+)
+
+
+def _layer(name: str) -> int:
+    """The layer of module `name` (the package root and `__main__` sit at the ends)."""
+    parts = name.split(".")
+    if name == "search":
+        return 0
+    if name == "search.__main__":
+        return len(LAYERS)
+    return LAYERS.index(parts[1])
+
+
+def _imports(name: str, *, typing: bool = False) -> set[str]:
+    """The project modules `name` imports at run time; `typing`: and under `if
+    TYPE_CHECKING:`."""
     tree = ast.parse(MODULES[name].read_text())
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if not typing and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             node.body = []
     package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
@@ -42,9 +71,10 @@ def _imports(name: str) -> set[str]:
 
 
 GRAPH = {name: _imports(name) for name in MODULES}
+TYPED = {name: _imports(name, typing=True) for name in MODULES}  # type-checking imports too
 
 
-def _cycle() -> list[str] | None:
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import cycle, as the modules along it, or None."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
@@ -52,7 +82,7 @@ def _cycle() -> list[str] | None:
     def visit(node: str) -> list[str] | None:
         state[node] = 1
         path.append(node)
-        for nxt in sorted(GRAPH[node]):
+        for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
                 return [*path[path.index(nxt) :], nxt]
             if nxt not in state and (found := visit(nxt)):
@@ -61,20 +91,46 @@ def _cycle() -> list[str] | None:
         state[node] = 2
         return None
 
-    for start in sorted(GRAPH):
+    for start in sorted(graph):
         if start not in state and (found := visit(start)):
             return found
     return None
 
 
-def test_the_graph_sees_the_imports_inside_functions() -> None:
-    assert "search.storage" in GRAPH["search.runner"]  # top level
-    assert "search.evidence" in GRAPH["search.study"]  # inside `best_trial`
+def test_the_graph_sees_the_imports_inside_functions_and_for_type_checking() -> None:
+    assert "search.study.storage" in GRAPH["search.run.runner"]  # top level
+    assert "search.study.evidence" in GRAPH["search.study.studies"]  # inside `best_trial`
+    assert "search.tracking.runs" not in GRAPH["search.tracking.champion"]
+    assert "search.tracking.runs" in TYPED["search.tracking.champion"]  # `Tracker`, typing only
+
+
+def test_every_module_of_search_lives_in_a_layer() -> None:
+    loose = [
+        n
+        for n, path in MODULES.items()
+        if n.startswith("search.") and n.count(".") == 1 and path.name != "__init__.py"
+    ]
+    assert sorted(loose) == ["search.__main__", "search.api"]
+    assert {n.split(".")[1] for n in MODULES if n.count(".") >= 2 and n.startswith("search.")} == (
+        set(LAYERS) - {"api"}
+    )
+
+
+def test_no_layer_imports_one_above_it() -> None:
+    up = sorted(
+        f"{name} → {other}"
+        for name, targets in TYPED.items()
+        if name.startswith("search")
+        for other in targets
+        if other.startswith("search") and _layer(other) > _layer(name)
+    )
+    assert not up, "\n".join(up)
 
 
 def test_no_import_cycle_among_the_project_s_modules() -> None:
-    cycle = _cycle()
-    assert cycle is None, " → ".join(cycle or [])
+    for graph in (GRAPH, TYPED):
+        cycle = _cycle(graph)
+        assert cycle is None, " → ".join(cycle or [])
 
 
 def test_nothing_below_the_cli_imports_it() -> None:
@@ -91,3 +147,14 @@ def test_nothing_below_the_cli_imports_it() -> None:
 def test_models_stand_alone() -> None:
     assert not {(n, t) for n, ts in GRAPH.items() if n.startswith("models") for t in ts
                 if t.startswith("search")}  # fmt: skip
+
+
+def test_the_benchmarks_are_imported_only_by_regsearch_bench() -> None:
+    users = {
+        name
+        for name, targets in TYPED.items()
+        if not name.startswith("search.bench")
+        for other in targets
+        if other.startswith("search.bench")
+    }
+    assert users == {"search.cli._bench"}

@@ -47,12 +47,12 @@ PRELOAD = (
     "matplotlib.figure",
     "matplotlib.backends.backend_agg",
     "search.cli",
-    "search.runner",
-    "search.tracking",
-    "search.champion",
-    "search.dashboard",
-    "search.summary",
-    "search.report",
+    "search.run.runner",
+    "search.tracking.runs",
+    "search.tracking.champion",
+    "search.report.dashboard",
+    "search.report.summary",
+    "search.report.page",
 )
 
 

@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from search.errors import StorageFailure, UserError
-from search.proctitle import hide_secrets
-from search.urls import redact_url
+from search.core.errors import StorageFailure, UserError
+from search.core.urls import redact_url
+from search.run.proctitle import hide_secrets
 
 __all__ = ["cli", "main"]
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     except StorageFailure as exc:
         _fail(str(exc), StorageFailure.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
-        # Ctrl+C → 130, SIGTERM → 143 (`search.signals`): the conventional shell codes.
+        # Ctrl+C → 130, SIGTERM → 143 (`search.core.signals`): the conventional shell codes.
         args = sys.argv[1:] if argv is None else argv
         command = next((a for a in args if not a.startswith("-")), "")
         hint = (

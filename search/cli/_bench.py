@@ -6,7 +6,7 @@ import json
 
 import click
 
-from search.errors import UserError
+from search.core.errors import UserError
 
 
 @click.command("bench")
@@ -23,7 +23,7 @@ from search.errors import UserError
 )
 def bench_command(names: tuple[str, ...], as_json: bool, threads: int | None, device: str) -> None:
     """Measure trial overhead, training throughput and other figures on this machine."""
-    from search.bench import BENCHMARKS, run_benchmarks
+    from search.bench.suite import BENCHMARKS, run_benchmarks
 
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
@@ -32,7 +32,7 @@ def bench_command(names: tuple[str, ...], as_json: bool, threads: int | None, de
         import torch
 
         torch.set_num_threads(threads)
-    from search.train import resolve_device
+    from search.training.train import resolve_device
 
     try:
         resolve_device(device)

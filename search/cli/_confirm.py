@@ -7,8 +7,8 @@ import os
 import click
 
 from search.cli._options import artifacts_option, storage_option, tracking_option
-from search.errors import UserError
-from search.launch import Launch, check_tracking, run_in_process
+from search.core.errors import UserError
+from search.run.launch import Launch, check_tracking, run_in_process
 
 
 @click.command("confirm")
@@ -47,10 +47,10 @@ def confirm_command(
     --top-k or --seeds adds only the missing retrains (with racing, only for the
     configurations still in the race: --no-racing retrains every one); other workers may join with
     `regsearch worker STUDY`."""
-    from search.config import ConfirmConfig
-    from search.storage import open_storage, resolve_storage_url
-    from search.study import load_existing
-    from search.studyfile import validate_config
+    from search.config.schema import ConfirmConfig
+    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.studies import load_existing
+    from search.study.studyfile import validate_config
 
     url = resolve_storage_url(storage)
     _, config = load_existing(study_name, open_storage(url, create=False))

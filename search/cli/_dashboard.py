@@ -24,8 +24,8 @@ def dashboard_command(storage: str | None, host: str, port: int, artifacts: str 
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import wsgi
 
-    from search.dashboard import read_only
-    from search.storage import artifact_dir, open_storage, resolve_storage_url
+    from search.report.dashboard import read_only
+    from search.study.storage import artifact_dir, open_storage, resolve_storage_url
 
     url = resolve_storage_url(storage)
     store = open_storage(url, create=False)

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-from search.launch import check_reachable, make_console
+from search.run.launch import check_reachable, make_console
 
 __all__ = ["check_reachable", "make_console"]  # where commands find them
 

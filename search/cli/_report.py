@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from search.cli._options import make_console, storage_option
-from search.errors import UserError
+from search.core.errors import UserError
 
 T = TypeVar("T")
 
@@ -28,11 +28,11 @@ T = TypeVar("T")
 def report_command(study_name: str, out_dir: Path | None, storage: str | None, quiet: bool) -> None:
     """HTML report of a study: Optuna's plots, train/val gap per regularizer, learning curves,
     epochs saved by pruning and early stopping. Works while the study is still running."""
-    from search.config import safe_study_name
-    from search.report import write_report
-    from search.storage import open_storage, resolve_storage_url
-    from search.study import load_existing
-    from search.sweep import sweep_studies
+    from search.config.schema import safe_study_name
+    from search.report.page import write_report
+    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.studies import load_existing
+    from search.study.sweep import sweep_studies
 
     opened = open_storage(resolve_storage_url(storage), create=False)
     # The name may come from a shared storage that other tools write: never `reports/../x`.

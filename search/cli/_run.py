@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from search.cli._options import artifacts_option, make_console, storage_option, tracking_option
-from search.errors import UserError
-from search.launch import Launch, check_tracking, run_in_process, run_workers
-from search.placement import parse_gpus, worker_gpus
+from search.core.errors import UserError
+from search.run.launch import Launch, check_tracking, run_in_process, run_workers
+from search.training.placement import parse_gpus, worker_gpus
 
 __all__ = ["COMMANDS", "Launch", "check_tracking", "run_in_process", "run_workers"]
 
@@ -69,8 +69,8 @@ def run_command(
     quiet: bool,
 ) -> None:
     """Create or resume a study and run its trials (no CONFIG: the built-in digits study)."""
-    from search.studyfile import load_config
-    from search.sweep import parse_fractions
+    from search.study.studyfile import load_config
+    from search.study.sweep import parse_fractions
 
     flags = {
         "study": study_name,
@@ -89,7 +89,7 @@ def run_command(
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     pinned = _gpu_plan(workers, gpu_list, config.train.device)
-    from search.storage import resolve_storage_url
+    from search.study.storage import resolve_storage_url
 
     url = resolve_storage_url(storage, config.storage)
     check_tracking(config, tracking_uri)
@@ -115,7 +115,7 @@ def _run_sweep(
 ) -> None:
     """One study per fraction, smallest first, each warm-started from the one before; then
     the sweep's table. Rerunning the command resumes it (finished studies end at once)."""
-    from search.sweep import Member, fraction_configs
+    from search.study.sweep import Member, fraction_configs
 
     console = _console()
     previous: str | None = None
@@ -132,8 +132,8 @@ def _run_sweep(
         else:
             run_workers(cfg, launch, pinned, sweep=member)
         previous = cfg.study if warm_start else None
-    from search.storage import open_storage
-    from search.sweep import sweep_table
+    from search.report.sweep import sweep_table
+    from search.study.storage import open_storage
 
     table, sentences = sweep_table(open_storage(launch.url, create=False), config.study)
     console.print(table)
@@ -144,9 +144,9 @@ def _run_sweep(
 
 def _stored(study_name: str | None, storage: str | None) -> dict[str, Any] | None:
     """The stored config of the study `run` names (or the default study), if it exists."""
-    from search.config import DEFAULTS
-    from search.storage import open_storage, resolve_storage_url
-    from search.study import stored_config
+    from search.config.schema import DEFAULTS
+    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.studies import stored_config
 
     try:
         opened = open_storage(resolve_storage_url(storage), create=False)
@@ -192,10 +192,10 @@ def worker_command(
     quiet: bool,
 ) -> None:
     """Join an existing study (its config is stored in the study), e.g. from another machine."""
-    from search.overrides import apply_overrides
-    from search.storage import open_storage, resolve_storage_url
-    from search.study import load_existing
-    from search.studyfile import validate_config
+    from search.config.overrides import apply_overrides
+    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.studies import load_existing
+    from search.study.studyfile import validate_config
 
     url = resolve_storage_url(storage)
     _, config = load_existing(study_name, open_storage(url, create=False))

@@ -8,11 +8,11 @@ from typing import Any
 import click
 
 from search.cli._options import json_option, make_console, storage_option
-from search.errors import UserError
+from search.core.errors import UserError
 
 
 def _storage(storage: str | None) -> Any:
-    from search.storage import open_storage, resolve_storage_url
+    from search.study.storage import open_storage, resolve_storage_url
 
     return open_storage(resolve_storage_url(storage), create=False)
 
@@ -27,7 +27,7 @@ def status_command(
 ) -> None:
     """List studies and their champions, or one study's trials ranked (state, value,
     regularizers, epochs, stop reason), the champion's configuration marked."""
-    from search.summary import ranked_trials, study_rows, trial_row, trials_table
+    from search.report.summary import ranked_trials, study_rows, trial_row, trials_table
 
     store = _storage(storage)
     if study_name is None:
@@ -47,8 +47,9 @@ def status_command(
             )
         make_console().print(table)
         return
-    from search.study import load_existing
-    from search.sweep import sweep_rows, sweep_studies, sweep_table
+    from search.report.sweep import sweep_rows, sweep_table
+    from search.study.studies import load_existing
+    from search.study.sweep import sweep_studies
 
     if sweep_studies(store, study_name):  # a size sweep: a row per fraction
         if as_json:
@@ -61,7 +62,7 @@ def status_command(
             console.print(f"  {sentence}", soft_wrap=True)
         return
     study, _ = load_existing(study_name, store)
-    from search.summary import champion_source
+    from search.report.summary import champion_source
 
     if as_json:
         source = champion_source(study)
@@ -71,7 +72,7 @@ def status_command(
         ]
         click.echo(json.dumps(rows, indent=2))
         return
-    from search.summary import best_summary
+    from search.report.summary import best_summary
 
     console = make_console()
     answer = best_summary(study)
@@ -87,8 +88,8 @@ def status_command(
 def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
     """The study's answer: the verdict line (champion, baseline, gain, contributions), then the
     champion trial's value, params and MLflow model URI (--json: all of it)."""
-    from search.study import load_existing
-    from search.summary import best_summary
+    from search.report.summary import best_summary
+    from search.study.studies import load_existing
 
     study, _ = load_existing(study_name, _storage(storage))
     best = best_summary(study)
@@ -97,7 +98,7 @@ def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(best, indent=2))
         return
-    from search.summary import verdict
+    from search.report.summary import verdict
 
     metric = study.user_attrs.get("objective_metric", "value")
     click.echo(verdict(best, metric))
@@ -109,7 +110,7 @@ def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
     if best["champion_uri"]:
         click.echo(f"champion: {best['champion_uri']}")
     if best.get("input"):
-        from search.network import describe_input
+        from search.training.network import describe_input
 
         click.echo(describe_input(best["input"]))
 

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from search.cli._options import host_port_options, tracking_option, warn_if_public
-from search.errors import UserError, first_line
-from search.urls import redact_url
+from search.core.errors import UserError, first_line
+from search.core.urls import redact_url
 
 
 def _browser_host(host: str) -> str:
@@ -27,12 +27,12 @@ def _start_page(uri: str, study_name: str | None) -> str:
     """The UI route to open: the runs table of the study's experiment (named as the study),
     not MLflow 3's home page, which is about GenAI traces. Without a study, the default
     study's experiment if there is one, else the list of experiments. (The runs table, not
-    the GenAI view, is also what the experiment's kind tag asks for: `search.tracking` sets
+    the GenAI view, is also what the experiment's kind tag asks for: `search.tracking.runs` sets
     it when it creates or re-attaches to the experiment.)"""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from search.config import StudyConfig
+    from search.config.schema import StudyConfig
 
     client = MlflowClient(uri)
     name = study_name or StudyConfig().study
@@ -62,7 +62,7 @@ def _start_page(uri: str, study_name: str | None) -> str:
 def ui_command(study_name: str | None, tracking_uri: str | None, host: str, port: int) -> None:
     """The MLflow UI (runs, curves, the registered champion) on the tracking store, opened on
     the runs of STUDY (default: the default study if tracked, else the list of studies)."""
-    from search.urls import resolve_tracking_uri, sqlite_path
+    from search.core.urls import resolve_tracking_uri, sqlite_path
 
     uri = resolve_tracking_uri(tracking_uri, None)
     if uri.startswith(("http://", "https://")):

@@ -1,6 +1,4 @@
-"""`regsearch report`: the study's HTML page and figures (`page`), drawn from what `data`
-reads of the study: `figures` (matplotlib) and `plots` (Optuna's plotly figures)."""
-
-from search.report.page import ReportResult, write_report
-
-__all__ = ["ReportResult", "write_report"]
+"""Layer 6, what a study says: `summary` (the best trial, the verdict, the trial tables),
+`dashboard` (notes and learning curves in optuna-dashboard), and `regsearch report`'s HTML page
+(`page`), drawn from what `data` reads of the study: `figures` (matplotlib) and `plots` (Optuna's
+plotly figures); `sweep` draws a size sweep."""

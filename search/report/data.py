@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from search.records import FINISHED, STOP_REASON_ATTR, is_budget_trial
-from search.space import REGULARIZERS
+from search.config.space import REGULARIZERS
+from search.core.records import FINISHED, STOP_REASON_ATTR, is_budget_trial
 
 if TYPE_CHECKING:
     pass

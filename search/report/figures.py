@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.records import STOP_REASON_ATTR
+from search.core.records import STOP_REASON_ATTR
 from search.report.data import (
     MAX_LEVELS,
     MAX_PRUNED_CURVES,
@@ -20,7 +20,7 @@ from search.report.data import (
     finite_number,
     spread,
 )
-from search.summary import format_value
+from search.report.summary import format_value
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

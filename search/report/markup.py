@@ -12,7 +12,7 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 from search.report.data import epochs_trained
-from search.summary import format_value
+from search.report.summary import format_value
 
 __all__ = ["best_table", "image", "page_html", "table", "verdict_section"]
 
@@ -28,7 +28,7 @@ def table(rows: Sequence[tuple[str, Any]]) -> str:
 def verdict_section(best: Mapping[str, Any] | None, metric: str) -> str:
     """The study's answer: the same line as `run`, `best` and the dashboard note, then the
     configurations the confirm phase compared and the held-out test evaluation."""
-    from search.summary import verdict
+    from search.report.summary import verdict
 
     if best is None:
         return "<p class='note'>No completed trial yet.</p>"

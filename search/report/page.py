@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.champion import model_uri_of
-from search.files import write_atomic
+from search.config.space import REGULARIZERS
+from search.core.files import write_atomic
 from search.report.data import (
     MAX_SETTINGS,
     EpochTotals,
@@ -43,14 +43,14 @@ from search.report.figures import (
 )
 from search.report.markup import best_table, image, page_html, table, verdict_section
 from search.report.plots import importances, intermediate_values, needs_complete
-from search.space import REGULARIZERS
-from search.study import best_trial
-from search.summary import format_value
+from search.report.summary import format_value
+from search.study.studies import best_trial
+from search.tracking.champion import model_uri_of
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from search.config import StudyConfig
+    from search.config.schema import StudyConfig
 
 __all__ = [
     "ReportResult",
@@ -158,7 +158,7 @@ def write_report(
 
     import optuna.visualization as vis
 
-    from search.summary import best_summary
+    from search.report.summary import best_summary
 
     summary = best_summary(study)
     sections = [_Section("Verdict", lambda: verdict_section(summary, metric))]

@@ -12,16 +12,30 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from search.files import write_atomic
+from search.config.space import REGULARIZERS, SearchSpace
+from search.core.files import write_atomic
+from search.core.records import TRAIN_IMAGES_ATTR
 from search.report.figures import new_figure, png
-from search.summary import format_value
-from search.sweep import sweep_rows, trends
+from search.report.summary import best_summary, format_value
+from search.study.evidence import TEST_ATTR, study_config
+from search.study.studies import best_trial
+from search.study.sweep import WARM_START_ATTR, sweep_studies, top_configurations
 
-__all__ = ["SweepReport", "sweep_figure", "write_sweep_report"]
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+__all__ = [
+    "SweepReport",
+    "sweep_figure",
+    "sweep_rows",
+    "sweep_table",
+    "trends",
+    "write_sweep_report",
+]
 
 
 @dataclass(frozen=True)
@@ -200,3 +214,124 @@ the amount of data. The table is in <a href="sweep.csv">sweep.csv</a> and
 """
     write_atomic(paths.index, page.encode())
     return paths
+
+
+def _gap(trial: FrozenTrial | None) -> float | None:
+    if trial is None:
+        return None
+    train, val = trial.user_attrs.get("train_accuracy"), trial.user_attrs.get("val_accuracy")
+    return None if train is None or val is None else float(train) - float(val)
+
+
+def sweep_rows(storage: optuna.storages.BaseStorage, sweep: str) -> list[dict[str, Any]]:
+    """One row per fraction: its size, the champion's values and test accuracy, the baseline
+    recipe's, the chosen value of each regularizer and its spread over the top
+    configurations, the champion's train–validation gap, and trials to the best value."""
+    rows = []
+    for fraction, name in sweep_studies(storage, sweep):
+        study = optuna.load_study(study_name=name, storage=storage)
+        config = study_config(study)
+        best = best_summary(study)
+        champion = best_trial(study)
+        test = study.user_attrs.get(TEST_ATTR) or {}
+        values: dict[str, float] = {}
+        spread: dict[str, list[float]] = {}
+        if config is not None and champion is not None:
+            space = SearchSpace.from_config(config)
+            fixed = space.fixed_values()
+            searched = {e.name for e in space.searched} & set(REGULARIZERS)
+            chosen = {**fixed, **(best or {}).get("params", {})}
+            values = {k: float(v) for k, v in chosen.items() if k in searched}
+            top = [{**fixed, **p} for p in top_configurations(study, k=5)]
+            for key in values:
+                seen = [values[key]] + [float(p[key]) for p in top if key in p]
+                spread[key] = [min(seen), max(seen)]  # the champion's value and the top 5
+        rows.append(
+            {
+                "study": name,
+                "fraction": fraction,
+                "train_images": study.user_attrs.get(TRAIN_IMAGES_ATTR),
+                "trials": len(study.get_trials(deepcopy=False)),
+                # The confirmed champion's mean over its seeds; before (or without) a confirm
+                # phase, the best trial's value.
+                "champion_val": _champion_value(best),
+                "champion_test": (test.get("champion") or {}).get("accuracy"),
+                "baseline_test": (test.get("baseline") or {}).get("accuracy"),
+                "train_val_gap": _gap(champion),
+                "regularizers": values,
+                "spread": spread,
+                # The ablation's answer: the champion's value minus its value with the
+                # regularizer off, paired by seed ({name: {mean, low, high, n}}).
+                "contributions": (best or {}).get("contributions") or {},
+                "warm_start_from": study.user_attrs.get(WARM_START_ATTR) or None,
+            }
+        )
+    return rows
+
+
+def _champion_value(best: dict[str, Any] | None) -> float | None:
+    if best is None:
+        return None
+    confirmed = (best.get("champion") or {}).get("val") or {}
+    mean = confirmed.get("mean")
+    return float(mean) if mean is not None else best["value"]
+
+
+def trends(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One sentence per regularizer on how its chosen value moves from the smallest training
+    set to the largest ("aug_strength falls from 0.8 at 180 images to 0.3 at 1,078")."""
+    if len(rows) < 2:
+        return []
+    first, last = rows[0], rows[-1]
+
+    def size(row: dict[str, Any]) -> str:
+        n = row.get("train_images")
+        return f"{n:,} images" if n else f"fraction {row['fraction']:g}"
+
+    out = []
+    for key in sorted(set(first["regularizers"]) & set(last["regularizers"])):
+        a, b = first["regularizers"][key], last["regularizers"][key]
+        a_lo, a_hi = first["spread"].get(key) or (a, a)
+        b_lo, b_hi = last["spread"].get(key) or (b, b)
+        if a == b or a_lo <= b <= a_hi or b_lo <= a <= b_hi:
+            out.append(
+                f"{key}: about the same ({_two(a)} at {size(first)}, {_two(b)} at {size(last)}; "
+                "each within the other's spread over the top configurations)"
+            )
+        else:
+            way = "falls" if b < a else "rises"
+            out.append(f"{key}: {way} from {_two(a)} at {size(first)} to {_two(b)} at {size(last)}")
+        ends = [(r.get("contributions") or {}).get(key) or {} for r in (first, last)]
+        if all(c.get("mean") is not None for c in ends):
+            ca, cb = (100 * float(c["mean"]) for c in ends)
+            cost = f"{ca:+.1f} pt at {size(first)}, {cb:+.1f} pt at {size(last)}"
+            out[-1] += f"; taking it away costs {cost}"
+    return out
+
+
+def _two(value: float) -> str:
+    return format_value(value, digits=2)
+
+
+def sweep_table(storage: optuna.storages.BaseStorage, sweep: str) -> tuple[Any, list[str]]:
+    """The sweep as a rich table (a row per fraction) and its one-sentence trends."""
+    from rich.table import Table
+
+    rows = sweep_rows(storage, sweep)
+    names = [k for k in REGULARIZERS if any(k in r["regularizers"] for r in rows)]
+    table = Table(
+        title=f"sweep {sweep} — the champion at each training-set size", header_style="bold"
+    )
+    for column in ("study", "train images", "val", "test", "baseline test", "gap", *names):
+        table.add_column(column, justify="left" if column == "study" else "right")
+    for r in rows:
+        table.add_row(
+            r["study"],
+            format_value(r["train_images"]),
+            format_value(r["champion_val"]),
+            format_value(r["champion_test"]),
+            format_value(r["baseline_test"]),
+            format_value(r["train_val_gap"]),
+            *(format_value(r["regularizers"].get(k)) for k in names),
+        )
+    return table, trends(rows)

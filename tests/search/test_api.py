@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from search.api import best, load_champion, run
-from search.errors import UserError
+from search.core.errors import UserError
 from tests.helpers import regsearch
 
 _TINY = ["train.epochs=2", "search.confirm=off"]

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from search.augment import (
+from search.config.schema import Regularization
+from search.training.augment import (
     AugmentPolicy,
     BatchTransform,
     affine_augment,
@@ -15,7 +16,6 @@ from search.augment import (
     colour_jitter,
     cutout,
 )
-from search.config import Regularization
 
 
 def _asymmetric(n: int, c: int = 1, h: int = 8, w: int = 8) -> torch.Tensor:

@@ -12,12 +12,12 @@ import torch
 
 from models import create_model
 from models._small_cnn import small_cnn_plan
-from search.auto import batch_size_for, model_for, resolve
-from search.config import DatasetConfig
-from search.data import load_dataset
-from search.sample_data import digits_images, write_imagefolder, write_mnist_idx
-from search.studyfile import load_config
-from search.train import epoch_plan
+from search.config.schema import DatasetConfig
+from search.data.dataset import load_dataset
+from search.data.sample import digits_images, write_imagefolder, write_mnist_idx
+from search.study.studyfile import load_config
+from search.training.auto import batch_size_for, model_for, resolve
+from search.training.train import epoch_plan
 from tests.helpers import regsearch
 
 

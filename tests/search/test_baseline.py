@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from search.config import DEFAULT_BASELINE
-from search.errors import UserError
-from search.records import BASELINE, PHASE_ATTR, baseline_trial
-from search.space import SearchSpace
-from search.study import create_or_resume, enqueue_baseline
-from search.studyfile import load_config
+from search.config.schema import DEFAULT_BASELINE
+from search.config.space import SearchSpace
+from search.core.errors import UserError
+from search.core.records import BASELINE, PHASE_ATTR, baseline_trial
+from search.study.studies import create_or_resume, enqueue_baseline
+from search.study.studyfile import load_config
 
 
 def test_the_default_baseline_is_the_seed_recipe_with_the_other_regularizers_off() -> None:
@@ -59,7 +59,7 @@ def test_a_bad_baseline_names_the_key(override: str, message: str) -> None:
 
 
 def test_the_baseline_is_enqueued_once_and_first(tmp_path: Path) -> None:
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     config = load_config(overrides=["study=b"])
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
@@ -77,7 +77,7 @@ def test_the_baseline_is_enqueued_once_and_first(tmp_path: Path) -> None:
 
 
 def test_a_grid_study_runs_its_grid_only(tmp_path: Path) -> None:
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     repo = Path(__file__).resolve().parents[2]
     config = load_config(repo / "studies" / "exercise-dropout.yaml")
@@ -94,8 +94,8 @@ def test_the_gain_is_positive_when_the_best_trial_beats_the_recipe(
 ) -> None:
     import optuna
 
-    from search.storage import open_storage
-    from search.summary import best_summary, verdict
+    from search.report.summary import best_summary, verdict
+    from search.study.storage import open_storage
 
     study = optuna.create_study(
         storage=open_storage(f"sqlite:///{tmp_path}/g.db"), direction=direction

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from search.bench_throughput import (
+from search.bench.throughput import (
     AIRBENCH_IMAGES_PER_SECOND,
     airbench_trial,
     augment_speedup,
@@ -83,7 +83,7 @@ def _postgres_answers() -> bool:
 
 @pytest.mark.slow
 def test_storage_ms_per_trial_reports_both_ends_of_the_study_on_each_storage() -> None:
-    from search.bench_storage import storage_ms_per_trial
+    from search.bench.storage import storage_ms_per_trial
 
     out = storage_ms_per_trial(trials=40, epochs=2)
     assert out["sqlite"]["ms_at_10"] > 0 and out["sqlite"]["ms_at_40"] > 0
@@ -102,8 +102,8 @@ def test_the_storage_figure_s_study_is_filled_to_its_size_between_the_measured_e
 ) -> None:
     import math
 
-    from search.bench_storage import _storage_loop
-    from search.storage import open_storage
+    from search.bench.storage import _storage_loop
+    from search.study.storage import open_storage
 
     url = f"sqlite:///{tmp_path}/s.db"
     seconds = _storage_loop(open_storage(url), trials=40, epochs=3, measured=15)
@@ -120,7 +120,7 @@ def test_the_storage_figure_s_study_is_filled_to_its_size_between_the_measured_e
 
 @pytest.mark.slow
 def test_worker_scaling_compares_one_and_two_workers_repeatedly() -> None:
-    from search.bench_runs import worker_scaling
+    from search.bench.runs import worker_scaling
 
     out = worker_scaling(trials=2, epochs=1, repeats=1)  # one 1-worker and one 2-worker study
     assert len(out["ratios"]) == 1 and out["spread"] == [out["ratios"][0]] * 2
@@ -133,8 +133,8 @@ def test_worker_rate_sums_each_worker_s_own_span_of_complete_trials() -> None:
     start-up and the tail where one waits for the other do not count."""
     import datetime as dt
 
-    from search.bench_runs import worker_rate
-    from search.records import WORKER_ATTR
+    from search.bench.runs import worker_rate
+    from search.core.records import WORKER_ATTR
 
     t0 = dt.datetime(2026, 12, 3, 10, 0, 0)
 
@@ -164,7 +164,7 @@ def test_worker_rate_sums_each_worker_s_own_span_of_complete_trials() -> None:
 
 @pytest.mark.slow
 def test_time_to_target_is_when_the_best_search_value_first_reaches_it() -> None:
-    from search.bench_runs import time_to_target
+    from search.bench.runs import time_to_target
 
     tiny = (
         "--n-trials",

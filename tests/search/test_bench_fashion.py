@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search.bench_fashion import PUBLISHED, fashion, fashion_root, wilson
+from search.bench.fashion import PUBLISHED, fashion, fashion_root, wilson
 
 
 def test_without_the_data_set_the_benchmark_is_skipped_with_its_reason(

@@ -11,7 +11,15 @@ import optuna
 import pytest
 import torch
 
-from search.bench_regret import (
+from search.bench.efficiency import (
+    PRUNERS,
+    CurveBank,
+    StudyTrace,
+    _Curve,
+    choose_pruner,
+    replay_study,
+)
+from search.bench.regret import (
     CANDIDATES,
     EPOCHS,
     SMOOTHED,
@@ -23,21 +31,13 @@ from search.bench_regret import (
     summary,
     top_configurations,
 )
-from search.bench_runs import worker_rate
-from search.bench_search import (
-    PRUNERS,
-    CurveBank,
-    StudyTrace,
-    _Curve,
-    choose_pruner,
-    replay_study,
-)
-from search.config import StudyConfig
-from search.data import Dataset, load_dataset
-from search.records import FINISHED, WORKER_ATTR
-from search.space import SearchSpace
-from search.studyfile import load_config
-from search.train import EpochStats, train
+from search.bench.runs import worker_rate
+from search.config.schema import StudyConfig
+from search.config.space import SearchSpace
+from search.core.records import FINISHED, WORKER_ATTR
+from search.data.dataset import Dataset, load_dataset
+from search.study.studyfile import load_config
+from search.training.train import EpochStats, train
 
 TINY = [
     "dataset={name: synthetic, num_samples: 240, image_size: 8, channels: 1, num_classes: 3}",
@@ -120,8 +120,8 @@ def test_the_bank_trains_a_configuration_once_whatever_its_early_stopping(
 
 
 def test_a_replayed_study_is_the_real_study(config: StudyConfig, data: Dataset) -> None:
-    from search.objective import Objective
-    from search.study import create_or_resume
+    from search.run.objective import Objective
+    from search.study.studies import create_or_resume
 
     trace = replay_study(config, data, CurveBank())
     study, _ = create_or_resume(config, optuna.storages.InMemoryStorage())
@@ -266,7 +266,7 @@ def test_regret_rows_rank_ties_by_the_tiebreak_then_the_trial_order() -> None:
 
 
 def test_best_so_far_pruning_sees_each_curve_as_its_running_best() -> None:
-    from search.bench_regret import _best_so_far
+    from search.bench.regret import _best_so_far
 
     trial = optuna.trial.create_trial(
         params={},
@@ -323,7 +323,7 @@ def test_the_regret_contenders_are_valid_studies_of_the_default_budget() -> None
 def test_the_fashion_regret_sets_are_skipped_with_their_reason_when_the_files_are_absent(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
-    from search import bench_regret
+    from search.bench import regret as bench_regret
 
     monkeypatch.setattr(bench_regret, "FASHION_ROOT", tmp_path / "absent")
     reasons = {name: bench_regret._skip_reason(name) for name in bench_regret.SETS}

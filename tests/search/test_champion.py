@@ -13,10 +13,10 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from search.runner import RunOptions, run_study
-from search.storage import open_storage, study_lock
-from search.study import best_trial
-from search.studyfile import load_config
+from search.run.runner import RunOptions, run_study
+from search.study.storage import open_storage, study_lock
+from search.study.studies import best_trial
+from search.study.studyfile import load_config
 
 ARGS = [
     "train.epochs=2",
@@ -65,12 +65,12 @@ def test_a_failed_registration_after_the_outcome_is_repaired_when_the_study_ends
 ) -> None:
     """As if the worker died right after Optuna recorded its best trial COMPLETE: the alias is
     never moved for it during the run, and the launch's end registers it from its checkpoint."""
-    import search.champion
+    import search.tracking.champion
 
     def dies(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("killed before the alias moved")
 
-    monkeypatch.setattr(search.champion, "promote", dies)
+    monkeypatch.setattr(search.tracking.champion, "promote", dies)
     study = _run(tmp_path, 3)
     assert {t.state.name for t in study.trials} == {"COMPLETE"}
     best = best_trial(study)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from search.config import DEFAULT_SPACE, DEFAULTS, StudyConfig
-from search.errors import UserError
-from search.overrides import apply_overrides, deep_merge
-from search.studyfile import load_config
+from search.config.overrides import apply_overrides, deep_merge
+from search.config.schema import DEFAULT_SPACE, DEFAULTS, StudyConfig
+from search.core.errors import UserError
+from search.study.studyfile import load_config
 
 
 def _write(path: Path, text: str) -> Path:

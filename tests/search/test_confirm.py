@@ -73,7 +73,7 @@ def test_confirm_retrains_the_top_configuration_and_the_baseline_then_ablates(
     assert set(best["contributions"]) == active
     for c in best["contributions"].values():
         assert c["n"] == 2 and c["low"] <= c["mean"] <= c["high"]
-    # The champion trial is the refit on training + validation images (`search.refit`) of
+    # The champion trial is the refit on training + validation images (`search.study.refit`) of
     # the configuration with the best mean; the model before it, its best-seed retrain.
     winner = study.trials[best["trial"]]
     assert winner.user_attrs["phase"] == "refit"

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.data import load_dataset
-from search.space import SearchSpace
-from search.studyfile import load_config
-from search.train import train
+from search.config.space import SearchSpace
+from search.data.dataset import load_dataset
+from search.study.studyfile import load_config
+from search.training.train import train
 from tests.helpers import regsearch
 
 pytestmark = [
@@ -105,7 +105,7 @@ def test_an_out_of_memory_trial_fails_alone_and_the_next_one_runs(tmp_path: Path
     import optuna
     from rich.console import Console
 
-    from search.runner import RunOptions, run_study
+    from search.run.runner import RunOptions, run_study
 
     config = load_config(
         overrides=[
@@ -160,7 +160,7 @@ print(json.dumps(np.asarray(model.predict(x), dtype=np.float32).tolist()))
     on_cpu = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
     from mlflow import MlflowClient
 
-    from search.registry import load_checkpoint
+    from search.tracking.registry import load_checkpoint
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     version = client.get_model_version_by_alias("gpu", "champion")

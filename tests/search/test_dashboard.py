@@ -18,9 +18,9 @@ import optuna
 import pytest
 from optuna.artifacts import FileSystemArtifactStore
 
-from search.dashboard import upload_learning_curve, write_best_note
-from search.storage import open_storage
-from search.train import EpochStats
+from search.report.dashboard import upload_learning_curve, write_best_note
+from search.study.storage import open_storage
+from search.training.train import EpochStats
 from tests.helpers import serving
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -98,7 +98,7 @@ def test_the_learning_curve_is_legible_and_marks_the_best_epoch() -> None:
 
     from PIL import Image
 
-    from search.dashboard import learning_curve_png
+    from search.report.dashboard import learning_curve_png
 
     plain = learning_curve_png(_history(6))
     marked = learning_curve_png(_history(6), best_epoch=4)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from search.config import DatasetConfig
-from search.data import Dataset, ImageSet, load_dataset
-from search.errors import UserError
+from search.config.schema import DatasetConfig
+from search.core.errors import UserError
+from search.data.dataset import Dataset, ImageSet, load_dataset
 
 N_DIGITS = 1797
 
@@ -139,8 +139,8 @@ def test_synthetic_is_reproducible_and_depends_on_split_seed() -> None:
 
 
 def test_synthetic_image_size_auto_is_8_and_is_stored() -> None:
-    from search.auto import resolve
-    from search.studyfile import load_config
+    from search.study.studyfile import load_config
+    from search.training.auto import resolve
 
     config = load_config(overrides=["dataset={name: synthetic, num_samples: 60}"])
     assert config.dataset.image_size == "auto"
@@ -152,7 +152,7 @@ def test_synthetic_image_size_auto_is_8_and_is_stored() -> None:
 def test_a_synthetic_set_too_big_for_memory_is_refused_before_drawing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("search.images.memory_budget", lambda: (1_000_000, 2_000_000))
+    monkeypatch.setattr("search.data.images.memory_budget", lambda: (1_000_000, 2_000_000))
     cfg = DatasetConfig(name="synthetic", num_samples=2000, image_size=64)
     with pytest.raises(UserError) as e:
         load_dataset(cfg)
@@ -164,12 +164,12 @@ def test_a_synthetic_set_too_big_for_memory_is_refused_before_drawing(
     assert message.endswith(
         "more than half of the 2.0 MB available; lower dataset.image_size or dataset.num_samples"
     )
-    monkeypatch.setattr("search.images.memory_budget", lambda: None)  # unknown: not refused
+    monkeypatch.setattr("search.data.images.memory_budget", lambda: None)  # unknown: not refused
     assert load_dataset(cfg.model_copy(update={"num_samples": 60})).shape == (1, 64, 64)
 
 
 def test_the_memory_budget_is_half_the_available_memory() -> None:
-    from search.images import memory_budget
+    from search.data.images import memory_budget
 
     budget = memory_budget()
     assert budget is not None  # Linux: /proc/meminfo
@@ -291,7 +291,7 @@ def test_a_subset_is_the_labelled_images_a_smaller_user_would_have_before_any_sp
 
 
 def test_a_subset_keeps_an_official_test_split_whole(tmp_path) -> None:
-    from search.sample_data import digits_images, write_mnist_idx
+    from search.data.sample import digits_images, write_mnist_idx
 
     x, y = digits_images(28)
     write_mnist_idx(tmp_path, (x[:1400], y[:1400]), (x[1400:], y[1400:]))

@@ -24,8 +24,7 @@ from PIL import Image
 from pydantic import ValidationError
 from rich.console import Console
 
-from search.auto import resolve
-from search.config import (
+from search.config.schema import (
     DatasetConfig,
     EarlyStoppingConfig,
     ModelConfig,
@@ -34,12 +33,13 @@ from search.config import (
     TrainConfig,
     TrialConfig,
 )
-from search.data import Dataset, load_dataset
-from search.errors import UserError
-from search.runner import RunOptions, run_study
-from search.sample_data import write_mnist_idx
-from search.studyfile import load_config
-from search.train import MAX_EPOCHS, train
+from search.core.errors import UserError
+from search.data.dataset import Dataset, load_dataset
+from search.data.sample import write_mnist_idx
+from search.run.runner import RunOptions, run_study
+from search.study.studyfile import load_config
+from search.training.auto import resolve
+from search.training.train import MAX_EPOCHS, train
 
 CIFAR10_NAMES = [f"c10-{i}" for i in range(10)]
 CIFAR100_NAMES = ["apple", "bee", "cloud", "dolphin"]  # a trimmed fine-label list
@@ -527,7 +527,7 @@ def test_imagefolder_too_big_for_memory_is_refused_before_decoding(
 ) -> None:
     _write_sized(tmp_path, [(28, 28)], per_size=3)
     (tmp_path / "c0" / "0.png").write_bytes(b"not a png, never decoded")
-    monkeypatch.setattr("search.images.memory_budget", lambda: (40_000, 80_000))
+    monkeypatch.setattr("search.data.images.memory_budget", lambda: (40_000, 80_000))
     cfg = DatasetConfig(name="imagefolder", root=tmp_path, image_size=32)
     with pytest.raises(UserError) as e:
         load_dataset(cfg)

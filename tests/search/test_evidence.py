@@ -12,8 +12,10 @@ import pytest
 import torch
 from optuna.trial import TrialState, create_trial
 
-from search.evaluation import expected_calibration_error
-from search.evidence import (
+from search.core.records import BASELINE, PHASE_ATTR, SEARCH
+from search.core.stats import mean_interval, paired_bootstrap
+from search.report.summary import best_summary, verdict
+from search.study.evidence import (
     ABLATE_ATTR,
     ABLATION,
     CONFIRM,
@@ -23,11 +25,9 @@ from search.evidence import (
     evidence,
     plan,
 )
-from search.records import BASELINE, PHASE_ATTR, SEARCH
-from search.stats import mean_interval, paired_bootstrap
-from search.study import best_trial, count_trials
-from search.studyfile import load_config
-from search.summary import best_summary, verdict
+from search.study.studies import best_trial, count_trials
+from search.study.studyfile import load_config
+from search.training.evaluation import expected_calibration_error
 from tests.helpers import SPACE_DISTRIBUTIONS
 
 # Two searched configurations: A has the luckiest search trial, B is better on average.
@@ -47,7 +47,7 @@ def _config(direction_metric: str = "val_accuracy", **confirm: object):
 
 def _study(config, direction: str = "maximize") -> optuna.Study:
     """An in-memory study holding `config` (as `create_or_resume` stores it)."""
-    from search.records import CONFIG_ATTR
+    from search.core.records import CONFIG_ATTR
 
     study = optuna.create_study(direction=direction)
     study.set_user_attr(CONFIG_ATTR, config.portable_dict())
@@ -258,7 +258,7 @@ def test_a_grid_study_runs_its_grid_only() -> None:
 
 
 def test_the_confirm_banner_counts_what_is_retrained() -> None:
-    from search.runner import _arms_line
+    from search.run.runner import _arms_line
 
     config = _config(top_k=5)
     study = _study(config)
@@ -283,12 +283,12 @@ def test_status_ranks_the_search_and_marks_the_champion_not_a_higher_ablation_re
     lists the retrains apart; the study list names the champion, not the retrain."""
     from rich.console import Console
 
-    from search.summary import champion_source, ranked_trials, study_rows, trials_table
+    from search.report.summary import champion_source, ranked_trials, study_rows, trials_table
 
     config = _config()
     storage = f"sqlite:///{tmp_path}/s.db"
     study = optuna.create_study(study_name="abl", storage=storage, direction="maximize")
-    from search.records import CONFIG_ATTR
+    from search.core.records import CONFIG_ATTR
 
     study.set_user_attr(CONFIG_ATTR, config.portable_dict())
     base, a, b = _confirmed(study, config)
@@ -321,7 +321,7 @@ def test_status_ranks_the_search_and_marks_the_champion_not_a_higher_ablation_re
     # trial, and why the dashboard's own "Best Trial" badge (the ablation retrain) is not it.
     from optuna_dashboard import get_note
 
-    from search.dashboard import write_best_note
+    from search.report.dashboard import write_best_note
 
     model = best_trial(study)
     assert write_best_note(study) == model.number

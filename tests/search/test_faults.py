@@ -20,8 +20,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.records import FINISHED
-from search.study import best_trial
+from search.core.records import FINISHED
+from search.study.studies import best_trial
 from tests.helpers import Launch, forked, regsearch, start_regsearch
 
 N_TRIALS = 3

@@ -9,11 +9,11 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.config import DatasetConfig, safe_study_name
-from search.data import load_dataset
-from search.errors import UserError
-from search.sample_data import digits_images, write_imagefolder
-from search.studyfile import load_config
+from search.config.schema import DatasetConfig, safe_study_name
+from search.core.errors import UserError
+from search.data.dataset import load_dataset
+from search.data.sample import digits_images, write_imagefolder
+from search.study.studyfile import load_config
 from tests.helpers import regsearch
 
 
@@ -167,7 +167,7 @@ def test_a_kill_while_the_mlflow_store_is_created_leaves_none_or_a_whole_one(
     db = tmp_path / "mlruns" / "mlflow.db"
     db.parent.mkdir()
     code = (
-        "from pathlib import Path; from search.mlflow_store import create_store; "
+        "from pathlib import Path; from search.tracking.mlflow_store import create_store; "
         f"create_store(Path({str(db)!r}))"
     )
     # An empty cache: the kill falls in MLflow's migrations (of the cached template).

@@ -9,9 +9,9 @@ import pytest
 
 _SCRIPT = """
 import resource, torch
-from search.augment import BatchTransform
-from search.config import Regularization
-from search.memory import retain_freed_memory
+from search.training.augment import BatchTransform
+from search.config.schema import Regularization
+from search.core.memory import retain_freed_memory
 
 augment = BatchTransform(
     Regularization(aug_strength=1.0, cutout=0.25, mixup_alpha=0.0),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from search import mlflow_store
+from search.tracking import mlflow_store
 
 
 def _default_artifacts(db: Path) -> str:

@@ -10,13 +10,13 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-import search.objective
-from search.data import load_dataset
-from search.objective import Objective
-from search.storage import open_storage
-from search.study import create_or_resume
-from search.studyfile import load_config
-from search.tracking import Tracker
+import search.run.objective
+from search.data.dataset import load_dataset
+from search.run.objective import Objective
+from search.study.storage import open_storage
+from search.study.studies import create_or_resume
+from search.study.studyfile import load_config
+from search.tracking.runs import Tracker
 
 SYNTHETIC = "dataset={name: synthetic, num_samples: 300, image_size: 8, num_classes: 3}"
 
@@ -46,7 +46,7 @@ def test_an_exception_fails_the_trial_and_the_study_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study, objective, client = _setup(tmp_path)
-    real_train = search.objective.train
+    real_train = search.run.objective.train
     calls = iter([RuntimeError("boom: the GPU caught fire")])
 
     def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -55,7 +55,7 @@ def test_an_exception_fails_the_trial_and_the_study_goes_on(
             raise error
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(search.objective, "train", flaky)
+    monkeypatch.setattr(search.run.objective, "train", flaky)
     study.optimize(objective, n_trials=2, catch=(Exception,))
     failed, ok = study.trials
     assert failed.state == optuna.trial.TrialState.FAIL
@@ -92,7 +92,7 @@ def test_ctrl_c_fails_the_trial_and_kills_its_run(
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(search.objective, "train", interrupted)
+    monkeypatch.setattr(search.run.objective, "train", interrupted)
     with pytest.raises(KeyboardInterrupt):
         study.optimize(objective, n_trials=1)
     trial, retry = study.trials
@@ -137,7 +137,7 @@ def test_a_tracking_outage_after_training_keeps_the_trial_and_its_run_is_closed_
     def unreachable(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise MlflowException("API request to http://mlflow:5000 failed: connection refused")
 
-    real_train = search.objective.train
+    real_train = search.run.objective.train
 
     def train_during_an_outage(*args, **kwargs):  # type: ignore[no-untyped-def]
         # The server goes away once the run has started: epoch logging and closing fail.
@@ -146,7 +146,7 @@ def test_a_tracking_outage_after_training_keeps_the_trial_and_its_run_is_closed_
         return real_train(*args, **kwargs)
 
     with monkeypatch.context() as outage:
-        outage.setattr(search.objective, "train", train_during_an_outage)
+        outage.setattr(search.run.objective, "train", train_during_an_outage)
         study.optimize(objective, n_trials=1)
     (trial,) = study.trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from search.records import CONFIG_ATTR
+from search.core.records import CONFIG_ATTR
 from tests.helpers import regsearch
 
 _FACTORY = """
@@ -67,8 +67,8 @@ def _client(root: Path) -> MlflowClient:
 def _champion_in_a_bare_process(root: Path, study: str, data: dict[str, Any]) -> dict[str, Any]:
     """Load `models:/<study>@champion` in a process where regsearch, timm and the user's
     module cannot be imported, and score it on the study's test split."""
-    from search.config import DatasetConfig
-    from search.data import load_dataset
+    from search.config.schema import DatasetConfig
+    from search.data.dataset import load_dataset
 
     test = load_dataset(DatasetConfig(**data)).test
     np.save(root / "x.npy", (test.x.numpy() / 255.0).astype(np.float32))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.errors import UserError
-from search.placement import parse_gpus, worker_gpus
+from search.core.errors import UserError
+from search.training.placement import parse_gpus, worker_gpus
 
 
 def test_parse_gpus() -> None:

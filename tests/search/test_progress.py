@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 from rich.console import Console
 
-from search.progress import RunProgress
-from search.train import EpochStats
+from search.run.progress import RunProgress
+from search.training.train import EpochStats
 
 
 def _shown(progress: RunProgress, console: Console) -> str:

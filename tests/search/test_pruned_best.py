@@ -22,16 +22,16 @@ from mlflow.exceptions import MlflowException
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from search.config import TrialConfig
-from search.data import Dataset, load_dataset
-from search.objective import Objective
-from search.records import BEST_VALUE_ATTR
-from search.storage import open_storage
-from search.study import create_or_resume
-from search.studyfile import load_config
-from search.summary import trial_row, trials_table
-from search.tracking import Tracker
-from search.train import MAX_EPOCHS, EpochCallback, EpochStats, TrainResult, run_epochs
+from search.config.schema import TrialConfig
+from search.core.records import BEST_VALUE_ATTR
+from search.data.dataset import Dataset, load_dataset
+from search.report.summary import trial_row, trials_table
+from search.run.objective import Objective
+from search.study.storage import open_storage
+from search.study.studies import create_or_resume
+from search.study.studyfile import load_config
+from search.tracking.runs import Tracker
+from search.training.train import MAX_EPOCHS, EpochCallback, EpochStats, TrainResult, run_epochs
 from tests.helpers import regsearch
 
 # Validation accuracy per epoch of each trial, in the order they run. Trial 0 trains to the
@@ -196,7 +196,7 @@ def test_the_dashboard_lists_the_best_value_of_every_trial(
     study note says what the Value column of a pruned trial is."""
     from optuna_dashboard import wsgi
 
-    from search.dashboard import study_note_markdown
+    from search.report.dashboard import study_note_markdown
 
     study, _, _ = pruned
     complete, trial = study.trials

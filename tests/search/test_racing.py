@@ -11,9 +11,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from search.config import DatasetConfig
-from search.data import load_dataset
-from search.evidence import (
+from search.config.schema import DatasetConfig
+from search.core.records import BASELINE, CONFIG_ATTR, PHASE_ATTR, SEARCH, VAL_IMAGES_ATTR
+from search.data.dataset import load_dataset
+from search.report.summary import best_summary, verdict
+from search.study.evidence import (
     ABLATE_ATTR,
     ABLATION,
     CONFIRM,
@@ -24,10 +26,8 @@ from search.evidence import (
     evidence,
     plan,
 )
-from search.records import BASELINE, CONFIG_ATTR, PHASE_ATTR, SEARCH, VAL_IMAGES_ATTR
-from search.study import best_trial
-from search.studyfile import load_config
-from search.summary import best_summary, verdict
+from search.study.studies import best_trial
+from search.study.studyfile import load_config
 from tests.helpers import SPACE_DISTRIBUTIONS
 
 RECIPE = {"weight_decay": 0.01, "dropout": 0.5, "aug_strength": 0.5, "mixup_alpha": 0.2,

@@ -1,4 +1,4 @@
-"""The champion's refit on training + validation images (`search.refit`): planned once the
+"""The champion's refit on training + validation images (`search.study.refit`): planned once the
 confirm phase and the ablation have ended, for the epochs the confirm phase found, trained to
 the last epoch, and registered as `@champion` with what the test split says of it."""
 
@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from torch import nn
 
-from search.config import (
+from search.config.schema import (
     DatasetConfig,
     EarlyStoppingConfig,
     ModelConfig,
@@ -23,9 +23,9 @@ from search.config import (
     TrainConfig,
     TrialConfig,
 )
-from search.evidence import SEED_ATTR, SOURCE_ATTR, confirm_seeds, evidence, plan
-from search.records import BASELINE, CONFIG_ATTR, PHASE_ATTR, REFIT, SEARCH
-from search.refit import (
+from search.core.records import BASELINE, CONFIG_ATTR, PHASE_ATTR, REFIT, SEARCH
+from search.study.evidence import SEED_ATTR, SOURCE_ATTR, confirm_seeds, evidence, plan
+from search.study.refit import (
     CONFIRM_MEAN,
     REFIT_EPOCHS_ATTR,
     REFIT_OF_ATTR,
@@ -34,9 +34,16 @@ from search.refit import (
     plan_refit,
     refit_pending,
 )
-from search.study import best_trial
-from search.studyfile import load_config
-from search.train import MAX_EPOCHS, PLANNED_EPOCHS, EpochStats, TrainResult, run_epochs, train
+from search.study.studies import best_trial
+from search.study.studyfile import load_config
+from search.training.train import (
+    MAX_EPOCHS,
+    PLANNED_EPOCHS,
+    EpochStats,
+    TrainResult,
+    run_epochs,
+    train,
+)
 from tests.helpers import regsearch
 
 # --------------------------------------------------------------------------- planning
@@ -203,7 +210,7 @@ def test_keep_last_stops_after_the_refit_epochs_with_the_last_weights() -> None:
 
 
 def test_a_refit_trains_on_the_schedule_of_train_epochs_and_stops_after_its_own() -> None:
-    from search.data import load_dataset
+    from search.data.dataset import load_dataset
 
     data = load_dataset(
         DatasetConfig(name="synthetic", num_samples=300, image_size=8, channels=1, num_classes=3)
@@ -239,9 +246,9 @@ def test_the_registered_champion_is_the_refit_on_train_and_validation(tmp_path: 
     import mlflow
     from mlflow import MlflowClient
 
-    from search.data import load_dataset
-    from search.evidence import study_config
-    from search.records import TRAIN_IMAGES_ATTR, VAL_IMAGES_ATTR
+    from search.core.records import TRAIN_IMAGES_ATTR, VAL_IMAGES_ATTR
+    from search.data.dataset import load_dataset
+    from search.study.evidence import study_config
 
     proc = regsearch("run", "--study", "r", "--n-trials", "2", *SMALL, cwd=tmp_path, confirm=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

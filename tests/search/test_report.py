@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from search.report import write_report
+from search.report.page import write_report
 from tests.helpers import regsearch
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

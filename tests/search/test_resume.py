@@ -9,12 +9,12 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.errors import UserError
-from search.space import SearchSpace
-from search.storage import open_storage
-from search.study import create_or_resume, make_pruner, make_sampler, sampler_seed
-from search.studyfile import load_config
-from search.summary import table_params, trials_table
+from search.config.space import SearchSpace
+from search.core.errors import UserError
+from search.report.summary import table_params, trials_table
+from search.study.storage import open_storage
+from search.study.studies import create_or_resume, make_pruner, make_sampler, sampler_seed
+from search.study.studyfile import load_config
 from tests.helpers import regsearch
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import optuna
 import pytest
 
-from search.config import DEFAULT_SPACE, Regularization, StudyConfig, TrialConfig
-from search.errors import UserError
-from search.space import REGULARIZERS, SearchSpace
-from search.studyfile import load_config
+from search.config.schema import DEFAULT_SPACE, Regularization, StudyConfig, TrialConfig
+from search.config.space import REGULARIZERS, SearchSpace
+from search.core.errors import UserError
+from search.study.studyfile import load_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.errors import UserError
-from search.storage import DEFAULT_STORAGE, open_storage, resolve_storage_url
-from search.studyfile import load_config
-from search.urls import redact_url
+from search.core.errors import UserError
+from search.core.urls import redact_url
+from search.study.storage import DEFAULT_STORAGE, open_storage, resolve_storage_url
+from search.study.studyfile import load_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -322,8 +322,8 @@ def test_a_stale_trial_is_failed_with_its_reason_and_retried_without_its_outcome
 ) -> None:
     import time
 
-    from search.config import SearchConfig
-    from search.storage import LOST, fail_stale_trials
+    from search.config.schema import SearchConfig
+    from search.study.storage import LOST, fail_stale_trials
 
     search = SearchConfig(heartbeat_interval=1, grace_period=1)
     storage = open_storage(f"sqlite:///{tmp_path}/s.db", search)
@@ -347,8 +347,8 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed_and_retr
     its first beat left it RUNNING for ever, and a study waiting for it never finished."""
     import time
 
-    from search.config import SearchConfig
-    from search.storage import LOST, fail_stale_trials
+    from search.config.schema import SearchConfig
+    from search.study.storage import LOST, fail_stale_trials
 
     search = SearchConfig(heartbeat_interval=1, grace_period=1)
     storage = open_storage(f"sqlite:///{tmp_path}/s.db", search)
@@ -371,8 +371,8 @@ def test_a_launch_waiting_for_a_trial_running_elsewhere_says_what_it_waits_for(
 ) -> None:
     """The budget's last trial is RUNNING in a dead worker: the launch waits out the grace
     period, then retries it — and says so once, rather than sitting silent."""
-    from search.config import SearchConfig
-    from search.runner import _optimize_until_done
+    from search.config.schema import SearchConfig
+    from search.run.runner import _optimize_until_done
 
     search = SearchConfig(heartbeat_interval=1, grace_period=2)
     storage = open_storage(f"sqlite:///{tmp_path}/s.db", search)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from search.space import SearchSpace
-from search.studyfile import load_config
+from search.config.space import SearchSpace
+from search.study.studyfile import load_config
 
 STUDIES = sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.yaml"))
 
@@ -23,7 +23,7 @@ def test_example_study_is_valid(path: Path) -> None:
     space = SearchSpace.from_config(config)
     searched = {e.name for e in space.searched}
     if path.name.startswith("exercise-"):
-        # The seed's exercises vary one question on a grid and fix everything else.
+        # The exercises vary one question on a grid and fix everything else.
         assert config.search.sampler.name == "grid"
         assert searched & {"dropout", "aug_strength", "mixup_alpha", "cutmix_alpha"}
         assert space.grid()

@@ -8,8 +8,8 @@ import time
 import optuna
 import pytest
 
-from search.study import SnapshotPruner, make_pruner
-from search.studyfile import load_config
+from search.study.studies import SnapshotPruner, make_pruner
+from search.study.studyfile import load_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -103,7 +103,7 @@ def _study_with(values_and_losses: list[tuple[float, float | None]]) -> optuna.S
 def test_best_trial_breaks_ties_by_validation_loss() -> None:
     """Five trials reach 1.0 on a 60-image validation split: Optuna's best_trial is the first
     of them; ours is the one that fits the validation images best."""
-    from search.study import beats_best, best_trial
+    from search.study.studies import beats_best, best_trial
 
     study = _study_with([(0.98, 0.20), (1.0, 0.25), (1.0, 0.21), (1.0, 0.30), (0.99, 0.01)])
     assert study.best_trial.number == 1
@@ -117,7 +117,7 @@ def test_best_trial_breaks_ties_by_validation_loss() -> None:
 
 
 def test_status_best_and_tables_agree_on_the_tie_break() -> None:
-    from search.summary import best_summary, sorted_trials
+    from search.report.summary import best_summary, sorted_trials
 
     study = _study_with([(1.0, 0.25), (1.0, 0.21)])
     assert best_summary(study)["trial"] == 1  # type: ignore[index]

@@ -11,8 +11,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.errors import UserError
-from search.sweep import WARM_START_ATTR, parse_fractions, trends
+from search.core.errors import UserError
+from search.report.sweep import trends
+from search.study.sweep import WARM_START_ATTR, parse_fractions
 from tests.helpers import regsearch
 
 FRACTIONS = "0.1,0.5,1"  # two warm-start links
@@ -113,7 +114,7 @@ def test_trends_say_which_way_each_regularizer_moves_with_data() -> None:
 def test_trials_to_target_count_until_the_best_value_first_reaches_it() -> None:
     import datetime
 
-    from search.bench_sweep import to_target
+    from search.bench.sweep import to_target
 
     t0 = datetime.datetime(2026, 1, 1)
     trials = [

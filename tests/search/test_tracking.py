@@ -120,7 +120,7 @@ def test_pruned_trials_finish_with_state_tag(tracked: Path) -> None:
 def test_champion_is_registered_with_test_accuracy(tracked: Path) -> None:
     client = _client(tracked)
     study = _study(tracked)
-    from search.study import best_trial
+    from search.study.studies import best_trial
 
     version = client.get_model_version_by_alias(STUDY, "champion")
     best = best_trial(study)
@@ -134,10 +134,10 @@ def test_champion_is_registered_with_test_accuracy(tracked: Path) -> None:
     assert parent.data.metrics["test_accuracy"] == pytest.approx(test_accuracy)
     assert parent.data.tags["champion_uri"] == f"models:/{STUDY}@champion"
     # The safetensors checkpoint + config rebuild the same network for fine-tuning.
-    from search.config import DatasetConfig
-    from search.data import load_dataset
-    from search.evaluation import evaluate
-    from search.registry import load_checkpoint
+    from search.config.schema import DatasetConfig
+    from search.data.dataset import load_dataset
+    from search.tracking.registry import load_checkpoint
+    from search.training.evaluation import evaluate
 
     model = load_checkpoint(client, version.run_id)
     data = load_dataset(DatasetConfig())
@@ -148,8 +148,8 @@ def test_champion_is_registered_with_test_accuracy(tracked: Path) -> None:
 def test_champion_loads_in_plain_mlflow_without_regsearch(tracked: Path) -> None:
     """`mlflow.pytorch.load_model("models:/<study>@champion")` in a process that never imports
     `search` or `models`, and its test accuracy matches the recorded figure."""
-    from search.config import DatasetConfig
-    from search.data import load_dataset
+    from search.config.schema import DatasetConfig
+    from search.data.dataset import load_dataset
 
     test = load_dataset(DatasetConfig()).test
     np.save(tracked / "x.npy", (test.x.numpy() / 16.0).astype(np.float32))  # pixel / 16
@@ -192,10 +192,10 @@ def test_resume_reattaches_to_the_parent_run(tracked: Path) -> None:
 def test_the_alias_moves_to_an_equal_value_only_at_a_lower_validation_loss(
     tmp_path: Path,
 ) -> None:
-    from search.storage import open_storage
-    from search.study import create_or_resume
-    from search.studyfile import load_config
-    from search.tracking import Tracker
+    from search.study.storage import open_storage
+    from search.study.studies import create_or_resume
+    from search.study.studyfile import load_config
+    from search.tracking.runs import Tracker
 
     config = load_config(overrides=["study=ties"])
     study, _ = create_or_resume(config, open_storage(f"sqlite:///{tmp_path}/o.db"))
@@ -228,11 +228,11 @@ def test_simultaneous_launches_share_one_parent_run(tmp_path: Path) -> None:
     parent run one at a time: one parent run, every trial run nested under it."""
     import threading
 
-    from search.mlflow_store import create_store
-    from search.storage import open_storage
-    from search.study import create_or_resume
-    from search.studyfile import load_config
-    from search.tracking import Tracker
+    from search.study.storage import open_storage
+    from search.study.studies import create_or_resume
+    from search.study.studyfile import load_config
+    from search.tracking.mlflow_store import create_store
+    from search.tracking.runs import Tracker
 
     config = load_config(overrides=["study=race"])
     study, _ = create_or_resume(config, open_storage(f"sqlite:///{tmp_path}/o.db"))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models import create_model
-from search.config import (
+from search.config.schema import (
     DatasetConfig,
     EarlyStoppingConfig,
     ModelConfig,
@@ -20,9 +20,9 @@ from search.config import (
     TrainConfig,
     TrialConfig,
 )
-from search.data import Dataset, load_dataset
-from search.evaluation import evaluate
-from search.train import (
+from search.data.dataset import Dataset, load_dataset
+from search.training.evaluation import evaluate
+from search.training.train import (
     EARLY_STOPPING,
     MAX_EPOCHS,
     NONFINITE,

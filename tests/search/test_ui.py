@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from search.cli import main
-from search.mlflow_store import create_store
+from search.tracking.mlflow_store import create_store
 from tests.helpers import regsearch
 
 

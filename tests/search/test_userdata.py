@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from search.config import DatasetConfig
-from search.data import load_dataset
-from search.errors import UserError
+from search.config.schema import DatasetConfig
+from search.core.errors import UserError
+from search.data.dataset import load_dataset
 from tests.helpers import regsearch
 
 Write = Callable[[str], str]

@@ -11,9 +11,9 @@ import optuna
 import pytest
 import scipy.stats as ss
 
-from search.study import SnapshotPruner, make_pruner
-from search.studyfile import load_config
-from search.wilcoxon import WilcoxonPruner, signed_rank_pvalue
+from search.study.studies import SnapshotPruner, make_pruner
+from search.study.studyfile import load_config
+from search.study.wilcoxon import WilcoxonPruner, signed_rank_pvalue
 
 
 def _accuracy_differences(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -462,7 +462,11 @@ def test_sigterm_in_any_phase_then_a_relaunch_loses_nothing(phase: str, tmp_path
     assert best["champion"]["val"]["n"] == 2
     done = [t for t in trials if t.state.name == "COMPLETE"]
     assert sum(t.user_attrs.get("phase") in ("search", "baseline") for t in done) == 3
-    assert sum(t.user_attrs.get("phase") == "confirm" for t in done) == 4  # 2 configs × 2 seeds
+    # top_k 1 and the baseline, 2 seeds each; on digits' 360 validation images a search
+    # configuration tied with the best joins them (the sampler is not seeded here).
+    raced = {t.user_attrs.get("source") for t in done if t.user_attrs.get("phase") == "confirm"}
+    assert len(raced) in (2, 3)
+    assert sum(t.user_attrs.get("phase") == "confirm" for t in done) == 2 * len(raced)
     ablated = sum(t.user_attrs.get("phase") == "ablation" for t in done)
     # Racing may settle a regularizer after one seed: each ran its contribution's seeds.
     assert ablated == sum(c["n"] for c in best["contributions"].values()) and ablated > 0

@@ -1,0 +1,271 @@
+"""One launch of a study's trials on this machine: in this process (`run_in_process`) or in
+worker processes (`run_workers`), then the summary. Used by `regsearch run`, `worker`,
+`confirm` and the Python API (`search.api`), so every way in runs the same code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from search.core.errors import UserError
+from search.core.urls import redact_url
+
+__all__ = [
+    "Launch",
+    "check_reachable",
+    "check_tracking",
+    "make_console",
+    "run_in_process",
+    "run_workers",
+]
+
+
+def make_console(*, stderr: bool = False) -> Any:
+    """A rich console; off a terminal (CI logs, pipes) 200 columns rather than rich's 80."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
+
+
+def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail fast, with one line, when an http(s) tracking server does not answer.
+
+    MLflow's client retries a refused connection for minutes (7 retries with back-off) before
+    it says anything; one GET of the server's `/health` within `timeout` seconds answers the
+    same question before any study, run or folder exists. Any HTTP answer (even 401 or 404
+    from a proxy) counts as reachable; other schemes are not probed.
+    """
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    netloc = parts.netloc.rpartition("@")[2]  # urllib takes no credentials in the URL
+    health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(health, timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(
+            f"cannot reach tracking server {redact_url(uri)} ({reason}); start it, fix "
+            "--tracking-uri / $MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+        ) from None
+
+
+def _console() -> Any:
+    return make_console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The per-machine settings of one launch (the study's own settings are in its config)."""
+
+    url: str
+    tracking_uri: str | None
+    device: str | None
+    threads: int | None
+    artifacts: str | None
+    quiet: bool
+    started: float = field(default_factory=time.monotonic)  # for the elapsed time `run` ends with
+
+    def __post_init__(self) -> None:
+        threads = self.threads
+        if threads is not None and (isinstance(threads, bool) or threads < 1):
+            raise UserError(f"--threads must be an integer >= 1, got {threads}")
+
+
+def elapsed(seconds: float) -> str:
+    """`42 s`, `3 min 05 s`, `1 h 02 min`."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _finish(study: Any, config: Any, console: Any, launch: Launch) -> None:
+    from search.report.summary import best_summary, trials_table, verdict
+
+    console.print(trials_table(study, limit=10, title=f"study {study.study_name} — top 10"))
+    best = best_summary(study)
+    if best is None:
+        console.print("no trial completed yet")
+    else:
+        # One line however narrow the terminal: scripts and tests look for it whole.
+        console.print(verdict(best, config.objective.metric), soft_wrap=True)
+        if best["model_uri"]:
+            console.print(f"model: {best['model_uri']}")
+        if best["champion_uri"]:  # what `mlflow.pyfunc.load_model` takes
+            console.print(f"champion: {best['champion_uri']}")
+        if best.get("input"):
+            from search.training.network import describe_input
+
+            console.print(describe_input(best["input"]), soft_wrap=True)
+    took = elapsed(time.monotonic() - launch.started)
+    console.print(f"{config.study}: this launch took {took}")
+
+
+def check_tracking(config: Any, flag: str | None) -> None:
+    """An unreachable tracking server stops the launch here, before anything is created."""
+    if config.tracking.enabled:
+        from search.core.urls import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(flag, config.tracking.uri)
+        check_scheme(uri)
+        check_reachable(uri)
+
+
+# What MLflow 3 tracks and registers models in (its file store is in maintenance mode).
+_TRACKING_SCHEMES = {
+    "sqlite",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "http",
+    "https",
+    "databricks",
+    "databricks-uc",
+    "uc",
+}
+
+
+def check_scheme(uri: str) -> None:
+    """A tracking URI MLflow cannot keep runs and models in stops the launch before the study
+    exists (otherwise the study is created, then the tracker refuses the URI)."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(uri).scheme.split("+")[0].lower()
+    if scheme in ("", "file"):
+        raise UserError(
+            f"tracking URI {redact_url(uri)}: MLflow 3 keeps no runs or models in a file store; "
+            "use sqlite:///PATH/mlflow.db (the default is sqlite:///mlruns/mlflow.db) or a server"
+        )
+    if scheme not in _TRACKING_SCHEMES:
+        raise UserError(
+            f"tracking URI {redact_url(uri)}: unsupported scheme {scheme!r} (use sqlite:///…, "
+            "postgresql://…, mysql://…, http(s)://… or databricks)"
+        )
+
+
+def run_in_process(
+    config: Any,
+    launch: Launch,
+    *,
+    title: str | None,
+    worker_index: int = 0,
+    summary: bool = True,
+    sweep: Any = None,
+    export_check: bool = True,
+) -> None:
+    """Run trials in this process; `title` prefixes its process title (`ps`, `top`)."""
+    from search.core.memory import retain_freed_memory
+    from search.run.runner import RunOptions, run_study
+
+    if launch.threads:
+        import torch
+
+        torch.set_num_threads(launch.threads)
+    retain_freed_memory()
+    options = RunOptions(
+        launch.url,
+        launch.tracking_uri,
+        launch.device,
+        worker_index=worker_index,
+        quiet=launch.quiet,
+        title=title,
+        artifacts=launch.artifacts,
+        sweep=sweep,
+        export_check=export_check,
+    )
+    console = _console()
+    study = run_study(config, options, console=console)
+    if summary:
+        _finish(study, config, console, launch)
+
+
+def run_workers(
+    config: Any, launch: Launch, pinned: list[str | None], *, sweep: Any = None
+) -> None:
+    """Create the study here, then start one `regsearch worker` process per entry of `pinned`
+    (its `CUDA_VISIBLE_DEVICES`, or None), each with its share of the CPU threads; Ctrl+C /
+    SIGTERM is passed on to them."""
+    import optuna
+
+    from search.run.runner import prepare, record_choice
+    from search.study.storage import open_storage
+    from search.study.studies import create_or_resume, load_existing
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    choice = prepare(config)[0]  # the workers read the choice from the study (data freed)
+    config = choice.config
+    console = _console()
+    if not launch.quiet:
+        for note in choice.notes:
+            console.print(f"{config.study}: {note}")
+    study, _ = create_or_resume(config, open_storage(launch.url, config.search))
+    if sweep is not None:
+        from search.study.sweep import warm_start
+
+        warm_start(study, sweep)
+    if config.tracking.enabled:
+        # Create the MLflow store, experiment and parent run once, here: N workers racing
+        # to run the store's schema migrations on a fresh SQLite file would break it.
+        from search.tracking.runs import Tracker
+
+        tracker = Tracker.for_study(study, config, tracking_uri=launch.tracking_uri, prewarm=False)
+        record_choice(study, tracker, choice)
+    else:
+        record_choice(study, None, choice)
+    per_worker = launch.threads or max(1, (os.cpu_count() or 1) // len(pinned))
+    # Through the environment, not argv: URLs may carry passwords, and `ps` shows argv.
+    env = {**os.environ, "REGSEARCH_STORAGE": launch.url}
+    if launch.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = launch.tracking_uri
+    if launch.artifacts:
+        env["REGSEARCH_ARTIFACTS"] = launch.artifacts
+    procs = []
+    for index, gpu in enumerate(pinned):
+        cmd = [sys.executable, "-m", "search", "worker", config.study, "--threads", str(per_worker)]
+        cmd += ["--worker-index", str(index)]
+        if gpu is not None:
+            cmd += ["--device", "cuda"]  # the one GPU this worker sees
+        elif launch.device:
+            cmd += ["--device", launch.device]
+        if launch.quiet:
+            cmd.append("--quiet")
+        worker_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
+        procs.append(subprocess.Popen(cmd, env=worker_env))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        forward(signal.SIGINT, None)
+        codes = [p.wait() for p in procs]
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    study, _ = load_existing(config.study, open_storage(launch.url, create=False))
+    _finish(study, config, console, launch)
+    bad = [c for c in codes if c != 0]
+    if bad:
+        raise SystemExit(bad[0])

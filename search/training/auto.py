@@ -1,0 +1,94 @@
+"""`auto` settings chosen from the data: the model, the batch size, the channels and the image
+size.
+
+A study stores the concrete choice (`resolve`), so every worker and every resume trains the
+same network, and the choice is printed and logged where the user looks. The rules are small
+on purpose; the README's "What to expect per data-set size" says what they give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from search.config.schema import StudyConfig
+    from search.data.dataset import Dataset
+
+__all__ = ["AutoChoice", "batch_size_for", "model_for", "resolve"]
+
+AUTO = "auto"
+MIN_BATCH, MAX_BATCH = 16, 128
+# Colour images of CIFAR scale get airbench (the fast CIFAR net); everything else small-cnn,
+# which adds stages with the image size.
+_LARGE_SET = 20_000
+
+
+def batch_size_for(n_train: int) -> int:
+    """A power of two giving about 8 or more optimizer steps an epoch, between 16 and 128: the
+    default digits split (1,078 images) keeps 128; 180 images get 16 (12 steps, not 2)."""
+    target = max(1, n_train // 8)
+    size = 1 << (target.bit_length() - 1)  # the largest power of two <= target
+    return max(MIN_BATCH, min(MAX_BATCH, size))
+
+
+def model_for(shape: tuple[int, int, int], n_train: int) -> tuple[str, int | None, str]:
+    """(model name, width or None for the model's default, why) for images of `shape`
+    (C, H, W) and a training split of `n_train` images."""
+    channels, height, width = shape
+    side = max(height, width)
+    if channels == 3 and 24 <= side <= 64 and n_train >= _LARGE_SET:
+        return "airbench", None, f"colour {side} px, {n_train:,} training images"
+    wide = n_train >= _LARGE_SET
+    why = f"{side} px, {channels} channel{'s' if channels > 1 else ''}, {n_train:,} training images"
+    return "small-cnn", (32 if wide else None), why
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    config: StudyConfig  # with every `auto` replaced by its value
+    notes: tuple[str, ...]  # one line per choice (and per loader note), for console and MLflow
+    # Model-side regularizers the network cannot take, left out of the search: (name, why).
+    left_out: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def summary(self) -> str:
+        return "; ".join(self.notes)
+
+
+def resolve(config: StudyConfig, data: Dataset) -> AutoChoice:
+    """`config` with `model.name`, `train.batch_size`, `dataset.channels` and
+    `dataset.image_size` made concrete for `data` (already loaded with the configured channels
+    and size)."""
+    notes: list[str] = []
+    n_train = len(data.train)
+    update_model: dict[str, Any] = {}
+    update_train: dict[str, Any] = {}
+    update_data: dict[str, Any] = {}
+    if config.model.name == AUTO:
+        name, width, why = model_for(data.shape, n_train)
+        update_model["name"] = name
+        if config.model.width is None and width is not None:
+            update_model["width"] = width
+        shown = name + (f" width {width}" if "width" in update_model else "")
+        notes.append(f"model {shown} (auto: {why})")
+    if config.train.batch_size == AUTO:
+        size = batch_size_for(n_train)
+        update_train["batch_size"] = size
+        steps = -(-n_train // size)
+        notes.append(f"batch size {size} (auto: {steps} steps an epoch on {n_train:,} images)")
+    if config.dataset.channels == AUTO:
+        update_data["channels"] = data.shape[0]
+        notes.append(f"channels {data.shape[0]} (auto: {data.channel_note})")
+    if config.dataset.image_size == AUTO:
+        update_data["image_size"] = data.shape[1]
+        notes.append(f"image size {data.shape[1]} (auto: {data.size_note})")
+    notes.extend(data.notes)  # what the loader did at that size (imagefolder: the decode)
+    resolved = config.model_copy(
+        update={
+            "model": config.model.model_copy(update=update_model),
+            "train": config.train.model_copy(update=update_train),
+            "dataset": config.dataset.model_copy(update=update_data),
+        }
+    )
+    return AutoChoice(resolved, tuple(notes))
