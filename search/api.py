@@ -119,7 +119,8 @@ def run(
     `overrides` are `--set` strings (`"train.epochs=5"`); `workers` > 1 starts worker
     processes (a model or data set defined in the notebook cannot reach them: put it in a
     module). Raises `UserError` with the CLI's one-line message for any bad input."""
-    from search.run.launch import Launch, check_tracking, run_in_process, run_workers
+    from search.run.launch import check_tracking, run_in_process, run_workers
+    from search.run.options import RunOptions
     from search.study.storage import resolve_storage_url
 
     flags = {
@@ -133,24 +134,29 @@ def run(
         raise UserError(f"workers must be an integer >= 1, got {workers!r}")
     url = resolve_storage_url(storage, cfg.storage)
     check_tracking(cfg, tracking_uri)
-    launch = Launch(url, tracking_uri, device, threads, None, quiet)
+    options = RunOptions(url, tracking_uri, device, threads=threads, quiet=quiet)
     with _process_state():
         if workers == 1:
-            run_in_process(cfg, launch, title=None, summary=not quiet)
+            run_in_process(cfg, options, summary=not quiet)
         else:
-            run_workers(cfg, launch, [None] * workers)
-    verdict = best(cfg.study, storage=url)
+            run_workers(cfg, options, [None] * workers)
+    verdict = _best(cfg.study, options.storage())  # the launch's storage, not opened again
     return StudyResult(cfg.study, url, tracking_uri, verdict, cfg.objective.metric)
 
 
 def best(study: str, *, storage: str | None = None) -> dict[str, Any] | None:
     """The study's verdict: the dict `regsearch best STUDY --json` prints (None before any
     trial completed)."""
+    from search.study.storage import open_existing
+
+    return _best(study, open_existing(storage))
+
+
+def _best(study: str, storage: Any) -> dict[str, Any] | None:
     from search.report.summary import best_summary
-    from search.study.storage import open_storage, resolve_storage_url
     from search.study.studies import load_existing
 
-    opened, _ = load_existing(study, open_storage(resolve_storage_url(storage), create=False))
+    opened, _ = load_existing(study, storage)
     return best_summary(opened)
 
 
@@ -163,6 +169,7 @@ def load_champion(study: str, *, tracking_uri: str | None = None) -> nn.Module:
 
     from search.core.errors import first_line
     from search.core.urls import resolve_tracking_uri, sqlite_path
+    from search.tracking.champion import champion_uri
 
     uri = resolve_tracking_uri(tracking_uri, None)
     local = sqlite_path(uri)
@@ -172,7 +179,7 @@ def load_champion(study: str, *, tracking_uri: str | None = None) -> nn.Module:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         try:
-            model: nn.Module = mlflow.pytorch.load_model(f"models:/{study}@champion")
+            model: nn.Module = mlflow.pytorch.load_model(champion_uri(study))
         except MlflowException as exc:
             raise UserError(
                 f"no champion for study {study!r} at {uri}: {first_line(exc)}"

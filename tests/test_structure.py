@@ -158,3 +158,65 @@ def test_the_benchmarks_are_imported_only_by_regsearch_bench() -> None:
         if other.startswith("search.bench")
     }
     assert users == {"search.cli._bench"}
+
+
+def _attr_key_literals(source: str) -> list[int]:
+    """The lines of `source` that write a user-attribute key as a string literal: the key of
+    `set_user_attr(...)` (and the storage's `set_trial_user_attr` / `set_study_user_attr`), of
+    `.user_attrs.get(...)` and of `.user_attrs[...]`."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        key: ast.expr | None = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            name, owner = node.func.attr, node.func.value
+            if name == "set_user_attr" and node.args:
+                key = node.args[0]
+            elif name in ("set_trial_user_attr", "set_study_user_attr") and len(node.args) > 1:
+                key = node.args[1]
+            elif name == "get" and isinstance(owner, ast.Attribute) and owner.attr == "user_attrs":
+                key = node.args[0] if node.args else None
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute):
+            key = node.slice if node.value.attr == "user_attrs" else None
+        if isinstance(key, ast.Constant) and isinstance(key.value, str):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_attribute_keys_are_written_through_their_constants() -> None:
+    """A trial or study user-attribute key is spelt once, by its constant (most of them in
+    `search.core.records`): new code names the constant, not the string."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in sorted((ROOT / "search").rglob("*.py"))
+        for line in _attr_key_literals(path.read_text())
+    ]
+    assert not found, "attribute keys as string literals:\n" + "\n".join(found)
+
+
+def test_the_attribute_key_scan_sees_each_form() -> None:
+    source = (
+        't.set_user_attr("a", 1)\n'
+        's.set_trial_user_attr(1, "b", 2)\n'
+        'x = t.user_attrs.get("c", None)\n'
+        'y = t.user_attrs["d"]\n'
+        "t.set_user_attr(KEY, 1)\n"
+        "z = t.user_attrs.get(KEY), t.user_attrs[KEY], t.params.get('e')\n"
+    )
+    assert _attr_key_literals(source) == [1, 2, 3, 4]
+
+
+def test_each_attribute_key_has_one_constant() -> None:
+    """No two `..._ATTR` constants of `search/` spell the same key."""
+    owners: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "search").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if not (isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None):
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            value = node.value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                for target in targets:
+                    if isinstance(target, ast.Name) and target.id.endswith("_ATTR"):
+                        owners.setdefault(value.value, []).append(f"{_module(path)}.{target.id}")
+    twice = {key: names for key, names in owners.items() if len(names) > 1}
+    assert not twice, twice

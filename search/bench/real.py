@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from search.core.records import CONFIG_ATTR, TEST_ACCURACY_ATTR
+
 __all__ = ["BASELINE_RECIPE", "real_data"]
 
 # The baseline recipe: AdamW weight decay 0.01, dropout 0.5, medium augmentation,
@@ -63,9 +65,9 @@ def _run(cwd: Path, study: str, sets: list[str]) -> dict[str, Any]:
     loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{cwd}/studies/regsearch.db")
     best = best_trial(loaded)
     assert best is not None
-    config = loaded.user_attrs.get("regsearch_config", {})
+    config = loaded.user_attrs.get(CONFIG_ATTR, {})
     return {
-        "test_accuracy": round(float(loaded.user_attrs["test_accuracy"]), 4),
+        "test_accuracy": round(float(loaded.user_attrs[TEST_ACCURACY_ATTR]), 4),
         "val_accuracy": round(float(best.value or 0.0), 4),
         "seconds": round(seconds, 1),
         "trials": len(loaded.trials),

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from search.config.space import SearchSpace
+from search.config.space import SearchSpace, space_of
 from search.study.studyfile import load_config
 
 __all__ = ["PG_ADMIN_ENV", "storage_ms_per_trial"]
@@ -87,7 +87,7 @@ def _storage_loop(storage: Any, *, trials: int, epochs: int, measured: int = 15)
     from search.study.studies import make_pruner, make_sampler
 
     config = load_config()
-    space = SearchSpace.from_config(config)
+    space = space_of(config)
     study = optuna.create_study(
         storage=storage,  # ask/tell has no heartbeat thread: measure without one
         sampler=make_sampler(config),

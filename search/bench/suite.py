@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from search.bench.throughput import airbench_trial, augment_speedup, train_images_per_second
-from search.config.space import SearchSpace
+from search.config.space import space_of
 from search.data.dataset import Dataset, load_dataset
 from search.study.studyfile import load_config
 from search.training.train import train
@@ -72,7 +72,7 @@ def trial_overhead(*, repeats: int = 5, epochs: int = 20) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     config = load_config(overrides=[*_TRIAL_OVERRIDES, f"train.epochs={epochs}"])
     data = load_dataset(config.dataset)
-    space = SearchSpace.from_config(config)
+    space = space_of(config)
     trial_cfg = space.resolve(space.fixed_values())
     with tempfile.TemporaryDirectory() as tmp:
         config = config.model_copy(update={"study": "bench-overhead"})
@@ -112,9 +112,12 @@ def _champion_seconds(
     """Seconds to log + register + alias the digits model once more (warm process)."""
     result = train(replace(trial_cfg, train=trial_cfg.train.model_copy(update={"epochs": 1})), data)
     run_id = tracker.start_trial(999, {})
-    seconds = _timed(
-        lambda: tracker.register_champion(run_id, number=999, value=-1.0, result=result, data=data)
-    )
+
+    def register() -> None:
+        tracker.flush(run_id)
+        tracker.registry.register(run_id, number=999, value=-1.0, result=result, data=data)
+
+    seconds = _timed(register)
     tracker.end_trial(run_id, state="COMPLETE", summary={})
     return seconds
 

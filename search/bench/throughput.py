@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from search.config.space import SearchSpace
+from search.config.space import space_of
 from search.data.dataset import Dataset, ImageSet
 from search.study.studyfile import load_config
 
@@ -96,7 +96,7 @@ def train_images_per_second(
     compile = compile if compile is not None else ((False, True) if gpu else (False,))
     data = cifar_shaped(images, device)
     config = load_config(overrides=[_SPACE, f"train.batch_size={batch_size}"])
-    space = SearchSpace.from_config(config)
+    space = space_of(config)
     results: dict[str, Any] = {}
     for name in models or tuple(list_models()):
         cfg = space.resolve(space.fixed_values())
@@ -211,7 +211,7 @@ def airbench_trial(
             "early_stopping.patience=null",
         ]
     )
-    space = SearchSpace.from_config(config)
+    space = space_of(config)
     cfg = space.resolve(space.fixed_values())
     warm = replace(cfg, train=cfg.train.model_copy(update={"epochs": 1}))
     warm_data = cifar_shaped(warmup_images, device, n_val=val_images)

@@ -8,7 +8,8 @@ import click
 
 from search.cli._options import artifacts_option, storage_option, tracking_option
 from search.core.errors import UserError
-from search.run.launch import Launch, check_tracking, run_in_process
+from search.run.launch import check_tracking, run_in_process
+from search.run.options import OpenedStorage, RunOptions
 
 
 @click.command("confirm")
@@ -48,12 +49,13 @@ def confirm_command(
     configurations still in the race: --no-racing retrains every one); other workers may join with
     `regsearch worker STUDY`."""
     from search.config.schema import ConfirmConfig
-    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.storage import open_existing, resolve_storage_url
     from search.study.studies import load_existing
     from search.study.studyfile import validate_config
 
     url = resolve_storage_url(storage)
-    _, config = load_existing(study_name, open_storage(url, create=False))
+    opened = open_existing(url)  # the only open of this process: the run below reuses it
+    _, config = load_existing(study_name, opened)
     if config is None:
         raise UserError(f"study {study_name!r} has no stored config: it is not a regsearch study")
     current = (config.search.confirm or ConfirmConfig()).model_dump()
@@ -63,12 +65,18 @@ def confirm_command(
     data["search"]["confirm"] = current
     config = validate_config(data)
     check_tracking(config, tracking_uri)
-    run_in_process(
-        config,
-        Launch(url, tracking_uri, device, threads, artifacts, quiet),
-        title=f"regsearch confirm {study_name}",
+    options = RunOptions(
+        url,
+        tracking_uri,
+        device,
+        threads=threads,
+        artifacts=artifacts,
+        quiet=quiet,
         worker_index=os.getpid(),
+        title=f"regsearch confirm {study_name}",
+        opened=OpenedStorage(opened),
     )
+    run_in_process(config, options)
 
 
 COMMANDS = [confirm_command]

@@ -25,10 +25,10 @@ def dashboard_command(storage: str | None, host: str, port: int, artifacts: str 
     from optuna_dashboard import wsgi
 
     from search.report.dashboard import read_only
-    from search.study.storage import artifact_dir, open_storage, resolve_storage_url
+    from search.study.storage import artifact_dir, open_existing, resolve_storage_url
 
     url = resolve_storage_url(storage)
-    store = open_storage(url, create=False)
+    store = open_existing(url)
     folder = artifact_dir(url, artifacts)
     folder.mkdir(parents=True, exist_ok=True)
     warn_if_public(host)

@@ -30,11 +30,11 @@ def report_command(study_name: str, out_dir: Path | None, storage: str | None, q
     epochs saved by pruning and early stopping. Works while the study is still running."""
     from search.config.schema import safe_study_name
     from search.report.page import write_report
-    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.storage import open_existing
     from search.study.studies import load_existing
     from search.study.sweep import sweep_studies
 
-    opened = open_storage(resolve_storage_url(storage), create=False)
+    opened = open_existing(storage)
     # The name may come from a shared storage that other tools write: never `reports/../x`.
     out = out_dir if out_dir is not None else Path("reports") / safe_study_name(study_name)
     names = {s.study_name for s in _summaries(opened)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,11 @@ import click
 
 from search.cli._options import artifacts_option, make_console, storage_option, tracking_option
 from search.core.errors import UserError
-from search.run.launch import Launch, check_tracking, run_in_process, run_workers
+from search.run.launch import check_tracking, run_in_process, run_workers
+from search.run.options import OpenedStorage, RunOptions
 from search.training.placement import parse_gpus, worker_gpus
 
-__all__ = ["COMMANDS", "Launch", "check_tracking", "run_in_process", "run_workers"]
+__all__ = ["COMMANDS", "RunOptions", "check_tracking", "run_in_process", "run_workers"]
 
 
 def _console() -> Any:
@@ -80,7 +82,7 @@ def run_command(
     }
     # Resume by name: without a file, an existing study's stored config is the base, and
     # flags and --set change only what they state.
-    base = _stored(study_name, storage) if config_file is None else None
+    base, opened = _stored(study_name, storage) if config_file is None else (None, None)
     config = load_config(config_file, overrides=overrides, flags=flags, base=base)
     if base is not None and not quiet:
         _console().print(f"{config.study}: resuming with the config stored in the study")
@@ -93,66 +95,77 @@ def run_command(
 
     url = resolve_storage_url(storage, config.storage)
     check_tracking(config, tracking_uri)
-    launch = Launch(url, tracking_uri, device, threads, artifacts, quiet)
+    if opened is not None and url != resolve_storage_url(storage):  # `--set storage=…`
+        opened = None
+    options = RunOptions(
+        url,
+        tracking_uri,
+        device,
+        threads=threads,
+        artifacts=artifacts,
+        quiet=quiet,
+        opened=OpenedStorage(opened),  # the stored config's: not opened again
+    )
     sweep = fractions or (config.sweep.fractions if config.sweep is not None else None)
     if sweep:
         warm = config.sweep.warm_start if config.sweep is not None else True
-        _run_sweep(config, launch, pinned, parse_fractions(sweep), warm_start=warm)
+        _run_sweep(config, options, pinned, parse_fractions(sweep), warm_start=warm)
         return
     if workers == 1 and pinned == [None]:
-        run_in_process(config, launch, title=f"regsearch run {config.study}")
+        run_in_process(config, replace(options, title=f"regsearch run {config.study}"))
         return
-    run_workers(config, launch, pinned)
+    run_workers(config, options, pinned)
 
 
 def _run_sweep(
     config: Any,
-    launch: Launch,
+    options: RunOptions,
     pinned: list[str | None],
     fractions: list[float],
     *,
     warm_start: bool = True,
 ) -> None:
     """One study per fraction, smallest first, each warm-started from the one before; then
-    the sweep's table. Rerunning the command resumes it (finished studies end at once)."""
+    the sweep's table. Rerunning the command resumes it (finished studies end at once). The
+    fractions share `options`, so their storage is opened once."""
     from search.study.sweep import Member, fraction_configs
 
     console = _console()
     previous: str | None = None
     for cfg in fraction_configs(config, fractions):
         member = Member(config.study, cfg.dataset.train_fraction, previous)
-        if not launch.quiet:
+        if not options.quiet:
             seeded = f", seeded with the best configurations of {previous}" if previous else ""
             console.print(
                 f"{config.study}: sweep — {cfg.study} trains on "
                 f"{member.fraction:g} of the training split{seeded}"
             )
         if pinned == [None]:
-            run_in_process(cfg, launch, title=f"regsearch run {cfg.study}", sweep=member)
+            run_in_process(cfg, replace(options, title=f"regsearch run {cfg.study}", sweep=member))
         else:
-            run_workers(cfg, launch, pinned, sweep=member)
+            run_workers(cfg, replace(options, sweep=member), pinned)
         previous = cfg.study if warm_start else None
     from search.report.sweep import sweep_table
-    from search.study.storage import open_storage
 
-    table, sentences = sweep_table(open_storage(launch.url, create=False), config.study)
+    table, sentences = sweep_table(options.storage(), config.study)
     console.print(table)
     for sentence in sentences:
         console.print(f"  {sentence}", soft_wrap=True)
     console.print(f"{config.study}: `regsearch report {config.study}` draws the sweep")
 
 
-def _stored(study_name: str | None, storage: str | None) -> dict[str, Any] | None:
-    """The stored config of the study `run` names (or the default study), if it exists."""
+def _stored(study_name: str | None, storage: str | None) -> tuple[dict[str, Any] | None, Any]:
+    """The stored config of the study `run` names (or the default study), if it exists, and
+    the storage it was read from (None when there is no storage yet)."""
     from search.config.schema import DEFAULTS
-    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.storage import open_existing
     from search.study.studies import stored_config
 
     try:
-        opened = open_storage(resolve_storage_url(storage), create=False)
+        opened = open_existing(storage)
     except UserError:  # no storage yet: a new study
-        return None
-    return stored_config(opened, study_name or DEFAULTS["study"])
+        return None, None
+    return stored_config(opened, study_name or DEFAULTS["study"]), opened
 
 
 def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | None]:
@@ -193,12 +206,13 @@ def worker_command(
 ) -> None:
     """Join an existing study (its config is stored in the study), e.g. from another machine."""
     from search.config.overrides import apply_overrides
-    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.storage import open_existing, resolve_storage_url
     from search.study.studies import load_existing
     from search.study.studyfile import validate_config
 
     url = resolve_storage_url(storage)
-    _, config = load_existing(study_name, open_storage(url, create=False))
+    opened = open_existing(url)  # the only open of this process: the run below reuses it
+    _, config = load_existing(study_name, opened)
     if config is None:
         raise UserError(
             f"study {study_name!r} has no stored config (created by plain Optuna, or its "
@@ -212,14 +226,19 @@ def worker_command(
     # summary itself), or on its own, e.g. on another machine.
     spawned = worker_index is not None
     index = worker_index if worker_index is not None else os.getpid()
-    run_in_process(
-        config,
-        Launch(url, tracking_uri, device, threads, artifacts, quiet),
-        title=f"regsearch worker {study_name}" + (f" #{worker_index}" if spawned else ""),
+    options = RunOptions(
+        url,
+        tracking_uri,
+        device,
+        threads=threads,
+        artifacts=artifacts,
+        quiet=quiet,
         worker_index=index,
-        summary=not spawned,
+        title=f"regsearch worker {study_name}" + (f" #{worker_index}" if spawned else ""),
         export_check=False,  # the study's launch exported its network
+        opened=OpenedStorage(opened),
     )
+    run_in_process(config, options, summary=not spawned)
 
 
 COMMANDS = [run_command, worker_command]

@@ -9,12 +9,13 @@ import click
 
 from search.cli._options import json_option, make_console, storage_option
 from search.core.errors import UserError
+from search.core.records import OBJECTIVE_METRIC_ATTR
 
 
 def _storage(storage: str | None) -> Any:
-    from search.study.storage import open_storage, resolve_storage_url
+    from search.study.storage import open_existing
 
-    return open_storage(resolve_storage_url(storage), create=False)
+    return open_existing(storage)
 
 
 @click.command("status")
@@ -100,7 +101,7 @@ def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
         return
     from search.report.summary import verdict
 
-    metric = study.user_attrs.get("objective_metric", "value")
+    metric = study.user_attrs.get(OBJECTIVE_METRIC_ATTR, "value")
     click.echo(verdict(best, metric))
     click.echo(f"study:  {best['study']}\nchampion:  {best['champion_name']}")
     click.echo(f"trial:  {best['trial']}\n{metric}:  {best['value']:.6g}")

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 from pydantic import (
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -20,6 +21,7 @@ from pydantic import (
 
 from search.config.overrides import shown
 from search.config.trial import (
+    REGULARIZERS,
     DatasetConfig,
     EarlyStoppingConfig,
     Int,
@@ -137,7 +139,7 @@ class SearchConfig(Section):
     n_trials: Int = Field(24, ge=1)
     timeout: float | None = Field(None, gt=0.0)
     sampler: SamplerConfig = SamplerConfig(name="tpe", options={"seed": 0})
-    # Chosen by `regsearch bench --only regret` (README, Benchmarks): rungs at 4, 8 and 16
+    # Chosen by `regsearch bench --only regret` (docs/benchmarks.md): rungs at 4, 8 and 16
     # epochs, the top half goes on. Over 9 replayed studies (digits, Fashion-MNIST 1,000 and
     # the same with 40% wrong labels; 3 sampler seeds) it killed 3 of the 27 full-budget top-3
     # configurations (at most 1 a study) and saved 40% of the epochs; the earlier default
@@ -211,6 +213,20 @@ class StudyConfig(Section):
     storage: str | None = None
     tracking: TrackingConfig = TrackingConfig()
     sweep: SweepConfig | None = None
+    # The parsed search space, once per config (`search.config.space.space_of`): not a field,
+    # so not dumped, not compared, and not kept by `model_copy`.
+    _space: Any = PrivateAttr(default=None)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        copied._space = None  # `update` may change the space, or the sections it checks against
+        return copied
+
+    def __eq__(self, other: object) -> bool:
+        # The fields alone: a config whose space was read equals one whose space was not.
+        if not isinstance(other, StudyConfig):
+            return NotImplemented
+        return type(self) is type(other) and dict(self) == dict(other)
 
     @field_validator("baseline", mode="before")
     @classmethod
@@ -236,27 +252,17 @@ class StudyConfig(Section):
         return data
 
 
-# The baseline recipe (hand-set): AdamW weight decay 0.01, dropout 0.5, medium augmentation, MixUp
-# 0.2, label smoothing 0.1.
+# The baseline recipe (hand-set; the table's `baseline` column): AdamW weight decay 0.01,
+# dropout 0.5, medium augmentation, MixUp 0.2, label smoothing 0.1.
 DEFAULT_BASELINE: dict[str, float] = {
-    "weight_decay": 0.01,
-    "dropout": 0.5,
-    "aug_strength": 0.5,
-    "mixup_alpha": 0.2,
-    "label_smoothing": 0.1,
+    name: row.baseline for name, row in REGULARIZERS.items() if row.baseline is not None
 }
 
-# The built-in default study: the five core regularizers searched on digits; CutMix, Cutout
-# and stochastic depth are available but fixed off (turn them on in a study file).
+# The built-in default study: the core regularizers searched on digits; CutMix, Cutout and
+# stochastic depth are available but fixed off (turn them on in a study file).
 DEFAULT_SPACE: dict[str, Any] = {
-    "weight_decay": {"type": "float", "low": 1.0e-5, "high": 0.1, "log": True},
-    "dropout": {"type": "float", "low": 0.0, "high": 0.6},
-    "aug_strength": {"type": "float", "low": 0.0, "high": 1.0},
-    "mixup_alpha": {"type": "float", "low": 0.0, "high": 1.0},
-    "label_smoothing": {"type": "float", "low": 0.0, "high": 0.3},
-    "cutmix_alpha": 0.0,
-    "cutout": 0.0,
-    "drop_path": 0.0,
+    name: dict(row.default_search) if row.default_search is not None else 0.0
+    for name, row in REGULARIZERS.items()
 }
 DEFAULTS: dict[str, Any] = {**StudyConfig().model_dump(mode="python"), "space": DEFAULT_SPACE}
 DEFAULTS["objective"]["direction"] = None  # derived from the metric unless a file says otherwise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -22,26 +22,16 @@ from search.config.schema import (
     TrainConfig,
     TrialConfig,
 )
+from search.config.trial import REGULARIZERS
 from search.core.errors import UserError
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["REGULARIZERS", "SearchSpace", "SpaceEntry"]
+__all__ = ["REGULARIZERS", "SearchSpace", "SpaceEntry", "space_of"]
 
 Scalar = bool | int | float | str
 
-# name: (low, high, high is inclusive)
-REGULARIZERS: dict[str, tuple[float, float, bool]] = {
-    "weight_decay": (0.0, 1.0, True),
-    "dropout": (0.0, 1.0, False),
-    "aug_strength": (0.0, 1.0, True),
-    "mixup_alpha": (0.0, math.inf, False),
-    "label_smoothing": (0.0, 1.0, False),
-    "cutmix_alpha": (0.0, math.inf, False),
-    "cutout": (0.0, 1.0, True),
-    "drop_path": (0.0, 1.0, False),
-}
 # Per-worker or structural settings that make no sense to search.
 _NOT_SEARCHABLE = {"device", "precision", "memory_format", "compile", "eval_batch_size", "name"}
 _TRAIN_KEYS = set(TrainConfig.model_fields) - _NOT_SEARCHABLE
@@ -177,11 +167,12 @@ def _parse_value(key: str, raw: Any) -> Scalar | Distribution:
 
 
 def _check_regularizer(key: str, name: str, value: Any) -> None:
-    low, high, inclusive = REGULARIZERS[name]
+    row = REGULARIZERS[name]
+    low, high = row.low, row.high
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    ok = ok and low <= value and (value <= high if inclusive else value < high)
+    ok = ok and low <= value and (value <= high if row.high_included else value < high)
     if not ok:
-        interval = f"[{low:g}, {high:g}{']' if inclusive else ')'}"
+        interval = f"[{low:g}, {high:g}{']' if row.high_included else ')'}"
         raise UserError(f"space.{key}: {value!r} is outside the allowed range {interval}")
 
 
@@ -214,6 +205,7 @@ class SearchSpace:
 
     @classmethod
     def from_config(cls, config: StudyConfig) -> SearchSpace:
+        """The parser: every reader takes the space from `space_of`, which parses once."""
         entries: list[SpaceEntry] = []
         seen: dict[str, str] = {}
         for key, raw in config.space.items():
@@ -314,10 +306,9 @@ class SearchSpace:
         for entry in self.entries:
             if entry.name in values:
                 by_section[entry.section][entry.name] = values[entry.name]
-        reg_names = {f.name for f in fields(Regularization)}
         regularization = replace(
             Regularization(),
-            **{k: float(v) for k, v in by_section["regularization"].items() if k in reg_names},
+            **{k: float(v) for k, v in by_section["regularization"].items() if k in REGULARIZERS},
         )
         return TrialConfig(
             # Validated (not `model_copy`): a sampled value must meet the same rules as a file's.
@@ -331,3 +322,14 @@ class SearchSpace:
             early_stopping=self.config.early_stopping,
             objective=self.config.objective,
         )
+
+
+def space_of(config: StudyConfig) -> SearchSpace:
+    """The config's search space, parsed and checked once per config object and kept on it:
+    every reader of the space gets this one `SearchSpace`. A copy (`model_copy`, which may
+    change the space or the sections it checks against) parses its own."""
+    space = config._space
+    if not isinstance(space, SearchSpace) or space.config is not config:  # `copy.copy`'s
+        space = SearchSpace.from_config(config)
+        config._space = space
+    return space

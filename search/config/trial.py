@@ -1,12 +1,15 @@
 """The sections of a study file that say how one model trains — data set, model, training,
 early stopping, objective — and the `TrialConfig` a trial trains with (those sections plus the
-sampled `Regularization`). The study as a whole (`StudyConfig`) is `search.config.schema`'s.
+sampled `Regularization`, whose fields are the table of the regularizers: `REGULARIZERS`). The
+study as a whole (`StudyConfig`) is `search.config.schema`'s.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -21,12 +24,15 @@ from pydantic import (
 )
 
 __all__ = [
+    "CORE_REGULARIZERS",
+    "REGULARIZERS",
     "DatasetConfig",
     "EarlyStoppingConfig",
     "Int",
     "ModelConfig",
     "ObjectiveConfig",
     "Regularization",
+    "Regularizer",
     "Section",
     "TrainConfig",
     "TrialConfig",
@@ -285,17 +291,85 @@ class ObjectiveConfig(Section):
 
 
 @dataclass(frozen=True)
-class Regularization:
-    """The regularizer values of one trial, under their contract names."""
+class Regularizer:
+    """A regularizer's row of the table (`REGULARIZERS`): the values it takes, `low` to `high`
+    (`high` itself when `high_included`); for the core regularizers, the default study's
+    distribution of it and the baseline recipe's value. The others are off in both."""
 
-    weight_decay: float = 0.0
-    dropout: float = 0.0
-    aug_strength: float = 0.0
-    mixup_alpha: float = 0.0
-    label_smoothing: float = 0.0
-    cutmix_alpha: float = 0.0
-    cutout: float = 0.0
-    drop_path: float = 0.0
+    low: float
+    high: float
+    high_included: bool
+    default_search: Mapping[str, Any] | None = None
+    baseline: float | None = None
+
+    @property
+    def core(self) -> bool:
+        return self.default_search is not None
+
+
+def _regularizer(
+    low: float,
+    high: float,
+    *,
+    high_included: bool,
+    search: Mapping[str, Any] | None = None,
+    baseline: float | None = None,
+) -> Any:
+    """A `Regularization` field: 0 (off) unless set, with its row of the table."""
+    row = Regularizer(low, high, high_included, search, baseline)
+    return field(default=0.0, metadata={"row": row})
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """The regularizer values of one trial, under their contract names (0: off). Its fields
+    are the one table of the regularizers: each one's metadata is its `Regularizer` row, and
+    every list of regularizer names (`REGULARIZERS`, the defaults) is read from them."""
+
+    weight_decay: float = _regularizer(
+        0.0,
+        1.0,
+        high_included=True,
+        search={"type": "float", "low": 1.0e-5, "high": 0.1, "log": True},
+        baseline=0.01,
+    )
+    dropout: float = _regularizer(
+        0.0,
+        1.0,
+        high_included=False,
+        search={"type": "float", "low": 0.0, "high": 0.6},
+        baseline=0.5,
+    )
+    aug_strength: float = _regularizer(
+        0.0,
+        1.0,
+        high_included=True,
+        search={"type": "float", "low": 0.0, "high": 1.0},
+        baseline=0.5,
+    )
+    mixup_alpha: float = _regularizer(
+        0.0,
+        math.inf,
+        high_included=False,
+        search={"type": "float", "low": 0.0, "high": 1.0},
+        baseline=0.2,
+    )
+    label_smoothing: float = _regularizer(
+        0.0,
+        1.0,
+        high_included=False,
+        search={"type": "float", "low": 0.0, "high": 0.3},
+        baseline=0.1,
+    )
+    cutmix_alpha: float = _regularizer(0.0, math.inf, high_included=False)
+    cutout: float = _regularizer(0.0, 1.0, high_included=True)
+    drop_path: float = _regularizer(0.0, 1.0, high_included=False)
+
+
+# The regularizers by contract name, in contract order: their rows of the table.
+REGULARIZERS: dict[str, Regularizer] = {f.name: f.metadata["row"] for f in fields(Regularization)}
+# Searched by the default study, in the baseline recipe, a column of every trials table.
+CORE_REGULARIZERS: tuple[str, ...] = tuple(n for n, row in REGULARIZERS.items() if row.core)
 
 
 @dataclass(frozen=True)

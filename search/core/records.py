@@ -15,11 +15,16 @@ from optuna.trial import TrialState
 __all__ = [
     "ABLATE_ATTR",
     "BASELINE",
+    "BEST_EPOCH_ATTR",
     "BEST_VALUE_ATTR",
+    "CHAMPION_ERROR_ATTR",
+    "CHAMPION_URI_ATTR",
     "CONFIG_ATTR",
+    "EPOCHS_TRAINED_ATTR",
     "FINISHED",
     "INPUT_ATTR",
     "MODEL_URI_ATTR",
+    "OBJECTIVE_METRIC_ATTR",
     "OVERRIDES_ATTR",
     "PHASE_ATTR",
     "REFIT",
@@ -29,9 +34,12 @@ __all__ = [
     "SOURCE_ATTR",
     "STOP_REASON_ATTR",
     "SURPLUS",
+    "TEST_ACCURACY_ATTR",
     "TIEBREAK_ATTR",
     "TRACKING_ERROR",
+    "TRAIN_ACCURACY_ATTR",
     "TRAIN_IMAGES_ATTR",
+    "VAL_ACCURACY_ATTR",
     "VAL_IMAGES_ATTR",
     "WORKER_ATTR",
     "Planned",
@@ -47,15 +55,25 @@ TRAIN_IMAGES_ATTR = "train_images"  # study user attr: the size of the training 
 VAL_IMAGES_ATTR = "val_images"  # study user attr: the validation split's size
 # Study user attr: what the champion takes, {"shape": [C, H, W], "dtype", "range", "classes"}.
 INPUT_ATTR = "input"
+OBJECTIVE_METRIC_ATTR = "objective_metric"  # study user attr: the metric its values are
+# Study user attrs of the registered champion: its `models:/` URI and test-split accuracy.
+CHAMPION_URI_ATTR = "champion_uri"
+TEST_ACCURACY_ATTR = "test_accuracy"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trial user attrs of every trial's outcome.
 STOP_REASON_ATTR = "stop_reason"  # why it ended: max_epochs, early_stopping, pruned, surplus, …
+EPOCHS_TRAINED_ATTR = "epochs_trained"
+BEST_EPOCH_ATTR = "best_epoch"  # the epoch whose weights and value it kept
+TRAIN_ACCURACY_ATTR = "train_accuracy"  # at the best epoch
+VAL_ACCURACY_ATTR = "val_accuracy"  # at the best epoch
 RUN_ID_ATTR = "mlflow_run_id"  # its MLflow run
 MODEL_URI_ATTR = "model_uri"  # the registered model version, when it became the champion
 WORKER_ATTR = "worker"  # host:pid of the worker process that ran it
 SURPLUS = "surplus"  # the stop reason of a trial started after the budget was reached
 # A trial whose MLflow run could not be closed (a tracking outage); `Tracker.close` closes it.
 TRACKING_ERROR = "tracking_error"
+# Why a trial's weights could not be kept (trial attr) or its model registered (study attr).
+CHAMPION_ERROR_ATTR = "champion_error"
 PHASE_ATTR = "phase"
 SEARCH, BASELINE = "search", "baseline"
 # User attr: what a trial trains with beyond its params (the recipe, a retrain's seed, an
@@ -144,6 +162,6 @@ def best_value_of(trial: optuna.trial.FrozenTrial) -> float | None:
         return None
     best = trial.user_attrs.get(BEST_VALUE_ATTR)
     if best is None:
-        epoch = trial.user_attrs.get("best_epoch")
+        epoch = trial.user_attrs.get(BEST_EPOCH_ATTR)
         best = None if epoch is None else trial.intermediate_values.get(int(epoch))
     return None if best is None or not math.isfinite(best) else float(best)

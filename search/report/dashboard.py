@@ -39,6 +39,18 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.core.records import (
+    BEST_EPOCH_ATTR,
+    CHAMPION_URI_ATTR,
+    EPOCHS_TRAINED_ATTR,
+    OBJECTIVE_METRIC_ATTR,
+    PHASE_ATTR,
+    RUN_ID_ATTR,
+    SEARCH,
+    TRAIN_ACCURACY_ATTR,
+    VAL_ACCURACY_ATTR,
+)
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from optuna.artifacts._protocol import ArtifactStore
@@ -178,22 +190,22 @@ def best_note_markdown(
     test_accuracy: float | None = None,
     model_uri: str | None = None,
 ) -> str:
-    metric = study.user_attrs.get("objective_metric", "validation value")
+    metric = study.user_attrs.get(OBJECTIVE_METRIC_ATTR, "validation value")
     attrs = best.user_attrs
     rows: list[tuple[str, Any]] = [(f"{metric} (validation)", best.value)]
     if test_accuracy is not None:
         rows.append(("test accuracy (held-out split)", test_accuracy))
     for key, label in (
-        ("best_epoch", "best epoch"),
-        ("epochs_trained", "epochs trained"),
-        ("train_accuracy", "train accuracy at best epoch"),
-        ("val_accuracy", "val accuracy at best epoch"),
+        (BEST_EPOCH_ATTR, "best epoch"),
+        (EPOCHS_TRAINED_ATTR, "epochs trained"),
+        (TRAIN_ACCURACY_ATTR, "train accuracy at best epoch"),
+        (VAL_ACCURACY_ATTR, "val accuracy at best epoch"),
     ):
         if attrs.get(key) is not None:
             rows.append((label, attrs[key]))
     rows.append(("MLflow model", model_uri or "(not registered)"))
-    if attrs.get("mlflow_run_id"):
-        rows.append(("MLflow run", attrs["mlflow_run_id"]))
+    if attrs.get(RUN_ID_ATTR):
+        rows.append(("MLflow run", attrs[RUN_ID_ATTR]))
     from search.report.summary import best_summary, verdict
 
     summary = best_summary(study)
@@ -260,7 +272,7 @@ def write_best_note(
         return None
     from search.tracking.champion import model_uri_of
 
-    uri = model_uri or model_uri_of(study, best) or study.user_attrs.get("champion_uri")
+    uri = model_uri or model_uri_of(study, best) or study.user_attrs.get(CHAMPION_URI_ATTR)
     body = best_note_markdown(study, best, test_accuracy=test_accuracy, model_uri=uri)
     save_note(_live_trial(study, best), body)
     save_note(study, study_note_markdown(study, best))
@@ -279,7 +291,7 @@ def study_note_markdown(study: optuna.Study, best: FrozenTrial) -> str:
     from search.report.summary import best_summary, verdict
 
     summary = best_summary(study)
-    metric = str(study.user_attrs.get("objective_metric", "value"))
+    metric = str(study.user_attrs.get(OBJECTIVE_METRIC_ATTR, "value"))
     lines = [f"## Verdict of study `{study.study_name}`", ""]
     if summary is not None:
         lines += [verdict(summary, metric), ""]
@@ -300,7 +312,7 @@ def study_note_markdown(study: optuna.Study, best: FrozenTrial) -> str:
         if top.number != best.number:
             lines += [
                 f"The dashboard's *Best Trial* badge is on {_trial_link(study, top.number)} "
-                f"({metric} {_fmt(top.value)}, phase {top.user_attrs.get('phase', 'search')}): "
+                f"({metric} {_fmt(top.value)}, phase {top.user_attrs.get(PHASE_ATTR, SEARCH)}): "
                 "the single largest value of any trial, one seed, scored on the split it was "
                 "chosen on. The champion is the configuration with the best mean over the "
                 "confirm phase's fresh seeds, never a single lucky run or an ablation retrain.",

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from search.config.space import REGULARIZERS
-from search.core.records import FINISHED, STOP_REASON_ATTR, is_budget_trial
+from search.core.records import EPOCHS_TRAINED_ATTR, FINISHED, STOP_REASON_ATTR, is_budget_trial
 
 if TYPE_CHECKING:
     pass
@@ -90,7 +90,7 @@ class EpochTotals:
 
 
 def epochs_trained(t: FrozenTrial) -> int:
-    value = t.user_attrs.get("epochs_trained")
+    value = t.user_attrs.get(EPOCHS_TRAINED_ATTR)
     return int(value) if isinstance(value, int) else len(t.intermediate_values)
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search.core.records import STOP_REASON_ATTR
+from search.core.records import STOP_REASON_ATTR, TRAIN_ACCURACY_ATTR, VAL_ACCURACY_ATTR
 from search.report.data import (
     MAX_LEVELS,
     MAX_PRUNED_CURVES,
@@ -64,8 +64,8 @@ def regularizer_figure(name: str, trials: Sequence[FrozenTrial], *, dpi: int = 1
     points: list[tuple[float, float, float, bool]] = []
     for t in trials:
         x = finite_number(t.params.get(name))
-        train = finite_number(t.user_attrs.get("train_accuracy"))
-        val = finite_number(t.user_attrs.get("val_accuracy"))
+        train = finite_number(t.user_attrs.get(TRAIN_ACCURACY_ATTR))
+        val = finite_number(t.user_attrs.get(VAL_ACCURACY_ATTR))
         if x is not None and train is not None and val is not None:
             points.append((x, train, val, t.state == TrialState.COMPLETE))
     if not points:
@@ -138,8 +138,8 @@ def settings_figure(names: Sequence[str], trials: Sequence[FrozenTrial]) -> byte
         if t.state != TrialState.COMPLETE:
             continue
         values = [finite_number(t.params.get(n)) for n in names]
-        train = finite_number(t.user_attrs.get("train_accuracy"))
-        val = finite_number(t.user_attrs.get("val_accuracy"))
+        train = finite_number(t.user_attrs.get(TRAIN_ACCURACY_ATTR))
+        val = finite_number(t.user_attrs.get(VAL_ACCURACY_ATTR))
         key = tuple(v for v in values if v is not None)
         if len(key) == len(names) and train is not None and val is not None:
             groups.setdefault(key, []).append((train, val))

@@ -11,6 +11,14 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
+from search.core.records import (
+    BEST_EPOCH_ATTR,
+    MODEL_URI_ATTR,
+    RUN_ID_ATTR,
+    STOP_REASON_ATTR,
+    TRAIN_ACCURACY_ATTR,
+    VAL_ACCURACY_ATTR,
+)
 from search.report.data import epochs_trained
 from search.report.summary import format_value
 
@@ -86,13 +94,13 @@ def best_table(
     rows: list[tuple[str, Any]] = [
         ("trial", best.number),
         (metric, best.value),
-        ("best epoch", attrs.get("best_epoch")),
+        ("best epoch", attrs.get(BEST_EPOCH_ATTR)),
         ("epochs trained", f"{epochs_trained(best)}" + (f" of {budget}" if budget else "")),
-        ("stop reason", attrs.get("stop_reason")),
-        ("train accuracy", attrs.get("train_accuracy")),
-        ("val accuracy", attrs.get("val_accuracy")),
-        ("model URI", model_uri or attrs.get("model_uri") or "(not registered)"),
-        ("MLflow run", attrs.get("mlflow_run_id")),
+        ("stop reason", attrs.get(STOP_REASON_ATTR)),
+        ("train accuracy", attrs.get(TRAIN_ACCURACY_ATTR)),
+        ("val accuracy", attrs.get(VAL_ACCURACY_ATTR)),
+        ("model URI", model_uri or attrs.get(MODEL_URI_ATTR) or "(not registered)"),
+        ("MLflow run", attrs.get(RUN_ID_ATTR)),
     ]
     rows += [(f"param: {k}", v) for k, v in best.params.items()]
     return table(rows)

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import html
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.config.space import REGULARIZERS
+from search.config.space import space_of
 from search.core.files import write_atomic
+from search.core.records import OBJECTIVE_METRIC_ATTR
 from search.report.data import (
     MAX_SETTINGS,
     EpochTotals,
@@ -134,7 +135,7 @@ def write_report(
     metric = (
         config.objective.metric
         if config
-        else str(study.user_attrs.get("objective_metric", "value"))
+        else str(study.user_attrs.get(OBJECTIVE_METRIC_ATTR, "value"))
     )
     budget = config.train.epochs if config else None
 
@@ -281,7 +282,7 @@ def _header(study: optuna.Study, config: StudyConfig | None, totals: EpochTotals
             ("epochs (budget per trial)", config.train.epochs),
             ("sampler / pruner", f"{config.search.sampler.name} / {config.search.pruner.name}"),
         ]
-        fixed = _fixed_regularizers(config.space)
+        fixed = _fixed_regularizers(config)
         if fixed:
             rows.append(
                 (
@@ -300,10 +301,6 @@ def _header(study: optuna.Study, config: StudyConfig | None, totals: EpochTotals
     return table(rows)
 
 
-def _fixed_regularizers(space: Mapping[str, Any]) -> dict[str, Any]:
-    fixed = {}
-    for key, value in space.items():
-        name = str(key).rpartition(".")[2]
-        if name in REGULARIZERS and not isinstance(value, Mapping):
-            fixed[name] = value
-    return fixed
+def _fixed_regularizers(config: StudyConfig) -> dict[str, Any]:
+    entries = space_of(config).entries
+    return {e.name: e.value for e in entries if e.section == "regularization" and not e.searched}

@@ -9,10 +9,26 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.core.records import best_value_of
+from search.config.trial import CORE_REGULARIZERS
+from search.core.records import (
+    ABLATE_ATTR,
+    BEST_EPOCH_ATTR,
+    CHAMPION_URI_ATTR,
+    EPOCHS_TRAINED_ATTR,
+    MODEL_URI_ATTR,
+    OBJECTIVE_METRIC_ATTR,
+    OVERRIDES_ATTR,
+    PHASE_ATTR,
+    RUN_ID_ATTR,
+    SEARCH,
+    SOURCE_ATTR,
+    STOP_REASON_ATTR,
+    TRAIN_ACCURACY_ATTR,
+    VAL_ACCURACY_ATTR,
+    best_value_of,
+)
 
 __all__ = [
-    "CONTRACT_PARAMS",
     "best_summary",
     "champion_name",
     "champion_source",
@@ -26,8 +42,6 @@ __all__ = [
     "verdict_metrics",
 ]
 
-CONTRACT_PARAMS = ("weight_decay", "dropout", "aug_strength", "mixup_alpha", "label_smoothing")
-
 
 def _json_number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
@@ -38,27 +52,25 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     retrain's seed), `phase` is search, baseline, confirm or ablation. `value` is Optuna's
     (of a pruned trial: the epoch it was pruned at); `best_value` the value at `best_epoch`
     (`best_value_of`: a complete trial's value, a pruned trial's best before it was stopped)."""
-    from search.core.records import OVERRIDES_ATTR
-
     attrs = trial.user_attrs
     overrides = attrs.get(OVERRIDES_ATTR) or {}
     trained = {k: v for k, v in overrides.items() if k in trial.params or k == "seed"}
     return {
         "number": trial.number,
         "state": trial.state.name,
-        "phase": attrs.get("phase", "search"),
-        "ablate": attrs.get("ablate"),
-        "source": attrs.get("source"),
+        "phase": attrs.get(PHASE_ATTR, SEARCH),
+        "ablate": attrs.get(ABLATE_ATTR),
+        "source": attrs.get(SOURCE_ATTR),
         "value": _json_number(trial.value) if trial.state != TrialState.FAIL else None,
         "best_value": _json_number(best_value_of(trial)),
         "params": {**trial.params, **trained},
-        "epochs": attrs.get("epochs_trained", len(trial.intermediate_values) or None),
-        "best_epoch": attrs.get("best_epoch"),
-        "stop_reason": attrs.get("stop_reason"),
-        "train_accuracy": attrs.get("train_accuracy"),
-        "val_accuracy": attrs.get("val_accuracy"),
-        "mlflow_run_id": attrs.get("mlflow_run_id"),
-        "model_uri": attrs.get("model_uri"),
+        "epochs": attrs.get(EPOCHS_TRAINED_ATTR, len(trial.intermediate_values) or None),
+        "best_epoch": attrs.get(BEST_EPOCH_ATTR),
+        "stop_reason": attrs.get(STOP_REASON_ATTR),
+        "train_accuracy": attrs.get(TRAIN_ACCURACY_ATTR),
+        "val_accuracy": attrs.get(VAL_ACCURACY_ATTR),
+        "mlflow_run_id": attrs.get(RUN_ID_ATTR),
+        "model_uri": attrs.get(MODEL_URI_ATTR),
     }
 
 
@@ -99,7 +111,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     `contributions` (`{regularizer: {mean, low, high, n}}` from the ablation); `test` (the
     held-out evaluation: accuracy, ECE and NLL of both models, the gain with its interval);
     `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early stopping."""
-    from search.core.records import INPUT_ATTR, PHASE_ATTR, REFIT, baseline_trial
+    from search.core.records import INPUT_ATTR, REFIT, baseline_trial
     from search.study.evidence import TEST_ATTR, epochs_saved, study_config, study_evidence
     from search.study.studies import best_trial
 
@@ -109,7 +121,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     from search.tracking.champion import model_uri_of
 
     # The best trial's own registered version; the alias URI only as a fallback.
-    champion_uri = study.user_attrs.get("champion_uri")
+    champion_uri = study.user_attrs.get(CHAMPION_URI_ATTR)
     model_uri = model_uri_of(study, best) or champion_uri
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     base = baseline_trial(study)
@@ -209,7 +221,7 @@ def _refit_summary(best: FrozenTrial, test: dict[str, Any] | None) -> dict[str, 
     """The refit champion (`search.study.refit`): what it trained on, and what the test split says
     of it and of its configuration trained on the training split alone (`before`, the
     best-seed retrain `of`) with the refit's `gain`; None when the champion is no refit."""
-    from search.core.records import PHASE_ATTR, REFIT, TRAIN_IMAGES_ATTR
+    from search.core.records import REFIT, TRAIN_IMAGES_ATTR
     from search.study.refit import REFIT_EPOCHS_ATTR, REFIT_OF_ATTR
 
     attrs = best.user_attrs
@@ -398,17 +410,19 @@ def shown_value(row: dict[str, Any]) -> str:
 
 
 def table_params(study: optuna.Study) -> tuple[dict[str, Any], list[str]]:
-    """(fixed values, column names) of a study's table: the five contract regularizers (a
-    fixed one shows its value), then every other searched parameter, in space order."""
-    from search.core.records import CONFIG_ATTR
+    """(fixed values, column names) of a study's table: the core regularizers (a fixed one
+    shows its value), then every other searched parameter, in space order."""
+    from search.config.space import space_of
+    from search.study.evidence import study_config
 
-    space = (study.user_attrs.get(CONFIG_ATTR) or {}).get("space") or {}
-    fixed = {str(k).rpartition(".")[2]: v for k, v in space.items() if not isinstance(v, dict)}
-    searched = [str(k).rpartition(".")[2] for k, v in space.items() if isinstance(v, dict)]
+    config = study_config(study)
+    space = None if config is None else space_of(config)
+    fixed: dict[str, Any] = {} if space is None else space.fixed_values()
+    searched = [] if space is None else [e.name for e in space.searched]
     seen = {name for t in study.get_trials(deepcopy=False) for name in t.params}
-    extra = [n for n in searched if n not in CONTRACT_PARAMS]
-    extra += sorted(seen - set(CONTRACT_PARAMS) - set(extra))
-    return fixed, [*CONTRACT_PARAMS, *extra]
+    extra = [n for n in searched if n not in CORE_REGULARIZERS]
+    extra += sorted(seen - set(CORE_REGULARIZERS) - set(extra))
+    return fixed, [*CORE_REGULARIZERS, *extra]
 
 
 def champion_source(study: optuna.Study) -> int | None:
@@ -446,7 +460,7 @@ def trials_table(
     `everything`, after them, as `retrain #N` / `#N −regularizer`."""
     from rich.table import Table
 
-    metric = study.user_attrs.get("objective_metric", "value")
+    metric = study.user_attrs.get(OBJECTIVE_METRIC_ATTR, "value")
     table = Table(title=title, header_style="bold")
     fixed, names = table_params(study)
     for column in ("#", "state", "phase", metric, *names, "epochs", "stop reason"):

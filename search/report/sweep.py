@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from search.config.space import REGULARIZERS, SearchSpace
+from search.config.space import REGULARIZERS, space_of
 from search.core.files import write_atomic
-from search.core.records import TRAIN_IMAGES_ATTR
+from search.core.records import TRAIN_ACCURACY_ATTR, TRAIN_IMAGES_ATTR, VAL_ACCURACY_ATTR
 from search.report.figures import new_figure, png
 from search.report.summary import best_summary, format_value
 from search.study.evidence import TEST_ATTR, study_config
@@ -219,7 +219,7 @@ the amount of data. The table is in <a href="sweep.csv">sweep.csv</a> and
 def _gap(trial: FrozenTrial | None) -> float | None:
     if trial is None:
         return None
-    train, val = trial.user_attrs.get("train_accuracy"), trial.user_attrs.get("val_accuracy")
+    train, val = trial.user_attrs.get(TRAIN_ACCURACY_ATTR), trial.user_attrs.get(VAL_ACCURACY_ATTR)
     return None if train is None or val is None else float(train) - float(val)
 
 
@@ -237,7 +237,7 @@ def sweep_rows(storage: optuna.storages.BaseStorage, sweep: str) -> list[dict[st
         values: dict[str, float] = {}
         spread: dict[str, list[float]] = {}
         if config is not None and champion is not None:
-            space = SearchSpace.from_config(config)
+            space = space_of(config)
             fixed = space.fixed_values()
             searched = {e.name for e in space.searched} & set(REGULARIZERS)
             chosen = {**fixed, **(best or {}).get("params", {})}

@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from search.core.errors import UserError
 from search.core.urls import redact_url
+from search.run.options import RunOptions
 
 __all__ = [
-    "Launch",
     "check_reachable",
     "check_tracking",
     "make_console",
@@ -67,24 +66,6 @@ def _console() -> Any:
     return make_console(stderr=True)
 
 
-@dataclass(frozen=True)
-class Launch:
-    """The per-machine settings of one launch (the study's own settings are in its config)."""
-
-    url: str
-    tracking_uri: str | None
-    device: str | None
-    threads: int | None
-    artifacts: str | None
-    quiet: bool
-    started: float = field(default_factory=time.monotonic)  # for the elapsed time `run` ends with
-
-    def __post_init__(self) -> None:
-        threads = self.threads
-        if threads is not None and (isinstance(threads, bool) or threads < 1):
-            raise UserError(f"--threads must be an integer >= 1, got {threads}")
-
-
 def elapsed(seconds: float) -> str:
     """`42 s`, `3 min 05 s`, `1 h 02 min`."""
     seconds = round(seconds)
@@ -97,7 +78,7 @@ def elapsed(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _finish(study: Any, config: Any, console: Any, launch: Launch) -> None:
+def _finish(study: Any, config: Any, console: Any, options: RunOptions) -> None:
     from search.report.summary import best_summary, trials_table, verdict
 
     console.print(trials_table(study, limit=10, title=f"study {study.study_name} — top 10"))
@@ -115,7 +96,7 @@ def _finish(study: Any, config: Any, console: Any, launch: Launch) -> None:
             from search.training.network import describe_input
 
             console.print(describe_input(best["input"]), soft_wrap=True)
-    took = elapsed(time.monotonic() - launch.started)
+    took = elapsed(time.monotonic() - options.started)
     console.print(f"{config.study}: this launch took {took}")
 
 
@@ -161,91 +142,69 @@ def check_scheme(uri: str) -> None:
         )
 
 
-def run_in_process(
-    config: Any,
-    launch: Launch,
-    *,
-    title: str | None,
-    worker_index: int = 0,
-    summary: bool = True,
-    sweep: Any = None,
-    export_check: bool = True,
-) -> None:
-    """Run trials in this process; `title` prefixes its process title (`ps`, `top`)."""
+def run_in_process(config: Any, options: RunOptions, *, summary: bool = True) -> None:
+    """Run trials in this process, on the storage `options` opens once for it;
+    `options.title` prefixes its process title (`ps`, `top`)."""
     from search.core.memory import retain_freed_memory
-    from search.run.runner import RunOptions, run_study
+    from search.run.runner import run_study
 
-    if launch.threads:
+    if options.threads:
         import torch
 
-        torch.set_num_threads(launch.threads)
+        torch.set_num_threads(options.threads)
     retain_freed_memory()
-    options = RunOptions(
-        launch.url,
-        launch.tracking_uri,
-        launch.device,
-        worker_index=worker_index,
-        quiet=launch.quiet,
-        title=title,
-        artifacts=launch.artifacts,
-        sweep=sweep,
-        export_check=export_check,
-    )
     console = _console()
     study = run_study(config, options, console=console)
     if summary:
-        _finish(study, config, console, launch)
+        _finish(study, config, console, options)
 
 
-def run_workers(
-    config: Any, launch: Launch, pinned: list[str | None], *, sweep: Any = None
-) -> None:
+def run_workers(config: Any, options: RunOptions, pinned: list[str | None]) -> None:
     """Create the study here, then start one `regsearch worker` process per entry of `pinned`
     (its `CUDA_VISIBLE_DEVICES`, or None), each with its share of the CPU threads; Ctrl+C /
-    SIGTERM is passed on to them."""
+    SIGTERM is passed on to them. This process opens the storage once, each worker once."""
     import optuna
 
     from search.run.runner import prepare, record_choice
-    from search.study.storage import open_storage
     from search.study.studies import create_or_resume, load_existing
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     choice = prepare(config)[0]  # the workers read the choice from the study (data freed)
     config = choice.config
     console = _console()
-    if not launch.quiet:
+    if not options.quiet:
         for note in choice.notes:
             console.print(f"{config.study}: {note}")
-    study, _ = create_or_resume(config, open_storage(launch.url, config.search))
-    if sweep is not None:
+    study, _ = create_or_resume(config, options.storage(config.search))
+    if options.sweep is not None:
         from search.study.sweep import warm_start
 
-        warm_start(study, sweep)
+        warm_start(study, options.sweep)
     if config.tracking.enabled:
         # Create the MLflow store, experiment and parent run once, here: N workers racing
         # to run the store's schema migrations on a fresh SQLite file would break it.
         from search.tracking.runs import Tracker
 
-        tracker = Tracker.for_study(study, config, tracking_uri=launch.tracking_uri, prewarm=False)
+        tracker = Tracker.for_study(study, config, tracking_uri=options.tracking_uri, prewarm=False)
         record_choice(study, tracker, choice)
     else:
         record_choice(study, None, choice)
-    per_worker = launch.threads or max(1, (os.cpu_count() or 1) // len(pinned))
+    per_worker = options.threads or max(1, (os.cpu_count() or 1) // len(pinned))
     # Through the environment, not argv: URLs may carry passwords, and `ps` shows argv.
-    env = {**os.environ, "REGSEARCH_STORAGE": launch.url}
-    if launch.tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = launch.tracking_uri
-    if launch.artifacts:
-        env["REGSEARCH_ARTIFACTS"] = launch.artifacts
+    env = {**os.environ, "REGSEARCH_STORAGE": options.storage_url}
+    if options.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = options.tracking_uri
+    if options.artifacts:
+        env["REGSEARCH_ARTIFACTS"] = options.artifacts
     procs = []
     for index, gpu in enumerate(pinned):
         cmd = [sys.executable, "-m", "search", "worker", config.study, "--threads", str(per_worker)]
         cmd += ["--worker-index", str(index)]
         if gpu is not None:
             cmd += ["--device", "cuda"]  # the one GPU this worker sees
-        elif launch.device:
-            cmd += ["--device", launch.device]
-        if launch.quiet:
+        elif options.device:
+            cmd += ["--device", options.device]
+        if options.quiet:
             cmd.append("--quiet")
         worker_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
         procs.append(subprocess.Popen(cmd, env=worker_env))
@@ -264,8 +223,8 @@ def run_workers(
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    study, _ = load_existing(config.study, open_storage(launch.url, create=False))
-    _finish(study, config, console, launch)
+    study, _ = load_existing(config.study, options.storage())
+    _finish(study, config, console, options)
     bad = [c for c in codes if c != 0]
     if bad:
         raise SystemExit(bad[0])

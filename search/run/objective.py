@@ -21,11 +21,14 @@ import torch
 from optuna.trial import TrialState
 
 from search.config.schema import StudyConfig, TrialConfig
-from search.config.space import SearchSpace
+from search.config.space import space_of
 from search.core.errors import first_line
 from search.core.records import (
     BASELINE,
+    BEST_EPOCH_ATTR,
     BEST_VALUE_ATTR,
+    CHAMPION_ERROR_ATTR,
+    EPOCHS_TRAINED_ATTR,
     OVERRIDES_ATTR,
     PHASE_ATTR,
     REFIT,
@@ -35,7 +38,9 @@ from search.core.records import (
     SURPLUS,
     TIEBREAK_ATTR,
     TRACKING_ERROR,
+    TRAIN_ACCURACY_ATTR,
     TRAIN_IMAGES_ATTR,
+    VAL_ACCURACY_ATTR,
     WORKER_ATTR,
     is_budget_trial,
 )
@@ -114,7 +119,7 @@ class Objective:
         # None: `search.training.train.train`, looked up per trial; the pruning benchmark replays
         # recorded curves instead.
         self.trainer = trainer
-        self.space = SearchSpace.from_config(config)
+        self.space = space_of(config)
         self.data = data.to(device)  # once per worker, not once per trial
         self._splits: dict[int, Dataset] = {0: self.data}  # the confirm phase's, by index
         self._refit: Dataset | None = None  # training + validation images, for refits
@@ -159,7 +164,7 @@ class Objective:
             # The baseline and the confirm phase's retrains are yardsticks: never pruned.
             result = self._train(trial, cfg, run_id, can_prune=phase == SEARCH)
         except KeyboardInterrupt:
-            self._finish(trial, run_id, "KILLED", {"stop_reason": INTERRUPTED})
+            self._finish(trial, run_id, "KILLED", {STOP_REASON_ATTR: INTERRUPTED})
             # Ctrl+C / SIGTERM: the next launch reruns it (same params, phase and seed) — a
             # confirm retrain, an ablation or the baseline would otherwise be lost for good.
             with contextlib.suppress(Exception):  # the storage may be what went away
@@ -177,7 +182,7 @@ class Objective:
                 reason = f"{STORAGE_ERROR}: {describe_storage_error(exc)}"
             else:
                 reason = f"error: {first_line(exc, typed=True)}"
-            failure = {"stop_reason": reason[:500]}
+            failure = {STOP_REASON_ATTR: reason[:500]}
             try:
                 self._finish(trial, run_id, "FAILED", failure)
             except Exception as finish_exc:  # the storage is down: the cause is what counts
@@ -186,16 +191,16 @@ class Objective:
 
         self._upload_curve(trial, result)
         summary: dict[str, Any] = {
-            "stop_reason": result.stop_reason,
-            "epochs_trained": result.epochs_trained,
-            "best_epoch": result.best_epoch,
+            STOP_REASON_ATTR: result.stop_reason,
+            EPOCHS_TRAINED_ATTR: result.epochs_trained,
+            BEST_EPOCH_ATTR: result.best_epoch,
         }
         if result.compile_seconds is not None:
             summary[COMPILE_SECONDS] = round(result.compile_seconds, 3)
             self.compile_seconds.append(result.compile_seconds)
         if result.best_stats is not None:
-            summary["train_accuracy"] = result.best_stats.train_accuracy
-            summary["val_accuracy"] = result.best_stats.val_accuracy
+            summary[TRAIN_ACCURACY_ATTR] = result.best_stats.train_accuracy
+            summary[VAL_ACCURACY_ATTR] = result.best_stats.val_accuracy
             summary[TIEBREAK_ATTR] = result.best_stats.val_loss
         if result.stop_reason in (PRUNED, NONFINITE) or result.best_value is None:
             # Optuna stores a pruned trial's value as its last reported epoch's (optuna 5.1:
@@ -224,7 +229,7 @@ class Objective:
                 self.tracker.save_checkpoint(run_id, result)
                 self._candidates[trial.number] = Candidate(trial.number, run_id, value, result)
             except Exception as exc:  # the trial trained fine: keep it, report the loss
-                summary["champion_error"] = first_line(exc, typed=True)
+                summary[CHAMPION_ERROR_ATTR] = first_line(exc, typed=True)
                 _log.warning("trial %d: checkpoint not saved: %s", trial.number, exc)
         summary["value"] = value
         self._finish(trial, run_id, "COMPLETE", summary)
@@ -258,7 +263,7 @@ class Objective:
             reason = first_line(exc, typed=True)
             _log.warning("trial %d: champion not registered: %s", trial.number, reason)
             with contextlib.suppress(Exception):
-                study.set_user_attr("champion_error", f"trial {trial.number}: {reason}")
+                study.set_user_attr(CHAMPION_ERROR_ATTR, f"trial {trial.number}: {reason}")
 
     def _upload_curve(self, trial: optuna.Trial, result: TrainResult) -> None:
         """Attach the learning curve while the trial still runs (Optuna refuses later)."""

@@ -23,7 +23,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from search.core.records import FINISHED, STOP_REASON_ATTR, SURPLUS
+from search.core.records import (
+    ABLATE_ATTR,
+    EPOCHS_TRAINED_ATTR,
+    FINISHED,
+    PHASE_ATTR,
+    SEED_ATTR,
+    SOURCE_ATTR,
+    STOP_REASON_ATTR,
+    SURPLUS,
+)
 from search.study.studies import count_trials
 from search.training.train import EpochStats
 
@@ -106,14 +115,14 @@ class RunProgress:
         attrs: dict[str, Any] = trial.user_attrs
         value = trial.value
         shown = f" {self.metric}={value:.4f}" if value is not None and math.isfinite(value) else ""
-        epochs = attrs.get("epochs_trained")
-        reason = attrs.get("stop_reason", "")
+        epochs = attrs.get(EPOCHS_TRAINED_ATTR)
+        reason = attrs.get(STOP_REASON_ATTR, "")
         params = " ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
         )
         head = f"trial {trial.number:>3} {trial.state.name:<8}{shown}"
-        phase = attrs.get("phase")
+        phase = attrs.get(PHASE_ATTR)
         if phase in ("confirm", "ablation"):  # a retrain: say of what, and with which seed
-            what = f"{attrs.get('ablate')} off" if phase == "ablation" else "retrain"
-            params = f"[{phase}: {what} of #{attrs.get('source')}, seed {attrs.get('seed')}]"
+            what = f"{attrs.get(ABLATE_ATTR)} off" if phase == "ablation" else "retrain"
+            params = f"[{phase}: {what} of #{attrs.get(SOURCE_ATTR)}, seed {attrs.get(SEED_ATTR)}]"
         return f"{head} epochs={epochs} ({reason}) {params}"

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
@@ -19,8 +18,10 @@ from search.core.errors import StorageFailure, UserError
 from search.core.records import (
     FINISHED,
     INPUT_ATTR,
+    OBJECTIVE_METRIC_ATTR,
     STOP_REASON_ATTR,
     SURPLUS,
+    TEST_ACCURACY_ATTR,
     TRAIN_IMAGES_ATTR,
     VAL_IMAGES_ATTR,
     is_budget_trial,
@@ -34,11 +35,10 @@ from search.study.storage import (
     describe_storage_error,
     fail_and_retry,
     fail_stale_trials,
-    open_storage,
     storage_error_of,
 )
 from search.study.studies import count_trials, create_or_resume
-from search.study.sweep import Member, warm_start
+from search.study.sweep import warm_start
 from search.training.auto import AutoChoice, resolve
 from search.training.network import input_contract
 from search.training.train import resolve_device
@@ -46,24 +46,10 @@ from search.training.train import resolve_device
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from search.run.options import RunOptions
     from search.tracking.runs import Tracker
 
-__all__ = ["RunOptions", "prepare", "record_choice", "run_study"]
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    storage_url: str
-    tracking_uri: str | None = None
-    device: str | None = None  # overrides train.device
-    worker_index: int = 0
-    quiet: bool = False
-    title: str | None = None  # process title prefix, e.g. "regsearch worker digits #1"
-    artifacts: str | None = None  # --artifacts (else $REGSEARCH_ARTIFACTS, else a default)
-    sweep: Member | None = None  # the study is one fraction of a size sweep
-    # Export an outside network untrained before the first trial (the launch does; a worker
-    # joins a study whose launch did).
-    export_check: bool = True
+__all__ = ["prepare", "record_choice", "run_study"]
 
 
 _log = logging.getLogger(__name__)
@@ -292,9 +278,9 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     if choice.notes and not options.quiet:
         for note in choice.notes:
             console.print(f"{config.study}: {note}")
-    storage = open_storage(options.storage_url, config.search)
+    storage = options.storage(config.search)  # opened once per process (`RunOptions.storage`)
     study, _created = create_or_resume(config, storage, worker_index=options.worker_index)
-    study.set_user_attr("objective_metric", config.objective.metric)
+    study.set_user_attr(OBJECTIVE_METRIC_ATTR, config.objective.metric)
     study.set_user_attr(TRAIN_IMAGES_ATTR, len(data.train))
     study.set_user_attr(VAL_IMAGES_ATTR, len(data.val))
     study.set_user_attr(INPUT_ATTR, input_contract(data))
@@ -421,7 +407,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     if done:
         from search.report.dashboard import write_best_note
 
-        write_best_note(study, test_accuracy=study.user_attrs.get("test_accuracy"))
+        write_best_note(study, test_accuracy=study.user_attrs.get(TEST_ACCURACY_ATTR))
     return study
 
 

@@ -31,11 +31,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.config.schema import StudyConfig
-from search.config.space import REGULARIZERS, SearchSpace
+from search.config.space import REGULARIZERS, SearchSpace, space_of
 from search.core.records import (
     ABLATE_ATTR,
     BASELINE,
     CONFIG_ATTR,
+    EPOCHS_TRAINED_ATTR,
     OVERRIDES_ATTR,
     PHASE_ATTR,
     SEARCH,
@@ -247,7 +248,7 @@ def evidence(
     confirm = config.search.confirm
     if confirm is None or config.search.sampler.name == "grid":
         return None
-    space = SearchSpace.from_config(config)
+    space = space_of(config)
     seeds = confirm_seeds(config, confirm.seeds)
     sign = _sign(direction)
     floor = 1.0 / val_images if val_images else 0.0
@@ -433,7 +434,7 @@ def plan(
     ev = evidence(trials, config, direction, val_images=val_images)
     if confirm is None or ev is None:
         return []
-    space = SearchSpace.from_config(config)
+    space = space_of(config)
     baseline_values = space.baseline_values() or {}
     exists = {
         _planned_key(t.user_attrs)
@@ -586,5 +587,5 @@ def epochs_saved(study: optuna.Study, config: StudyConfig | None) -> float | Non
         if t.user_attrs.get(PHASE_ATTR, SEARCH) == SEARCH
     ]
     full = sum(int(t.params.get("epochs", config.train.epochs)) for t in done)
-    trained = sum(int(t.user_attrs.get("epochs_trained") or 0) for t in done)
+    trained = sum(int(t.user_attrs.get(EPOCHS_TRAINED_ATTR) or 0) for t in done)
     return None if full == 0 else 1.0 - trained / full

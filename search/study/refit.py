@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.config.schema import StudyConfig
 from search.core.records import (
     ABLATE_ATTR,
+    EPOCHS_TRAINED_ATTR,
     OVERRIDES_ATTR,
     PHASE_ATTR,
     REFIT,
@@ -83,9 +84,9 @@ def refit_epochs(arm: Arm) -> int | None:
     is a noisy draw, and on 1,000 Fashion-MNIST images a refit stopped there tested 2.4 pt
     below one trained as long as the retrains (CHANGELOG)."""
     epochs = [
-        int(t.user_attrs["epochs_trained"])
+        int(t.user_attrs[EPOCHS_TRAINED_ATTR])
         for t in arm.trials.values()
-        if t.user_attrs.get("epochs_trained") is not None
+        if t.user_attrs.get(EPOCHS_TRAINED_ATTR) is not None
     ]
     if not epochs:
         return None

@@ -19,7 +19,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.core.errors import UserError, first_line
-from search.core.records import BEST_VALUE_ATTR, TRAIN_IMAGES_ATTR
+from search.core.records import (
+    BEST_EPOCH_ATTR,
+    BEST_VALUE_ATTR,
+    CHAMPION_ERROR_ATTR,
+    EPOCHS_TRAINED_ATTR,
+    RUN_ID_ATTR,
+    STOP_REASON_ATTR,
+    TIEBREAK_ATTR,
+    TRACKING_ERROR,
+    TRAIN_ACCURACY_ATTR,
+    TRAIN_IMAGES_ATTR,
+    VAL_ACCURACY_ATTR,
+)
 from search.core.urls import redact_url, sqlite_path
 from search.study.sqlite_setup import SQLITE_BUSY_TIMEOUT_S, prepare_sqlite, sync_normal
 
@@ -37,10 +49,12 @@ __all__ = [
     "enqueue_retry",
     "fail_and_retry",
     "fail_stale_trials",
+    "open_existing",
     "open_storage",
     "resolve_storage_url",
     "storage_error_of",
     "study_lock",
+    "use_heartbeats",
 ]
 
 _log = logging.getLogger(__name__)
@@ -78,7 +92,6 @@ def open_storage(
     `status`, so that a typo in a path does not leave an empty database behind).
     """
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     engine_kwargs: dict[str, Any] = {}
     db_file = sqlite_path(url)
@@ -93,18 +106,8 @@ def open_storage(
     elif url.startswith(("postgresql", "mysql")):
         engine_kwargs["pool_pre_ping"] = True
 
-    heartbeat: dict[str, Any] = {}
-    if search is not None and search.heartbeat_interval:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=search.max_retry)
-        heartbeat = {
-            "heartbeat_interval": search.heartbeat_interval,
-            "grace_period": search.grace_period or 4 * search.heartbeat_interval,
-            "heartbeat_stale_trial_callback": _retry_without_outcome(retry),
-        }
     try:
-        storage = _create_storage(url, engine_kwargs, heartbeat)
+        storage = _create_storage(url, engine_kwargs, _heartbeats(search))
     except optuna.exceptions.StorageInternalError as exc:
         cause = exc.__cause__ or exc
         raise UserError(f"cannot open storage {redact_url(url)}: {first_line(cause)}") from None
@@ -115,6 +118,39 @@ def open_storage(
     if db_file is not None:
         sync_normal(storage)
     return storage
+
+
+def open_existing(flag_or_url: str | None = None) -> optuna.storages.RDBStorage:
+    """The storage of `--storage` (or `$REGSEARCH_STORAGE`, else the default: see
+    `resolve_storage_url`), which must exist already: for commands that read or join a study."""
+    return open_storage(resolve_storage_url(flag_or_url), create=False)
+
+
+def _heartbeats(search: SearchConfig | None) -> dict[str, Any]:
+    """The `RDBStorage` heartbeat arguments of `search` (none without a heartbeat interval)."""
+    if search is None or not search.heartbeat_interval:
+        return {}
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=search.max_retry)
+    return {
+        "heartbeat_interval": search.heartbeat_interval,
+        "grace_period": search.grace_period or 4 * search.heartbeat_interval,
+        "heartbeat_stale_trial_callback": _retry_without_outcome(retry),
+    }
+
+
+def use_heartbeats(storage: optuna.storages.RDBStorage, search: SearchConfig) -> None:
+    """Give a storage opened before the study's config was read (`open_existing`) the
+    heartbeats `open_storage(url, search)` would have given it."""
+    settings = _heartbeats(search)
+    storage.heartbeat_interval = settings.get("heartbeat_interval")
+    storage.grace_period = settings.get("grace_period")
+    callback = settings.get("heartbeat_stale_trial_callback")
+    storage.heartbeat_stale_trial_callback = storage.failed_trial_callback = callback
 
 
 def _create_storage(
@@ -266,15 +302,15 @@ LOST = "lost"
 # the rest, e.g. a phase or a seed that made it what it is).
 OUTCOME_ATTRS = frozenset(
     {
-        "stop_reason",
-        "mlflow_run_id",
-        "epochs_trained",
-        "best_epoch",
-        "train_accuracy",
-        "val_accuracy",
-        "val_loss",
-        "tracking_error",
-        "champion_error",
+        STOP_REASON_ATTR,
+        RUN_ID_ATTR,
+        EPOCHS_TRAINED_ATTR,
+        BEST_EPOCH_ATTR,
+        TRAIN_ACCURACY_ATTR,
+        VAL_ACCURACY_ATTR,
+        TIEBREAK_ATTR,
+        TRACKING_ERROR,
+        CHAMPION_ERROR_ATTR,
         BEST_VALUE_ATTR,  # a pruned trial's best epoch value
         TRAIN_IMAGES_ATTR,  # what a refit trained on
     }
@@ -304,7 +340,7 @@ def fail_and_retry(study: optuna.Study, trial_id: int, reason: str) -> bool:
 
     storage = study._storage
     try:
-        storage.set_trial_user_attr(trial_id, "stop_reason", reason)
+        storage.set_trial_user_attr(trial_id, STOP_REASON_ATTR, reason)
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:

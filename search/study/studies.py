@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from search.config.overrides import flatten
 from search.config.schema import StudyConfig, parse_config
-from search.config.space import SearchSpace
+from search.config.space import space_of
 from search.core.errors import UserError
 from search.core.records import (
     BASELINE,
@@ -92,9 +92,7 @@ def make_sampler(
         "cmaes": optuna.samplers.CmaEsSampler,
         "qmc": optuna.samplers.QMCSampler,
         "gp": optuna.samplers.GPSampler,
-        "grid": lambda **kw: optuna.samplers.GridSampler(
-            SearchSpace.from_config(config).grid(), **kw
-        ),
+        "grid": lambda **kw: optuna.samplers.GridSampler(space_of(config).grid(), **kw),
     }
     return _construct(f"search.sampler ({name})", factories[name], options)
 
@@ -302,7 +300,7 @@ def enqueue_baseline(study: optuna.Study, config: StudyConfig) -> bool:
     the study together enqueue it once). Grid studies run their grid only. True if added."""
     from search.study.storage import study_lock
 
-    space = SearchSpace.from_config(config)
+    space = space_of(config)
     params = space.baseline_params()
     if params is None or config.search.sampler.name == "grid":
         return False

@@ -20,11 +20,11 @@ __all__ = ["load_config", "read_study_file", "validate_config"]
 def validate_config(data: Mapping[str, Any], *, check_model: bool = True) -> StudyConfig:
     """`parse_config`, then the search space, the sampler and the pruner: a bad space entry or
     an unknown constructor option fails here, before any storage exists."""
-    from search.config.space import SearchSpace
+    from search.config.space import space_of
     from search.study.studies import make_pruner, make_sampler
 
     config = parse_config(data, check_model=check_model)
-    SearchSpace.from_config(config)  # raises UserError naming the bad space entry
+    space_of(config)  # parsed once, kept on the config; a bad entry is a UserError naming it
     make_sampler(config)
     make_pruner(config)
     return config

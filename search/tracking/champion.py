@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from search.core.records import MODEL_URI_ATTR, PHASE_ATTR, REFIT, RUN_ID_ATTR, TIEBREAK_ATTR
+from search.core.records import (
+    CHAMPION_URI_ATTR,
+    MODEL_URI_ATTR,
+    PHASE_ATTR,
+    REFIT,
+    RUN_ID_ATTR,
+    TEST_ACCURACY_ATTR,
+    TIEBREAK_ATTR,
+)
 from search.study.refit import refit_tags
 from search.study.storage import study_lock
 from search.study.studies import best_trial
@@ -34,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHAMPION_ATTR",
     "Candidate",
+    "champion_uri",
     "evaluate_on_test",
     "model_uri_of",
     "promote",
@@ -85,7 +94,8 @@ def promote(
         # values of one training run (`Registry.move_alias`) cannot weigh: it is the best
         # trial, read under the lock, so the alias moves.
         tags = refit_tags(best)
-        uri = tracker.register_champion(
+        tracker.flush(candidate.run_id)  # the run's curve before its model version
+        uri = tracker.registry.register(
             candidate.run_id,
             number=candidate.number,
             value=candidate.value,
@@ -120,7 +130,8 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
             result = tracker.registry.checkpoint_result(run_id)
         except Exception:  # never a candidate (no checkpoint): nothing to register
             return None
-        uri = tracker.register_champion(
+        tracker.flush(run_id)
+        uri = tracker.registry.register(
             run_id,
             number=best.number,
             value=float(best.value),
@@ -140,6 +151,13 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
         return uri
 
 
+def champion_uri(study_name: str) -> str:
+    """`models:/<study>@champion`: the URI MLflow loads the study's champion from."""
+    from search.tracking.registry import CHAMPION
+
+    return f"models:/{study_name}@{CHAMPION}"
+
+
 def settle(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
     """The end of a finished study: the alias repaired (`repair`), then the champion's and
     the baseline recipe's one evaluation on the test split (`evaluate_on_test`), kept in the
@@ -148,11 +166,9 @@ def settle(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
     test = evaluate_on_test(tracker.registry, study, data)
     if test is None:
         return None
-    from search.tracking.registry import CHAMPION
-
-    uri = f"models:/{tracker.study_name}@{CHAMPION}"
-    study.set_user_attr("champion_uri", uri)
-    study.set_user_attr("test_accuracy", test["champion"]["accuracy"])
+    uri = champion_uri(tracker.study_name)
+    study.set_user_attr(CHAMPION_URI_ATTR, uri)
+    study.set_user_attr(TEST_ACCURACY_ATTR, test["champion"]["accuracy"])
     return uri
 
 

@@ -97,8 +97,8 @@ class Registry:
     ) -> str | None:
         """Export, log and register the trial's model and move `@champion` to it (unless a
         better one holds it; `force`: regardless). `checkpoint=False` when `save_checkpoint`
-        ran already. Call through `search.tracking.champion.promote`, which checks the study first
-        (and `Tracker.register_champion`, which writes the run's buffered metrics first)."""
+        ran already. Called by `search.tracking.champion` (`promote`, `repair`), which checks the
+        study first and writes the run's buffered metrics (`Tracker.flush`) before."""
         if not self.config.tracking.register_model or result.state_dict is None:
             return None
         import mlflow.pytorch
@@ -156,7 +156,7 @@ class Registry:
         return int(trial) if trial is not None and trial.isdigit() else None
 
     def checkpoint_result(self, run_id: str) -> TrainResult:
-        """The weights a trial saved with `save_checkpoint`, as `register_champion` takes them."""
+        """The weights a trial saved with `save_checkpoint`, as `register` takes them."""
         kwargs, state = read_checkpoint(self.client, run_id)
         return TrainResult(stop_reason="", epochs_trained=0, state_dict=state, model_kwargs=kwargs)
 

@@ -28,9 +28,17 @@ from mlflow.exceptions import MlflowException
 from search.config.overrides import flatten
 from search.config.schema import StudyConfig, safe_study_name
 from search.core.errors import UserError, first_line
-from search.core.records import BEST_VALUE_ATTR, RUN_ID_ATTR, TRACKING_ERROR, best_value_of
+from search.core.records import (
+    BEST_EPOCH_ATTR,
+    BEST_VALUE_ATTR,
+    EPOCHS_TRAINED_ATTR,
+    MODEL_URI_ATTR,
+    RUN_ID_ATTR,
+    STOP_REASON_ATTR,
+    TRACKING_ERROR,
+    best_value_of,
+)
 from search.core.urls import DEFAULT_TRACKING_URI, redact_url, resolve_tracking_uri, sqlite_path
-from search.data.dataset import Dataset
 from search.tracking.mlflow_store import create_store, rebuild_if_half_made
 from search.tracking.registry import Registry
 from search.training.train import COMPILE_SECONDS, EpochStats, TrainResult
@@ -236,7 +244,7 @@ class Tracker:
         pending = self._pending.setdefault(run_id, [])
         pending.extend(Metric(k, float(v), now, stats.epoch) for k, v in stats.metrics().items())
         if time.monotonic() - self._flushed_at.get(run_id, 0.0) >= self.flush_seconds:
-            self._flush(run_id)
+            self.flush(run_id)
 
     def end_trial(self, run_id: str, *, state: str, summary: Mapping[str, Any]) -> None:
         """Write the run's last epochs and outcome, then end it. Metric `best_value` is the
@@ -247,17 +255,17 @@ class Tracker:
         self._flushed_at.pop(run_id, None)
         numbers = {
             "best_value": summary.get("value", summary.get(BEST_VALUE_ATTR)),
-            **{k: summary.get(k) for k in ("best_epoch", "epochs_trained", COMPILE_SECONDS)},
+            **{k: summary.get(k) for k in (BEST_EPOCH_ATTR, EPOCHS_TRAINED_ATTR, COMPILE_SECONDS)},
         }
         for name, number in numbers.items():
             if isinstance(number, int | float) and not isinstance(number, bool):
                 metrics.append(Metric(name, float(number), now, 0))
         optuna_state = "FAIL" if state in ("FAILED", "KILLED") else state
         tags = [RunTag("state", optuna_state)]
-        if summary.get("stop_reason"):
-            tags.append(RunTag("stop_reason", str(summary["stop_reason"])[:5000]))
-        if summary.get("model_uri"):
-            tags.append(RunTag("model_uri", str(summary["model_uri"])))
+        if summary.get(STOP_REASON_ATTR):
+            tags.append(RunTag("stop_reason", str(summary[STOP_REASON_ATTR])[:5000]))
+        if summary.get(MODEL_URI_ATTR):
+            tags.append(RunTag("model_uri", str(summary[MODEL_URI_ATTR])))
         try:
             for start in range(0, max(1, len(metrics)), _MAX_METRICS_PER_BATCH):
                 chunk = metrics[start : start + _MAX_METRICS_PER_BATCH]
@@ -265,7 +273,7 @@ class Tracker:
         finally:
             self.client.set_terminated(run_id, status=_RUN_STATUS[state])
 
-    def _flush(self, run_id: str) -> None:
+    def flush(self, run_id: str) -> None:
         """Write the buffered epoch metrics in one call. MLflow's own async queue is not used:
         `set_terminated` shuts its threads down, costing ~1 s per trial."""
         metrics = self._pending.get(run_id)
@@ -281,32 +289,6 @@ class Tracker:
         except MlflowException as exc:  # a lost curve point must not fail the trial
             _log.warning("MLflow logging for run %s failed: %s", run_id, redact_url(str(exc)))
 
-    # ------------------------------------------------------------------ champion
-    def register_champion(
-        self,
-        run_id: str,
-        *,
-        number: int,
-        value: float,
-        result: TrainResult,
-        data: Dataset,
-        checkpoint: bool = True,
-        force: bool = False,
-        tiebreak: float | None = None,
-    ) -> str | None:
-        """`Registry.register`, after writing the run's buffered epoch metrics."""
-        self._flush(run_id)
-        return self.registry.register(
-            run_id,
-            number=number,
-            value=value,
-            result=result,
-            data=data,
-            checkpoint=checkpoint,
-            force=force,
-            tiebreak=tiebreak,
-        )
-
     def save_checkpoint(self, run_id: str, result: TrainResult) -> None:
         self.registry.save_checkpoint(run_id, result)
 
@@ -316,7 +298,7 @@ class Tracker:
         other worker still runs a trial: then the caller settles the champion and finishes
         the parent run (`finish_parent`); a launch that stops early marks it KILLED."""
         for run_id in list(self._pending):
-            self._flush(run_id)
+            self.flush(run_id)
         self._close_orphans(study)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not finished:
@@ -357,7 +339,7 @@ class Tracker:
                 # last epoch that Optuna keeps as its value.
                 numbers = {
                     "best_value": best_value_of(trial),
-                    "best_epoch": trial.user_attrs.get("best_epoch"),
+                    "best_epoch": trial.user_attrs.get(BEST_EPOCH_ATTR),
                 }
                 now = int(time.time() * 1000)
                 metrics = [

@@ -1,10 +1,10 @@
 """Batched augmentation on the training device, random per sample.
 
 One scalar, `aug_strength` in [0, 1], scales the whole geometric/photometric policy
-(`AugmentPolicy.from_strength`, documented in the README); 0 is the identity. Cutout, MixUp and
-CutMix have their own regularizer values. Everything works on a whole (N, C, H, W) float batch
-in one pass: a per-image PIL pipeline would run these same operations one image at a
-time on the CPU.
+(`AugmentPolicy.from_strength`, documented in docs/study-files.md); 0 is the identity.
+Cutout, MixUp and CutMix have their own regularizer values. Everything works on a whole
+(N, C, H, W) float batch in one pass: a per-image PIL pipeline would run these same
+operations one image at a time on the CPU.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ size.
 
 A study stores the concrete choice (`resolve`), so every worker and every resume trains the
 same network, and the choice is printed and logged where the user looks. The rules are small
-on purpose; the README's "What to expect per data-set size" says what they give.
+on purpose; docs/study-files.md (`auto`: models and budgets that fit the data) says what they give.
 """
 
 from __future__ import annotations

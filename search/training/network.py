@@ -35,6 +35,7 @@ from models import (
 )
 from models import read_weights as _read_weights
 from models import supported as _supported
+from search.config.space import space_of
 from search.core.errors import UserError, first_line
 from search.training.auto import AUTO, AutoChoice, model_for
 
@@ -166,12 +167,12 @@ def _left_out(config: StudyConfig, data: Dataset) -> list[_Left]:
     except Exception as exc:
         raise _build_error(name, exc) from None
     left = []
+    values = {entry.name: entry.value for entry in space_of(config).entries}
     for reg in MODEL_SIDE:
         if reg in takes:
             continue
-        entry = next((v for k, v in config.space.items() if str(k).split(".")[-1] == reg), 0.0)
         in_baseline = bool((config.baseline or {}).get(reg))
-        if entry != 0.0 or in_baseline:
+        if values.get(reg, 0.0) != 0.0 or in_baseline:
             left.append(_Left(reg, f"{name} takes no {reg}"))
     return left
 
@@ -233,8 +234,6 @@ def check_network(choice: AutoChoice, data: Dataset, *, export: bool = True) -> 
     """`choice` with the model-side regularizers the network cannot take left out (a note
     each), after building the network once (and, for an outside network with
     `export`, exporting it untrained)."""
-    from search.config.space import SearchSpace
-
     config = choice.config
     notes = list(choice.notes)
     left = _left_out(config, data)
@@ -242,7 +241,7 @@ def check_network(choice: AutoChoice, data: Dataset, *, export: bool = True) -> 
         config = _without(config, left)
         for item in left:
             notes.append(f"{item.name} left out of the search space and the baseline ({item.why})")
-    space = SearchSpace.from_config(config)
+    space = space_of(config)
     cfg = space.resolve(space.fixed_values())
     kwargs = model_kwargs(cfg, data)
     model = _create(kwargs)

@@ -13,7 +13,8 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from search.run.runner import RunOptions, run_study
+from search.run.options import RunOptions
+from search.run.runner import run_study
 from search.study.storage import open_storage, study_lock
 from search.study.studies import best_trial
 from search.study.studyfile import load_config
@@ -65,12 +66,12 @@ def test_a_failed_registration_after_the_outcome_is_repaired_when_the_study_ends
 ) -> None:
     """As if the worker died right after Optuna recorded its best trial COMPLETE: the alias is
     never moved for it during the run, and the launch's end registers it from its checkpoint."""
-    import search.tracking.champion
+    import search.run.objective
 
     def dies(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("killed before the alias moved")
 
-    monkeypatch.setattr(search.tracking.champion, "promote", dies)
+    monkeypatch.setattr(search.run.objective, "promote", dies)  # the objective's promotion
     study = _run(tmp_path, 3)
     assert {t.state.name for t in study.trials} == {"COMPLETE"}
     best = best_trial(study)

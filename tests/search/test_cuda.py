@@ -105,7 +105,8 @@ def test_an_out_of_memory_trial_fails_alone_and_the_next_one_runs(tmp_path: Path
     import optuna
     from rich.console import Console
 
-    from search.run.runner import RunOptions, run_study
+    from search.run.options import RunOptions
+    from search.run.runner import run_study
 
     config = load_config(
         overrides=[

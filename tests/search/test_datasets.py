@@ -36,7 +36,8 @@ from search.config.schema import (
 from search.core.errors import UserError
 from search.data.dataset import Dataset, load_dataset
 from search.data.sample import write_mnist_idx
-from search.run.runner import RunOptions, run_study
+from search.run.options import RunOptions
+from search.run.runner import run_study
 from search.study.studyfile import load_config
 from search.training.auto import resolve
 from search.training.train import MAX_EPOCHS, train

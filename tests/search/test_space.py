@@ -3,16 +3,26 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import fields
 from typing import Any
 
 import optuna
 import pytest
 
-from search.config.schema import DEFAULT_SPACE, Regularization, StudyConfig, TrialConfig
-from search.config.space import REGULARIZERS, SearchSpace
+from search.config.schema import (
+    DEFAULT_BASELINE,
+    DEFAULT_SPACE,
+    Regularization,
+    StudyConfig,
+    TrialConfig,
+)
+from search.config.space import REGULARIZERS, SearchSpace, space_of
+from search.config.trial import CORE_REGULARIZERS
 from search.core.errors import UserError
-from search.study.studyfile import load_config
+from search.study.studies import enqueue_baseline, make_sampler
+from search.study.studyfile import load_config, validate_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -359,3 +369,54 @@ def test_grid_sampler_visits_every_point() -> None:
     study.optimize(objective, n_trials=10)  # the grid sampler stops the study after 6
     assert len(study.trials) == 6
     assert seen == {(d, o) for d in (0.0, 0.1, 0.2) for o in ("adamw", "sgd")}
+
+
+# --------------------------------------------------------------------------- one parse, one table
+
+
+def test_the_regularizer_table_and_the_regularization_fields_agree() -> None:
+    assert list(REGULARIZERS) == [f.name for f in fields(Regularization)]
+    assert all(f.default == 0.0 for f in fields(Regularization)), "a regularizer is off unset"
+    assert CORE_REGULARIZERS == CONTRACT
+    assert list(DEFAULT_SPACE) == list(REGULARIZERS)
+    assert list(DEFAULT_BASELINE) == list(CORE_REGULARIZERS)
+    for name, row in REGULARIZERS.items():
+        assert row.low <= 0.0 < row.high, name  # 0 is off, and allowed
+        assert (name in CORE_REGULARIZERS) == (row.baseline is not None) == row.core
+
+
+def test_the_space_is_parsed_once_per_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    parse = SearchSpace.from_config
+    parsed: list[StudyConfig] = []
+
+    def counted(cls: type[SearchSpace], config: StudyConfig) -> SearchSpace:
+        parsed.append(config)
+        return parse(config)
+
+    monkeypatch.setattr(SearchSpace, "from_config", classmethod(counted))
+    grid = {"dropout": {"type": "categorical", "choices": [0.0, 0.5]}, "weight_decay": 0.01}
+    config = validate_config({"space": grid, "search": {"sampler": "grid"}, "baseline": None})
+    space = space_of(config)
+    assert space_of(config) is space and space.config is config
+    make_sampler(config)  # the grid sampler's grid
+    assert not enqueue_baseline(optuna.create_study(), config)  # reads the baseline's params
+    assert parsed == [config], "validated, then read by every reader, parsed once"
+
+
+def test_a_copy_gets_its_own_space() -> None:
+    config = StudyConfig(space={"dropout": 0.1, "lr": {"type": "float", "low": 0.01, "high": 0.1}})
+    space = space_of(config)
+    other = config.model_copy(update={"space": {"dropout": 0.3}})
+    assert space_of(other) is not space and space_of(other).fixed_values() == {"dropout": 0.3}
+    assert space_of(config) is space, "the original keeps its own"
+    # A copy whose sections change resolves against its own (the space refers to its config).
+    train = config.train.model_copy(update={"epochs": 3})
+    for copied in (
+        config.model_copy(update={"train": train}),
+        config.model_copy(update={"train": train}, deep=True),
+    ):
+        assert space_of(copied).config is copied
+        assert space_of(copied).resolve({}).train.epochs == 3
+    assert space_of(copy.copy(config)) is not space
+    # The kept space is no part of what a config says.
+    assert config == StudyConfig(space=dict(config.space)) == config.model_copy()
