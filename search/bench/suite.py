@@ -158,6 +158,12 @@ def _selection() -> dict[str, Any]:
     return selection()
 
 
+def _racing() -> dict[str, Any]:
+    from search.bench.racing import racing
+
+    return racing()
+
+
 def _storage_ms_per_trial() -> dict[str, Any]:
     from search.bench.storage import storage_ms_per_trial
 
@@ -197,10 +203,19 @@ BENCHMARKS: dict[str, Benchmark] = {
     "real_data": lambda _: _real_data(),
     "fashion": lambda _: _fashion(),
     "selection": lambda _: _selection(),
+    "racing": lambda _: _racing(),
     "sweep_warm_start": lambda _: _sweep_warm_start(),
 }
 # Figures that take many minutes on the CPU: run only when named with --only.
-OPT_IN = ("real_data", "airbench_trial", "sweep_warm_start", "regret", "fashion", "selection")
+OPT_IN = (
+    "real_data",
+    "airbench_trial",
+    "sweep_warm_start",
+    "regret",
+    "fashion",
+    "selection",
+    "racing",
+)
 # What `bench --device cuda` runs: the figures of the GPU path (the rest are of the CPU, the
 # storage and the processes, whatever device trains).
 DEVICE_FIGURES = ("train_images_per_second", "augment_speedup", "airbench_trial")

@@ -4,7 +4,8 @@ it beats the baseline recipe, and what each of its regularizers contributed.
 After the search budget, the `top_k` best distinct configurations and the baseline recipe are
 retrained with up to `seeds` fresh training seeds (phase "confirm"), a seed at a time for all
 of them; with racing, from the second seed on, a configuration that could not catch up with
-the leader even if each remaining seed went two noise units its way stops (`_race`). The
+the leader even if the remaining seeds went its way at the 97.5 % bound of their noise stops
+(`_race`). The
 champion is the best *mean* of those still in the race, which undoes most of the luck in a
 maximum over noisy trials. With a small validation split each seed retrains on its own
 train/validation split (`SPLIT_ATTR`), and configurations tied at the top join the race. Then
@@ -80,7 +81,13 @@ def confirm_seeds(config: StudyConfig, n: int) -> list[int]:
 
 # --------------------------------------------------------------------------- the phase
 MIN_ROUNDS = 2  # racing drops a configuration only once every one has run this many seeds
-CATCH_UP = 2.0  # racing's optimism: a remaining seed may go this many noise units an arm's way
+
+
+def _catch_up(noise: float, df: int, remaining: int) -> float:
+    """How far the `remaining` seeds could move a sum of paired differences an arm's way: the
+    one-sided 97.5 % bound of that sum, t(df) × noise × √remaining (each seed's difference
+    has the pooled `noise` as its standard deviation; their sum, √remaining times it)."""
+    return _t975(df) * noise * math.sqrt(remaining)
 
 
 def _sign(direction: optuna.study.StudyDirection) -> float:
@@ -194,9 +201,9 @@ def _race(
     alive: list[Arm], seeds: Sequence[int], remaining: int, sign: float, floor: float
 ) -> tuple[list[Arm], float | None, int]:
     """After a round: the arms still in the race, and the pooled noise. An arm stops when it
-    can no longer change the verdict: even if each of the `remaining` seeds went `CATCH_UP`
-    × noise its way, its paired mean would still be behind the leader's (the best mean over
-    the seeds run): Σ (leader − arm) > `CATCH_UP` × noise × remaining."""
+    can no longer change the verdict: even if the `remaining` seeds went its way at the 97.5 %
+    bound of their noise, its paired mean would still be behind the leader's (the best mean
+    over the seeds run): Σ (leader − arm) > t(df) × noise × √remaining (`_catch_up`)."""
     for arm in alive:
         arm.interval = mean_interval([arm.values[s] for s in seeds if s in arm.values])
     scored = [a for a in alive if a.interval is not None]
@@ -210,7 +217,7 @@ def _race(
     keep = [a for a in alive if a not in others]
     for arm in others:
         diffs = _paired(leader, arm, sign, seeds)
-        if not diffs or math.fsum(diffs) <= CATCH_UP * noise * remaining:
+        if not diffs or math.fsum(diffs) <= _catch_up(noise, df, remaining):
             keep.append(arm)
         else:
             arm.dropped_after = len(seeds)
@@ -219,10 +226,10 @@ def _race(
 
 def _ablation_settled(diffs: Sequence[float], n: int, noise: float, df: int) -> bool:
     """Whether an ablation's remaining seeds can no longer make the ablated configuration
-    beat the champion beyond the interval of `n` seeds: even if each went `CATCH_UP` × noise
-    its way, Σ (champion − ablated) would stay above −n × t(df) × noise ÷ √n."""
-    remaining = n - len(diffs)
-    best_case = math.fsum(diffs) - CATCH_UP * noise * remaining
+    beat the champion beyond the interval of `n` seeds: even if they went its way at the
+    97.5 % bound of their noise (`_catch_up`), Σ (champion − ablated) would stay above
+    −n × t(df) × noise ÷ √n."""
+    best_case = math.fsum(diffs) - _catch_up(noise, df, n - len(diffs))
     return best_case >= -n * _t975(df) * noise / math.sqrt(n)
 
 

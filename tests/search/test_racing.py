@@ -265,3 +265,50 @@ def test_a_resplit_pools_train_and_validation_and_keeps_the_test_split() -> None
     assert not (one.val.x == data.val.x).all() and not (one.val.x == two.val.x).all()
     again = data.resplit(1)
     assert (again.val.x == one.val.x).all(), "a split is the same in every worker"
+
+
+def test_the_remaining_seeds_move_a_sum_by_the_bound_of_their_noise_not_its_multiple() -> None:
+    """The racing rule in numbers (noise 1 pt a seed, 30 degrees of freedom: t = 2.04). After
+    one of three seeds, an ablation that changed nothing (difference 0) can no longer beat the
+    champion beyond the 3-seed interval (−√3 × 2.04 = −3.5 pt): the two seeds left move the
+    sum by at most 2.04 × √2 = 2.9 pt. An arm 4 pt behind in all with three seeds left stops
+    (they move it by at most 2.04 × √3 = 3.5 pt); with 2 degrees of freedom (t = 4.30: 7.4 pt)
+    it stays in. (The rule before, two noise units a remaining seed, kept both running.)"""
+    from search.study.arms import Arm
+    from search.study.evidence import _ablation_settled, _race
+
+    assert _ablation_settled([0.0], 3, 0.01, 30)
+    assert not _ablation_settled([-0.01], 3, 0.01, 30)  # removal looked better: next seed
+    seeds = [1, 2]
+    leader = Arm(0, {}, baseline=False, values={1: 0.90, 2: 0.92})
+    near = Arm(1, {}, baseline=False, values={1: 0.89, 2: 0.91})  # 2 pt behind in all
+    behind = Arm(2, {}, baseline=False, values={1: 0.88, 2: 0.90})  # 4 pt behind in all
+    alive, noise, df = _race([leader, near, behind], seeds, 3, 1.0, 0.01)
+    assert noise == pytest.approx(0.01) and df == 2  # the floor: these differences never vary
+    assert alive == [leader, near, behind]
+    many = {s: 0.9 for s in range(1, 32)}  # 30 degrees of freedom of the same floor
+    leader = Arm(0, {}, baseline=False, values=dict(many))
+    behind = Arm(2, {}, baseline=False, values={**many, 1: 0.88, 2: 0.88})  # 4 pt behind
+    alive, noise, df = _race([leader, behind], list(many), 3, 1.0, 0.01)
+    assert df == 30 and alive == [leader]
+    assert behind.dropped_after == 31
+
+
+def test_racing_replayed_on_the_full_phase_runs_a_subset_and_names_both_champions() -> None:
+    """`bench --only racing`'s replay: a study that ran every retrain (`racing: false`) is
+    raced again from its own trials; racing runs the retrains it would have run, no more."""
+    from search.bench.racing import replay
+
+    config, study, numbers, seeds = _setup(racing=False)
+    _run_rounds(study, config, _from(TABLE, numbers, seeds))
+    out = replay(study)
+    assert out["full_retrains"] == 4 * 3 + 5 * 3  # four configurations, five ablations
+    # Racing: the baseline and the third configuration stop after two seeds (10 of 12), and
+    # every ablation (each costs 5 pt) settles after one seed.
+    assert out["raced_retrains"] == 10 + 5
+    assert out["same_champion"] and out["full_champion"] == f"trial {numbers[1]}"
+    assert out["dropped"] == {f"trial {numbers[0]}": 2, f"trial {numbers[3]}": 2}
+    live = _setup()  # the same outcomes with racing on, run round by round
+    _run_rounds(live[1], live[0], _from(TABLE, live[2], live[3]))
+    ev = evidence(live[1].get_trials(), live[0], live[1].direction, val_images=1000)
+    assert ev is not None and ev.retrains == out["raced_retrains"]

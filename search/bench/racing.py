@@ -1,0 +1,104 @@
+"""`regsearch bench --only racing`: what racing saves in the confirm phase, and whether it
+picks the champion the full phase picks.
+
+Per data set, the default study runs once through `regsearch run` with `racing: false`: every
+seed of every configuration and of every ablation is retrained. Racing is then replayed on
+those retrains (`search.study.evidence` is a pure function of the trials, and racing only ever
+runs a subset of what the full phase runs): the retrains it would have run, and the champion
+it would have chosen, against the full phase's. The default study with racing on then runs
+too, for the wall time before and after (its own retrains and champion beside them).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RACING_SETS", "racing", "replay"]
+
+RACING_SETS: dict[str, list[str]] = {
+    "digits": [],
+    "fashion-1000": ["dataset.name=fashion-mnist", "dataset.root=ROOT", "dataset.subset=1000"],
+}
+
+
+def _name(arm: Any) -> str | None:
+    if arm is None:
+        return None
+    return f"trial {arm.source}" + (f" with {arm.ablate} off" if arm.ablate else "")
+
+
+def replay(study: Any) -> dict[str, Any]:
+    """Racing replayed on a `racing: false` study's retrains: the retrains it runs of the
+    full phase's, and its champion beside the full phase's."""
+    from search.core.records import VAL_IMAGES_ATTR
+    from search.study.evidence import evidence, study_config
+
+    config = study_config(study)
+    assert config is not None and config.search.confirm is not None, "a confirm phase"
+    assert not config.search.confirm.racing, "replay a study that ran without racing"
+    trials = study.get_trials(deepcopy=False)
+    val_images = study.user_attrs.get(VAL_IMAGES_ATTR)
+    confirm = config.search.confirm.model_copy(update={"racing": True})
+    search = config.search.model_copy(update={"confirm": confirm})
+    raced = config.model_copy(update={"search": search})
+    full = evidence(trials, config, study.direction, val_images=val_images)
+    race = evidence(trials, raced, study.direction, val_images=val_images)
+    assert full is not None and race is not None
+    return {
+        "val_images": val_images,
+        "full_retrains": full.retrains,
+        "raced_retrains": race.retrains,
+        "share": round(race.retrains / full.retrains, 3) if full.retrains else None,
+        "full_champion": _name(full.champion),
+        "raced_champion": _name(race.champion),
+        "same_champion": _name(full.champion) == _name(race.champion),
+        # False when racing's champion is another configuration, whose ablation the full
+        # phase never ran: its count then leaves that ablation out.
+        "replay_complete": race.ablation_complete,
+        "dropped": {_name(a): a.dropped_after for a in race.arms if a.dropped_after},
+    }
+
+
+def racing(*, sets: Sequence[str] = tuple(RACING_SETS)) -> dict[str, Any]:
+    """Per set: the `racing: false` study's wall time and racing replayed on its retrains;
+    the default study's wall time, retrains and champion. A Fashion-MNIST set skips with one
+    line where the data set is not installed."""
+    import optuna
+
+    from search.bench.fashion import _outcome, _run, fashion_root
+
+    root = fashion_root()
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in sets:
+            items = RACING_SETS[name]
+            if any("ROOT" in i for i in items):
+                if root is None:
+                    out[name] = {"skipped": "Fashion-MNIST is not installed"}
+                    continue
+                items = [i.replace("ROOT", str(root)) for i in items]
+            row: dict[str, Any] = {}
+            for arm, extra in (("full", ["search.confirm.racing=false"]), ("racing", [])):
+                study = f"{name}-{arm}"
+                cwd = Path(tmp) / study
+                cwd.mkdir()
+                ran = _run(cwd, study, [*items, *extra])
+                if "error" in ran:
+                    row[arm] = ran
+                    continue
+                best = _outcome(cwd, study)
+                verdict = best.get("champion") or {}
+                row[arm] = {
+                    "seconds": ran["seconds"],
+                    "champion": best["champion_name"],
+                    "retrains": verdict.get("retrains"),
+                    "test": round(best["test"]["champion"]["accuracy"], 4),
+                }
+                if arm == "full":
+                    storage = f"sqlite:///{cwd}/studies/regsearch.db"
+                    row["replay"] = replay(optuna.load_study(study_name=study, storage=storage))
+            out[name] = row
+    return out
