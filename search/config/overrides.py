@@ -74,13 +74,23 @@ def _merges(old: Any, new: Any) -> bool:
     return "type" not in new and new.get("name", old.get("name")) == old.get("name")
 
 
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+# Top-level sections a mapping replaces whole: a recipe is a whole (`baseline: {dropout: 0.3}`
+# is that recipe, its other regularizers off, not the default recipe with dropout 0.3; `{}`,
+# every regularizer off). `--set baseline.dropout=0.3` still edits the one key.
+WHOLE = frozenset({"baseline"})
+
+
+def deep_merge(
+    base: Mapping[str, Any], update: Mapping[str, Any], *, top: bool = True
+) -> dict[str, Any]:
     """`update` over `base`, recursively for mappings that refine rather than replace."""
     merged = copy.deepcopy(dict(base))
     for key, value in update.items():
         old = merged.get(key)
-        if isinstance(old, Mapping) and _merges(old, value):
-            merged[key] = deep_merge(old, value)
+        if top and key in WHOLE:
+            merged[key] = copy.deepcopy(value)
+        elif isinstance(old, Mapping) and _merges(old, value):
+            merged[key] = deep_merge(old, value, top=False)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -119,8 +129,8 @@ def apply_overrides(data: Mapping[str, Any], assignments: Iterable[str]) -> dict
                     f"--set {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a mapping"
                 )
             node = child
-        if _merges(node.get(path[-1]), value):
-            node[path[-1]] = deep_merge(node[path[-1]], value)
+        if _merges(node.get(path[-1]), value) and not (len(path) == 1 and path[0] in WHOLE):
+            node[path[-1]] = deep_merge(node[path[-1]], value, top=False)
         elif _renames(path, node, value):
             # `search.pruner.name=hyperband`: the median's options are not hyperband's. A
             # sampler's seed is every sampler's option, and stays.

@@ -39,6 +39,24 @@ def test_a_fixed_regularizer_keeps_its_value_and_a_searched_lr_the_file_s() -> N
     assert params is not None and set(params) == {e.name for e in space.searched}
 
 
+def test_a_baseline_mapping_is_the_whole_recipe_in_a_file_and_in_set(tmp_path: Path) -> None:
+    """`baseline: {dropout: 0.3}` is that recipe, the other regularizers off: what the docs
+    say, and not the default recipe with dropout 0.3. An empty one is every regularizer off
+    (`bench --only fashion`'s plain network trained the default recipe before this)."""
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text("baseline: {dropout: 0.3}\n")
+    zeros = {name: 0.0 for name in load_config().space}
+    for config in (load_config(study_file), load_config(overrides=["baseline={dropout: 0.3}"])):
+        assert config.baseline == {"dropout": 0.3}
+        assert SearchSpace.from_config(config).baseline_values() == {**zeros, "dropout": 0.3}
+    from search.bench.fashion import PLAIN
+
+    plain = load_config(overrides=PLAIN)
+    assert SearchSpace.from_config(plain).baseline_values() == zeros
+    stored = load_config(base={"baseline": {"dropout": 0.3}})  # a study's stored config
+    assert stored.baseline == {"dropout": 0.3}
+
+
 @pytest.mark.parametrize("off", ["none", "off", "null"])
 def test_baseline_none_turns_it_off(off: str) -> None:
     config = load_config(overrides=[f"baseline={off}"])
