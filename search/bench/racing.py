@@ -62,10 +62,11 @@ def replay(study: Any) -> dict[str, Any]:
     }
 
 
-def racing(*, sets: Sequence[str] = tuple(RACING_SETS)) -> dict[str, Any]:
+def racing(*, sets: Sequence[str] = tuple(RACING_SETS), work: Path | None = None) -> dict[str, Any]:
     """Per set: the `racing: false` study's wall time and racing replayed on its retrains;
     the default study's wall time, retrains and champion. A Fashion-MNIST set skips with one
-    line where the data set is not installed."""
+    line where the data set is not installed. `work`: keep the studies there (else a
+    temporary folder)."""
     import optuna
 
     from search.bench.fashion import _outcome, _run, fashion_root
@@ -83,7 +84,7 @@ def racing(*, sets: Sequence[str] = tuple(RACING_SETS)) -> dict[str, Any]:
             row: dict[str, Any] = {}
             for arm, extra in (("full", ["search.confirm.racing=false"]), ("racing", [])):
                 study = f"{name}-{arm}"
-                cwd = Path(tmp) / study
+                cwd = (work or Path(tmp)) / study
                 cwd.mkdir()
                 ran = _run(cwd, study, [*items, *extra])
                 if "error" in ran:

@@ -14,8 +14,9 @@ by seed while it could still matter (phase "ablation"): the paired difference pe
 regularizer's contribution, and an ablated configuration that beats the champion beyond its
 interval replaces it. Every retrain is an enqueued Optuna trial, so any worker on any machine
 runs them, a killed one is retried like any trial, and the dashboard shows them. Intervals are
-Student-t 95% intervals over seeds (paired by seed; with racing, from the noise pooled over the
-phase's configurations); the held-out test gain is a paired bootstrap over test images.
+Student-t 95% intervals over seeds, paired by seed, from the noise pooled over the phase's
+configurations (with racing or without); the held-out test gain is a paired bootstrap over
+test images.
 
 The planning and the arithmetic here are pure functions of the study's trials, so every
 worker, `best`, the report and the dashboard compute the same answer from the same store.
@@ -335,11 +336,13 @@ def evidence(
     scored = [a for a in alive if a.interval is not None]
     if ev.confirm_complete and scored:
         ev.champion = min(scored, key=_order(sign))
-        if confirm.racing:  # the noise of the whole phase, for the ablation's intervals
-            others = [a for a in arms if a is not ev.champion]
-            noise, df = _noise(ev.champion, others, sign, seeds, floor)
-            if noise is not None:
-                ev.noise, ev.noise_df = noise, df
+        # The noise of the whole phase, pooled over its configurations, for the gain's and
+        # the contributions' intervals: with racing or without, so that both answer alike (a
+        # difference that came out the same on three seeds is not a certainty).
+        others = [a for a in arms if a is not ev.champion]
+        noise, df = _noise(ev.champion, others, sign, seeds, floor)
+        if noise is not None:
+            ev.noise, ev.noise_df = noise, df
     champion = ev.champion
 
     # The champion's ablation, seed by seed.
@@ -372,7 +375,7 @@ def evidence(
             if diffs:
                 ev.contributions[name] = (
                     pooled_interval(diffs, ev.noise, ev.noise_df)
-                    if confirm.racing and ev.noise is not None
+                    if ev.noise is not None
                     else mean_interval(diffs)  # type: ignore[assignment]
                 )
             arm.values = {s: v for s, v in arm.values.items() if s in champion.values}
@@ -397,11 +400,11 @@ def evidence(
             champion = winner
     if champion is not None and ev.baseline is not None and champion is not ev.baseline:
         diffs = _paired(champion, ev.baseline, sign, seeds)
-        # Racing may have stopped the baseline after two seeds: the pooled noise of the
-        # whole phase gives its interval more degrees of freedom than its own two.
+        # The pooled noise of the whole phase: more degrees of freedom than the baseline's
+        # own seeds (racing may have stopped it after two).
         ev.gain = (
             pooled_interval(diffs, ev.noise, ev.noise_df)
-            if confirm.racing and ev.noise is not None and diffs
+            if ev.noise is not None and diffs
             else mean_interval(diffs)
         )
     elif champion is not None and champion is ev.baseline:
