@@ -3,20 +3,19 @@ it beats the baseline recipe, and what each of its regularizers contributed.
 
 After the search budget, the `top_k` best distinct configurations and the baseline recipe are
 retrained with up to `seeds` fresh training seeds (phase "confirm"), a seed at a time for all
-of them; with racing, from the second seed on, a configuration that could not catch up with
-the leader even if the remaining seeds went its way at the 97.5 % bound of their noise stops
-(`_race`). The
-champion is the best *mean* of those still in the race, which undoes most of the luck in a
-maximum over noisy trials. With a small validation split each seed retrains on its own
-train/validation split (`SPLIT_ATTR`), and configurations tied at the top join the race. Then
-the champion is retrained with each active regularizer switched off, with the same seeds, seed
-by seed while it could still matter (phase "ablation"): the paired difference per seed is that
-regularizer's contribution, and an ablated configuration that beats the champion beyond its
-interval replaces it. Every retrain is an enqueued Optuna trial, so any worker on any machine
-runs them, a killed one is retried like any trial, and the dashboard shows them. Intervals are
-Student-t 95% intervals over seeds, paired by seed, from the noise pooled over the phase's
-configurations (with racing or without); the held-out test gain is a paired bootstrap over
-test images.
+of them; with racing, from the second seed on, a configuration that could not catch up with the
+leader even if the remaining seeds went its way at the 97.5 % bound of their noise stops
+(`_race`). The champion is the best *mean* of those still in the race, which undoes most of the
+luck in a maximum over noisy trials. With a small validation split each seed retrains on its
+own train/validation split (`SPLIT_ATTR`), and configurations tied at the top join the race.
+Then the champion is retrained with each active regularizer switched off, with the same seeds,
+seed by seed while it could still matter (phase "ablation"): the paired difference per seed is
+that regularizer's contribution, and an ablated configuration that beats the champion beyond
+its interval replaces it. Every retrain is an enqueued Optuna trial, so any worker on any
+machine runs them, a killed one is retried like any trial, and the dashboard shows them.
+Intervals are Student-t 95% intervals over seeds, paired by seed, from the noise pooled over
+the phase's configurations (with racing or without); the held-out test gain is a paired
+bootstrap over test images.
 
 The planning and the arithmetic here are pure functions of the study's trials, so every
 worker, `best`, the report and the dashboard compute the same answer from the same store.
