@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "resolve_tracking_uri"]
 # issues"); with it, on the runs table and their charts.
 EXPERIMENT_KIND_TAG, _TRAINING = "mlflow.experimentKind", "custom_model_development"
 PARENT_ATTR = "mlflow_parent_run_id"
+PARENT_TOKEN_ATTR = "mlflow_parent_token"  # written before the parent run exists; see below
+_TOKEN_TAG = "regsearch.parent_token"
 _PARENT_LOCK = "mlflow-parent"  # `study_lock` name for finding or creating the parent run
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 _ENDED = (
@@ -126,22 +129,39 @@ def _find_or_create_parent(
                 return str(run_id)
         except MlflowException:
             pass  # the tracking store was reset: start a new parent
-    run = client.create_run(
-        experiment_id,
-        run_name=study.study_name,
-        tags={
+    # The run and the study are two stores: a launch killed between creating the run and
+    # recording its id would leave a RUNNING parent no study points at. So a token goes into
+    # the study first and onto the run as a tag; a relaunch finds the run by it and adopts it.
+    token = study.user_attrs.get(PARENT_TOKEN_ATTR)
+    if not token:
+        token = uuid.uuid4().hex
+        study.set_user_attr(PARENT_TOKEN_ATTR, token)
+    orphans = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{_TOKEN_TAG}` = '{token}'", max_results=1
+    )
+    if orphans:
+        run = orphans[0]
+        if run.info.status != "RUNNING":
+            client.update_run(run.info.run_id, status="RUNNING")
+    else:
+        tags = {
             "study": study.study_name,
             "role": "study",
             "optuna.study_id": str(study._study_id),
-        },
-    )
+            _TOKEN_TAG: token,
+        }
+        run = client.create_run(experiment_id, run_name=study.study_name, tags=tags)
     params = {
         k: json.dumps(v) if isinstance(v, list | dict) else str(v)
         for k, v in flatten(config.portable_dict()).items()
         if not k.startswith("space.") and k != "space"
     }
     params.update({f"space.{k}": json.dumps(v) for k, v in config.space.items()})
-    client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+    logged = run.data.params  # an adopted run may hold them already (MLflow never rewrites one)
+    client.log_batch(
+        run.info.run_id,
+        params=[Param(k, v[:6000]) for k, v in params.items() if k not in logged],
+    )
     study.set_user_attr(PARENT_ATTR, run.info.run_id)
     return str(run.info.run_id)
 

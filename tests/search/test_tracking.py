@@ -268,3 +268,45 @@ def test_simultaneous_launches_share_one_parent_run(tmp_path: Path) -> None:
     children = [r for r in runs if r.info.run_id in trial_runs]
     assert len(children) == launches
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+
+
+def test_a_launch_killed_before_recording_its_parent_run_leaves_no_orphan(tmp_path: Path) -> None:
+    """The parent run and the study live in two stores. A launch that dies after MLflow made
+    the parent run and before the study recorded its id must not leave that run RUNNING for
+    ever beside a second parent: the relaunch finds it (by the token the study holds first)
+    and adopts it, params and all."""
+    from search.study.studyfile import load_config
+    from search.tracking.runs import PARENT_ATTR, _find_or_create_parent
+
+    config = load_config(overrides=["study=orphan"])
+    study = optuna.create_study(
+        study_name="orphan", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize"
+    )
+    client = _client(tmp_path)
+    experiment_id = client.create_experiment("orphan")
+
+    class Killed(Exception):
+        pass
+
+    real = study.set_user_attr
+
+    def dies_on_the_run_id(key: str, value: object) -> None:
+        if key == PARENT_ATTR:
+            raise Killed  # SIGKILL here: the run exists, the study does not know its id
+        real(key, value)
+
+    study.set_user_attr = dies_on_the_run_id  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        _find_or_create_parent(client, study, config, experiment_id)
+    study.set_user_attr = real  # type: ignore[method-assign]
+    (orphan,) = client.search_runs([experiment_id])
+    assert orphan.info.status == "RUNNING" and PARENT_ATTR not in study.user_attrs
+
+    relaunch = config.model_copy(
+        update={"search": config.search.model_copy(update={"n_trials": 30})}
+    )
+    run_id = _find_or_create_parent(client, study, relaunch, experiment_id)
+    (parent,) = client.search_runs([experiment_id])
+    assert run_id == parent.info.run_id == orphan.info.run_id
+    assert study.user_attrs[PARENT_ATTR] == run_id
+    assert parent.data.params["search.n_trials"] == "24"  # logged once: MLflow never rewrites
