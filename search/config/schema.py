@@ -142,7 +142,7 @@ class SearchConfig(Section):
     # Chosen by `regsearch bench --only regret` (docs/benchmarks.md): rungs at 4, 8 and 16
     # epochs, the top half goes on. Over 9 replayed studies (digits, Fashion-MNIST 1,000 and
     # the same with 40% wrong labels; 3 sampler seeds) it killed 3 of the 27 full-budget top-3
-    # configurations (at most 1 a study) and saved 40% of the epochs; the earlier default
+    # configurations (at most 1 a study) and saved 39.7% of the epochs; the earlier default
     # (rungs at 2, 6, 18, the top third) saved 66% but killed 21 of 27.
     pruner: PrunerConfig = PrunerConfig(
         name="successive-halving", options={"min_resource": 4, "reduction_factor": 2}
