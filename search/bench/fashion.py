@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PUBLISHED", "fashion", "fashion_root", "selection", "wilson"]
+__all__ = ["PUBLISHED", "fashion", "fashion_root", "selection", "set_items", "wilson"]
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 SIZES = (1000, 6000)
@@ -176,6 +176,15 @@ def fashion(*, sizes: Sequence[int] = SIZES, work: Path | None = None) -> dict[s
     return out
 
 
+def set_items(items: Sequence[str]) -> list[str] | None:
+    """A bench set's `--set` items with `ROOT` made the Fashion-MNIST folder; None when the
+    set needs it and it is not installed."""
+    if not any("ROOT" in i for i in items):
+        return list(items)
+    root = fashion_root()
+    return None if root is None else [i.replace("ROOT", str(root)) for i in items]
+
+
 # Today's confirm phase before small-data selection: one split, every seed, no refit.
 BEFORE = [
     "search.confirm.racing=false",
@@ -195,16 +204,13 @@ def selection(
     the confirm phase before small-data selection (one split, every seed, no refit) and
     after it (a split per seed, racing, refit): the default study on each set, once per
     `split_seed` (another draw of the user's labelled images and of their split)."""
-    root = fashion_root()
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in sets:
-            items = SELECTION_SETS[name]
-            if any("ROOT" in i for i in items):
-                if root is None:
-                    out[name] = {"skipped": "Fashion-MNIST is not installed"}
-                    continue
-                items = [i.replace("ROOT", str(root)) for i in items]
+            items = set_items(SELECTION_SETS[name])
+            if items is None:
+                out[name] = {"skipped": "Fashion-MNIST is not installed"}
+                continue
             rows: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
             for seed in split_seeds:
                 for arm, extra in (("before", BEFORE), ("after", [])):

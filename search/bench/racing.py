@@ -69,18 +69,15 @@ def racing(*, sets: Sequence[str] = tuple(RACING_SETS), work: Path | None = None
     temporary folder)."""
     import optuna
 
-    from search.bench.fashion import _outcome, _run, fashion_root
+    from search.bench.fashion import _outcome, _run, set_items
 
-    root = fashion_root()
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in sets:
-            items = RACING_SETS[name]
-            if any("ROOT" in i for i in items):
-                if root is None:
-                    out[name] = {"skipped": "Fashion-MNIST is not installed"}
-                    continue
-                items = [i.replace("ROOT", str(root)) for i in items]
+            items = set_items(RACING_SETS[name])
+            if items is None:
+                out[name] = {"skipped": "Fashion-MNIST is not installed"}
+                continue
             row: dict[str, Any] = {}
             for arm, extra in (("full", ["search.confirm.racing=false"]), ("racing", [])):
                 study = f"{name}-{arm}"
