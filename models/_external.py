@@ -82,7 +82,14 @@ class External(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.expand:
             x = x.expand(-1, self.expand, -1, -1)
-        out: Tensor = self.net(self.normalize(x))
+        out = self.net(self.normalize(x))
+        if not isinstance(out, Tensor):
+            # torchvision's GoogLeNet and Inception v3 return their auxiliary classifiers'
+            # logits beside the main ones in training mode: the main logits are the output.
+            logits = getattr(out, "logits", None)
+            if not isinstance(logits, Tensor):
+                raise TypeError(f"the network returned {type(out).__name__}, not logits")
+            out = logits
         return out
 
 

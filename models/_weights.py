@@ -5,7 +5,8 @@ The file is matched to the network by parameter name. A tensor whose shape diffe
 adapted where that is sound (a 3-channel first convolution summed for grey images, as timm's
 ``adapt_input_conv`` does) and otherwise left at its fresh initialisation — a classifier head
 for another number of classes — and reported in one line. A file that fits few of the
-network's tensors is refused: it is weights for another architecture.
+network's tensors, or lacks more than a few of them, is refused: it is weights for another
+architecture.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ __all__ = ["WeightsReport", "load_weights", "read_weights"]
 # Where the weights sit in checkpoints that hold more than a state dict.
 _CONTAINERS = ("state_dict", "model", "model_state_dict", "module", "net")
 _MIN_SHARE = 0.5  # of the network's tensors the file must fit
+# Tensors of the network the file may lack (left at their initialisation): a classifier head
+# named otherwise, a few extra layers; more is another architecture (resnet18's weights lack
+# 98 of resnet34's 218 tensors).
+_MAX_ABSENT, _MAX_ABSENT_SHARE = 4, 0.05
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class WeightsReport:
     reinitialised: tuple[str, ...]  # names left fresh: shapes differ (a new head)
     adapted: tuple[str, ...]  # names adapted (RGB first convolution for grey images)
     unused: int  # tensors of the file the network has no place for
+    absent: tuple[str, ...] = ()  # names the file lacks, left at their initialisation
 
     def line(self, path: str | Path) -> str:
         """One line for the console and MLflow."""
@@ -40,6 +46,8 @@ class WeightsReport:
             parts.append(f"{', '.join(self.adapted)} summed over RGB for grey images")
         if self.reinitialised:
             parts.append(f"{', '.join(self.reinitialised)} re-initialised (shape differs)")
+        if self.absent:
+            parts.append(f"{', '.join(self.absent)} not in the file (initialised fresh)")
         if self.unused:
             parts.append(f"{self.unused} tensors of the file unused")
         return "; ".join(parts)
@@ -102,12 +110,16 @@ def load_weights(
             reinit.append(name)
     counted = [k for k in own if not k.endswith("num_batches_tracked")]
     fitted = [k for k in counted if k in take]
-    if len(fitted) < _MIN_SHARE * len(counted):
+    absent = [k for k in counted if k not in source]
+    if len(fitted) < _MIN_SHARE * len(counted) or len(absent) > max(
+        _MAX_ABSENT, _MAX_ABSENT_SHARE * len(counted)
+    ):
         missing = next((k for k in counted if k not in take), "")
         raise ValueError(
             f"model.weights: {path} fits {len(fitted)} of the network's {len(counted)} tensors "
-            f"(first missing: {missing}); are they weights for this architecture?"
+            f"and lacks {len(absent)} (first missing: {missing}); are they weights for this "
+            "architecture?"
         )
     net.load_state_dict({**own, **take})
     unused = len(set(source) - set(own))
-    return WeightsReport(len(take), len(own), tuple(reinit), tuple(adapted), unused)
+    return WeightsReport(len(take), len(own), tuple(reinit), tuple(adapted), unused, tuple(absent))

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="regsearch", standalone_mode=False)
     except UserError as exc:
-        _fail(str(exc))
+        _fail(str(exc), getattr(exc, "exit_code", 2))
     except StorageFailure as exc:
         _fail(str(exc), StorageFailure.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:

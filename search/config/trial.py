@@ -194,6 +194,11 @@ class ModelConfig(Section):
     # with the study file's folder).
     path: Path | None = None
 
+    @field_validator("weights")
+    @classmethod
+    def _home(cls, weights: Path | None) -> Path | None:
+        return None if weights is None else weights.expanduser()  # `~/weights/…` in a file
+
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str, info: ValidationInfo) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["StorageFailure", "UserError", "first_line"]
+__all__ = ["StorageFailure", "UserError", "WorkersFailed", "first_line"]
 
 
 class UserError(Exception):
@@ -12,6 +12,18 @@ class UserError(Exception):
     The message must be one line that names the culprit; it is printed without a traceback.
     It must never contain a password: build it from `redact_url(...)` when a URL is involved.
     """
+
+
+class WorkersFailed(UserError):
+    """Worker processes of a launch exited with an error (each printed its own line): the
+    CLI exits with the first one's code."""
+
+    def __init__(self, code: int, failed: int, workers: int) -> None:
+        super().__init__(
+            f"{failed} of {workers} worker processes failed (exit code {code}); their own "
+            "lines above say why"
+        )
+        self.exit_code = code
 
 
 class StorageFailure(Exception):

@@ -5,11 +5,13 @@ interrupted, KILLED in MLflow — and the process exits 143 (128 + SIGTERM)."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
+from typing import Any
 
-__all__ = ["Terminated", "sigterm_interrupts"]
+__all__ = ["Terminated", "on_sigterm", "sigterm_interrupts"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -21,9 +23,20 @@ def _raise(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _raise)
+def on_sigterm(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
+    """`handler` takes SIGTERM while this runs. Python installs signal handlers from the main
+    thread only: a launch from another thread (a web app, a thread pool) keeps the
+    process's own handling."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def sigterm_interrupts() -> AbstractContextManager[None]:
+    """SIGTERM raises `Terminated` in the main thread while this runs."""
+    return on_sigterm(_raise)

@@ -11,7 +11,8 @@ import sys
 import time
 from typing import Any
 
-from search.core.errors import UserError
+from search.core.errors import UserError, WorkersFailed
+from search.core.signals import Terminated, on_sigterm
 from search.core.urls import redact_url
 from search.run.options import RunOptions
 
@@ -159,7 +160,9 @@ def run_in_process(config: Any, options: RunOptions, *, summary: bool = True) ->
         _finish(study, config, console, options)
 
 
-def run_workers(config: Any, options: RunOptions, pinned: list[str | None]) -> None:
+def run_workers(
+    config: Any, options: RunOptions, pinned: list[str | None], *, summary: bool = True
+) -> None:
     """Create the study here, then start one `regsearch worker` process per entry of `pinned`
     (its `CUDA_VISIBLE_DEVICES`, or None), each with its share of the CPU threads; Ctrl+C /
     SIGTERM is passed on to them. This process opens the storage once, each worker once."""
@@ -214,17 +217,21 @@ def run_workers(config: Any, options: RunOptions, pinned: list[str | None]) -> N
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        forward(signal.SIGINT, None)
-        codes = [p.wait() for p in procs]
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with on_sigterm(forward):
+        try:
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt:
+            forward(signal.SIGINT, None)
+            codes = [p.wait() for p in procs]
+            raise
     study, _ = load_existing(config.study, options.storage())
-    _finish(study, config, console, options)
-    bad = [c for c in codes if c != 0]
+    if summary:
+        _finish(study, config, console, options)
+    # A worker killed by a signal it did not handle has -N: the shell's 128 + N.
+    bad = [c if c > 0 else 128 - c for c in codes if c != 0]
+    if bad and all(c in (130, Terminated.exit_code) for c in bad):
+        if Terminated.exit_code in bad:  # not failed: stopped, and the study resumes
+            raise Terminated(f"{len(bad)} of {len(codes)} workers were terminated")
+        raise KeyboardInterrupt
     if bad:
-        raise SystemExit(bad[0])
+        raise WorkersFailed(bad[0], len(bad), len(codes))

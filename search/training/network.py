@@ -131,9 +131,24 @@ def build_model(cfg: TrialConfig, data: Dataset) -> tuple[nn.Module, dict[str, A
     # Not `_create`: a trial's failure (out of memory for a sampled width) keeps its own kind;
     # what a user can fix was found out at launch (`check_network`).
     model = create_model(**kwargs)
+    materialize(model, data)
     if cfg.model.weights is not None:
         _load(model, cfg.model.weights)
     return model, kwargs
+
+
+def materialize(model: nn.Module, data: Dataset) -> None:
+    """Give lazy layers (`nn.LazyLinear`, …) their shapes with one forward pass on two of the
+    data's images, before weights are loaded and the optimizer takes the parameters."""
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    lazy = (m for m in model.modules() if isinstance(m, LazyModuleMixin))
+    if any(m.has_uninitialized_params() for m in lazy):
+        training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(_example(data))
+        model.train(training)
 
 
 def _load(model: nn.Module, path: Path) -> str:
@@ -204,6 +219,31 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
+def _forward_check(model: nn.Module, data: Dataset, name: str) -> None:
+    """Run the untrained network on two of the data's images as a trial will (training mode,
+    then evaluation mode): a network that does not fit the images, or does not return one
+    logit per class, stops the launch here rather than failing every trial."""
+    example = _example(data)
+    wanted = (len(example), data.num_classes)
+    for mode in ("training", "evaluation"):
+        model.train(mode == "training")
+        try:
+            with torch.no_grad():
+                out = model(example)
+        except Exception as exc:
+            raise UserError(
+                f"model.name: {name} fails on this data's {tuple(example.shape[1:])} images "
+                f"in {mode} mode: {first_line(exc)}"
+            ) from None
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if got != wanted:
+            raise UserError(
+                f"model.name: {name} returns {got} for {len(example)} images in {mode} mode; "
+                f"expected logits of shape {wanted} ({data.num_classes} classes)"
+            )
+    model.eval()
+
+
 def _export_check(model: nn.Module, data: Dataset, name: str) -> None:
     """Export the untrained network as the champion will be (torch.export, a dynamic batch):
     a network that cannot be exported stops the launch here."""
@@ -211,14 +251,6 @@ def _export_check(model: nn.Module, data: Dataset, name: str) -> None:
 
     model.eval()
     example = _example(data)
-    try:
-        with torch.no_grad():
-            model(example)
-    except Exception as exc:
-        raise UserError(
-            f"model.name: {name} fails on this data's {tuple(example.shape[1:])} images: "
-            f"{first_line(exc)}"
-        ) from None
     try:
         with _quiet():  # a failed trace prints its graph and warnings: the one line says it
             export(model, (example,), dynamic_shapes=({0: Dim.AUTO},))
@@ -247,11 +279,12 @@ def check_network(choice: AutoChoice, data: Dataset, *, export: bool = True) -> 
     model = _create(kwargs)
     name = kwargs["name"]
     if is_external(name):
+        _forward_check(model, data, name)  # lazy layers get their shapes here
         params = sum(p.numel() for p in model.parameters())
         notes.append(f"model {name}: {params / 1e6:.2f}M parameters")
     if config.model.weights is not None:
         notes.append(_load(model, config.model.weights))
-    if export and is_external(name) and config.tracking.register_model:
+    if is_external(name) and export and config.tracking.register_model:
         _export_check(model, data, name)
     return AutoChoice(config, tuple(notes), tuple((item.name, item.why) for item in left))
 

@@ -168,6 +168,40 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
         read_weights(tmp_path / "junk.pt")
 
 
+def test_weights_that_lack_much_of_the_network_are_refused(tmp_path: Path) -> None:
+    """A related architecture's weights (a deeper network of the same family) fit by name
+    where they overlap, but leave the rest random: refused. A file without the classifier
+    head alone is taken, and the line names what it lacked."""
+
+    def net(depth: int) -> nn.Module:
+        layers: list[nn.Module] = [nn.Conv2d(3, 8, 3, padding=1)]
+        for _ in range(depth):
+            layers += [nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()]
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+    shallow = net(4).state_dict()  # 4 blocks' weights for an 8-block network
+    torch.save(shallow, tmp_path / "shallow.pt")
+    with pytest.raises(ValueError, match=r"and lacks \d+ \(first missing: [^)]+\); are they"):
+        load_weights(net(8), tmp_path / "shallow.pt")
+    headless = {k: v for k, v in net(8).state_dict().items() if not k.startswith("27.")}
+    torch.save(headless, tmp_path / "headless.pt")
+    report = load_weights(net(8), tmp_path / "headless.pt")
+    assert report.absent == ("27.weight", "27.bias")
+    assert "27.weight, 27.bias not in the file" in report.line(tmp_path / "headless.pt")
+
+
+def test_a_network_with_auxiliary_outputs_trains_on_its_main_logits() -> None:
+    """torchvision's GoogLeNet returns a named tuple with its auxiliary classifiers in training
+    mode: a trial trains on the main logits, and the exported champion returns them too."""
+    model = create_model(
+        "torchvision/googlenet", num_classes=3, in_channels=3, kwargs={"init_weights": True}
+    )
+    model.train()
+    logits = model(torch.rand(2, 3, 32, 32))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
+    assert _logits(model, channels=3).shape == (2, 3)
+
+
 def test_pretrained_statistics_come_from_the_weights_own_config() -> None:
     assert pretrained_stats("torchvision/resnet18") == (
         pytest.approx([0.485, 0.456, 0.406]),

@@ -73,6 +73,15 @@ def test_study_file_changes_only_stated_keys(tmp_path: Path) -> None:
     assert config.space == {**DEFAULT_SPACE, "dropout": 0.1}
 
 
+def test_weights_under_the_home_folder_are_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`weights: ~/…` in a study file (the docs' own example) names the user's home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = _write(tmp_path / "study.yaml", "model:\n  weights: ~/w/resnet.safetensors\n")
+    assert load_config(path).model.weights == tmp_path / "w" / "resnet.safetensors"
+
+
 def test_study_file_partial_distribution_merges_with_default_range(tmp_path: Path) -> None:
     path = _write(tmp_path / "s.yaml", "space:\n  dropout: {high: 0.3}\n")
     assert load_config(path).space["dropout"] == {"type": "float", "low": 0.0, "high": 0.3}

@@ -255,6 +255,80 @@ def test_a_network_that_cannot_serve_stops_the_launch_before_anything_is_created
     assert not (tmp_path / "studies").exists() and not (tmp_path / "mlruns").exists()
 
 
+_MISFITS = """
+    from torch import nn
+
+    def wrong_head(*, num_classes, in_channels):  # ImageNet's 1,000 logits whatever the data
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(1000))
+
+    def lazy(*, num_classes, in_channels):  # shapes from the first batch
+        return nn.Sequential(
+            nn.LazyConv2d(8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(num_classes)
+        )
+
+    def rgb_only(*, num_classes, in_channels):  # a first convolution fixed at 3 channels
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes)
+        )
+"""
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (
+            "wrong_head",
+            "model.name: misfit_nets:wrong_head returns (2, 1000) for 2 images in training "
+            "mode; expected logits of shape (2, 10) (10 classes)",
+        ),
+        ("rgb_only", "model.name: misfit_nets:rgb_only fails on this data's (1, 8, 8) images"),
+    ],
+)
+def test_a_network_that_misfits_the_data_stops_the_launch_without_a_registered_model(
+    factory: str, message: str, tmp_path: Path
+) -> None:
+    """The forward check does not depend on registering the champion: without it, a network
+    that misfits the images or the classes would fail every trial instead."""
+    (tmp_path / "misfit_nets.py").write_text(textwrap.dedent(_MISFITS))
+    proc = regsearch(
+        "run",
+        "--study",
+        "misfit",
+        "--set",
+        f"model.name=misfit_nets:{factory}",
+        "--set",
+        f"model.path={tmp_path}",
+        "--set",
+        "tracking.register_model=false",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("regsearch: error: ") and message in last, last
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_a_network_with_lazy_layers_is_searched_and_registered(tmp_path: Path) -> None:
+    (tmp_path / "misfit_nets.py").write_text(textwrap.dedent(_MISFITS))
+    proc = regsearch(
+        "run",
+        "--study",
+        "lazy",
+        "--n-trials",
+        "1",
+        "--set",
+        "model.name=misfit_nets:lazy",
+        "--set",
+        f"model.path={tmp_path}",
+        "--set",
+        "train.epochs=1",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "model misfit_nets:lazy: 0.0" in proc.stderr  # its parameters were counted
+    assert "champion: models:/lazy@champion" in proc.stderr
+
+
 _FRAGILE = """
     from torch import nn
 
@@ -300,3 +374,36 @@ def test_every_failed_trial_records_why_and_the_launch_quotes_it(tmp_path: Path)
     for trial in failed:
         assert trial.user_attrs["stop_reason"].startswith("error: RuntimeError: cannot train")
         assert ":" in trial.user_attrs["worker"]  # host:pid
+
+
+@pytest.mark.slow
+def test_worker_processes_that_fail_end_the_launch_with_their_code_and_one_line(
+    tmp_path: Path,
+) -> None:
+    """With --workers, each worker prints its own reason; the launch then says how many
+    failed, in one line, and exits with the first one's code."""
+    (tmp_path / "fragile_net.py").write_text(textwrap.dedent(_FRAGILE))
+    proc = regsearch(
+        "run",
+        "--study",
+        "fragile2",
+        "--workers",
+        "2",
+        "--threads",
+        "1",
+        "--set",
+        "model.name=fragile_net:build",
+        "--set",
+        f"model.path={tmp_path}",
+        "--set",
+        "space.dropout={type: float, low: 0.1, high: 0.5}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "regsearch: error: 2 of 2 worker processes failed (exit code 2); their own lines above "
+        "say why"
+    )
+    assert sum("in a row failed; last: error: RuntimeError" in line for line in lines) == 2
+    assert "Traceback" not in proc.stderr
