@@ -2,22 +2,24 @@
 scripts, with the CLI's validation and its one-line messages (raised as `UserError`).
 
 ```python
-import search
+from search.api import load_champion, run
 
-study = search.run("studies/digits.yaml", overrides=["search.n_trials=8"])
+study = run("studies/digits.yaml", overrides=["search.n_trials=8"])
 study.best["champion_uri"]        # the same dict as `regsearch best STUDY --json`
-model = search.load_champion(study.name)   # an nn.Module: float images in [0, 1] -> logits
+model = load_champion(study.name, tracking_uri=study.tracking_uri)  # images in [0, 1] -> logits
 ```
 
 A config may be a study file, a mapping (the keys of a study file) or None (the built-in
 digits study). A factory defined in the notebook itself runs in-process as
-`model.name: "__main__:make_net"`. Nothing is left behind between two studies in one process:
-MLflow's tracking URI, Optuna's log level and torch's thread count are put back.
+`model.name: "__main__:make_net"`. A launch puts back what it sets for the whole process
+(`_process_state`): MLflow's tracking URI, Optuna's log level, torch's thread count and random
+state, the MLflow loggers' levels.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ class StudyResult:
 
     name: str
     storage: str
-    tracking_uri: str | None
+    tracking_uri: str | None  # the MLflow store its runs went to; None: tracking off
     best: dict[str, Any] | None  # `regsearch best --json`; None: no trial completed
     metric: str = "val_accuracy"
 
@@ -53,13 +55,14 @@ class StudyResult:
 
 
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_LOGGERS = ("mlflow", "mlflow.store.db.utils")  # quietened by `search.tracking.runs.Tracker`
 
 
 @contextlib.contextmanager
 def _process_state() -> Iterator[None]:
     """Put back what a launch sets for the whole process: MLflow's tracking and registry URIs
     (module state and the environment variables `mlflow.set_tracking_uri` writes), Optuna's
-    log level, torch's thread count."""
+    log level, torch's thread count and random state, the MLflow loggers' levels."""
     import optuna
     import torch
     from mlflow.tracking._model_registry import utils as registry_utils
@@ -70,9 +73,14 @@ def _process_state() -> Iterator[None]:
     variables = {name: os.environ.get(name) for name in _URI_VARIABLES}
     verbosity = optuna.logging.get_verbosity()
     threads = torch.get_num_threads()
+    rng = torch.get_rng_state()  # every trial seeds torch with its own seed
+    loggers = {name: logging.getLogger(name).level for name in _LOGGERS}
     try:
         yield
     finally:
+        torch.set_rng_state(rng)
+        for name, level in loggers.items():
+            logging.getLogger(name).setLevel(level)
         tracking_utils.set_tracking_uri(tracking)  # type: ignore[arg-type]  # None: unset
         registry_utils._registry_uri = registry
         for name, value in variables.items():
@@ -119,6 +127,7 @@ def run(
     `overrides` are `--set` strings (`"train.epochs=5"`); `workers` > 1 starts worker
     processes (a model or data set defined in the notebook cannot reach them: put it in a
     module). Raises `UserError` with the CLI's one-line message for any bad input."""
+    from search.core.urls import resolve_tracking_uri
     from search.run.launch import check_tracking, run_in_process, run_workers
     from search.run.options import RunOptions
     from search.study.storage import resolve_storage_url
@@ -129,9 +138,19 @@ def run(
         "search.timeout": timeout,
         "train.device": device,
     }
+    if isinstance(overrides, str):  # one `--set` string, not its characters
+        overrides = [overrides]
     cfg = _config(config, overrides, flags)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"workers must be an integer >= 1, got {workers!r}")
+    if workers > 1:
+        for key, name in (("model.name", cfg.model.name), ("dataset.name", cfg.dataset.name)):
+            if str(name).startswith("__main__:"):
+                raise UserError(
+                    f"{key}: {name} is defined in this process, which worker processes "
+                    "cannot import: put it in a module (package.module:callable) or run with "
+                    "workers=1"
+                )
     url = resolve_storage_url(storage, cfg.storage)
     check_tracking(cfg, tracking_uri)
     options = RunOptions(url, tracking_uri, device, threads=threads, quiet=quiet)
@@ -139,9 +158,10 @@ def run(
         if workers == 1:
             run_in_process(cfg, options, summary=not quiet)
         else:
-            run_workers(cfg, options, [None] * workers)
+            run_workers(cfg, options, [None] * workers, summary=not quiet)
     verdict = _best(cfg.study, options.storage())  # the launch's storage, not opened again
-    return StudyResult(cfg.study, url, tracking_uri, verdict, cfg.objective.metric)
+    uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri) if cfg.tracking.enabled else None
+    return StudyResult(cfg.study, url, uri, verdict, cfg.objective.metric)
 
 
 def best(study: str, *, storage: str | None = None) -> dict[str, Any] | None:
@@ -161,8 +181,10 @@ def _best(study: str, storage: Any) -> dict[str, Any] | None:
 
 
 def load_champion(study: str, *, tracking_uri: str | None = None) -> nn.Module:
-    """The study's registered champion (`models:/<study>@champion`) as an `nn.Module` on the
-    CPU: float images in [0, 1], shape (N, C, H, W), in; logits out."""
+    """The study's registered champion (`models:/<study>@champion`) on the CPU: float images
+    in [0, 1], shape (N, C, H, W), in; logits out. The exported program (a `torch.fx`
+    module) is fixed in evaluation mode: call it under `torch.no_grad()`; `.eval()` and
+    `.train()` raise NotImplementedError."""
     import mlflow
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException

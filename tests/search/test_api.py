@@ -5,7 +5,9 @@ and nothing left behind in the process."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from pathlib import Path
 
 import mlflow
@@ -14,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from search.api import best, load_champion, run
+from search.api import StudyResult, best, load_champion, run
 from search.core.errors import UserError
 from tests.helpers import regsearch
 
@@ -26,6 +28,8 @@ def test_two_studies_in_one_process_give_the_cli_s_verdicts(tmp_path: Path) -> N
     before = (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"))
     threads = torch.get_num_threads()
     level = optuna.logging.get_verbosity()
+    rng = torch.get_rng_state()
+    mlflow_level = logging.getLogger("mlflow").level
     # One from a mapping, one from a study file with overrides: different data and models.
     first = run(
         {"study": "from-dict", "search": {"n_trials": 2}, "model": {"name": "small-cnn"}},
@@ -44,6 +48,8 @@ def test_two_studies_in_one_process_give_the_cli_s_verdicts(tmp_path: Path) -> N
     second = run(tmp_path / "s.yaml", overrides=[*_TINY, "train.seed=3"])
     assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")) == before
     assert torch.get_num_threads() == threads and optuna.logging.get_verbosity() == level
+    assert torch.equal(torch.get_rng_state(), rng)  # a notebook's random draws go on as before
+    assert logging.getLogger("mlflow").level == mlflow_level
     for result in (first, second):
         cli = regsearch("best", result.name, "--json", cwd=tmp_path)
         assert cli.returncode == 0, cli.stderr
@@ -83,3 +89,46 @@ def test_a_champion_that_is_not_there_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no champion for study 'nothing-here'"):
         load_champion("nothing-here")
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_launch_from_another_thread_runs_and_one_override_string_is_one_override(
+    tmp_path: Path,
+) -> None:
+    """A web app or a thread pool calls `run` off the main thread, where Python takes no
+    signal handlers: the study runs all the same. The study file's own tracking store is the
+    one the result names, so `load_champion` finds the champion there."""
+    (tmp_path / "s.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "study": "threaded",
+                "dataset": {"name": "synthetic", "image_size": 8, "num_samples": 80},
+                "search": {"n_trials": 1, "confirm": "off"},
+                "tracking": {"uri": f"sqlite:///{tmp_path}/elsewhere/mlflow.db"},
+            }
+        )
+    )
+    results: list[object] = []
+    thread = threading.Thread(
+        target=lambda: results.append(run(tmp_path / "s.yaml", overrides="train.epochs=1"))
+    )
+    thread.start()
+    thread.join(timeout=300)
+    (result,) = results
+    assert isinstance(result, StudyResult) and result.best is not None
+    assert result.best["params"] is not None
+    assert result.tracking_uri == f"sqlite:///{tmp_path}/elsewhere/mlflow.db"
+    model = load_champion(result.name, tracking_uri=result.tracking_uri)
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_a_notebook_factory_with_worker_processes_is_refused_before_anything_is_created(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(UserError) as info:
+        run({"model": {"name": "__main__:make_net"}}, workers=2)
+    assert str(info.value).startswith(
+        "model.name: __main__:make_net is defined in this process, which worker processes "
+        "cannot import"
+    )
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "mlruns").exists()
