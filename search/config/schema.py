@@ -244,11 +244,14 @@ class StudyConfig(Section):
         return name
 
     def portable_dict(self) -> dict[str, Any]:
-        """The config as stored in the study: JSON-safe, without machine-local secrets."""
+        """The config as stored in the study: JSON-safe, without machine-local secrets, and
+        without `search.timeout`, which is one launch's (a resume by name or a joining worker
+        runs to the budget unless it is given its own)."""
         data = self.model_dump(mode="json")
         data.pop("storage", None)
         data["tracking"].pop("uri", None)
         data["train"].pop("device", None)
+        data["search"].pop("timeout", None)
         return data
 
 

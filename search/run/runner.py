@@ -95,6 +95,11 @@ def _failures_after(ran: list[FrozenTrial], failures: int, limit: int, what: str
     return failures
 
 
+_TIMED_OUT = (
+    "the timeout ({timeout:g} s) has passed: this launch starts no new trial; launch again to go on"
+)
+
+
 def _waiting(numbers: list[int], patience: float) -> str:
     """Why a launch is idle: what it waits for, and for how long at most."""
     shown = ", ".join(str(n) for n in numbers[:5]) + (" …" if len(numbers) > 5 else "")
@@ -139,6 +144,7 @@ def _optimize_until_done(
         ]
         running = len(running_now)
         if deadline is not None and time.monotonic() >= deadline:
+            say(_TIMED_OUT.format(timeout=timeout))
             return
         if finished >= n_trials or (finished + running >= n_trials and not heartbeats):
             return
@@ -196,6 +202,7 @@ def _confirm_until_done(
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         running = tuple(t.number for t in trials if t.state == TrialState.RUNNING)
         if deadline is not None and time.monotonic() >= deadline:
+            say(_TIMED_OUT.format(timeout=config.search.timeout))
             return False
         if not waiting:
             ev = evidence(trials, config, study.direction, val_images=val_images)

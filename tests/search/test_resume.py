@@ -178,3 +178,34 @@ def test_trial_tables_show_every_searched_parameter_and_fixed_values(tmp_path: P
     columns = {str(c.header): list(c._cells) for c in table.columns}
     assert columns["dropout"] == ["0.3", "0.3"], "a fixed regularizer shows its value"
     assert all(cell != "–" for cell in columns["lr"]), "a searched train key has a column"
+
+
+def test_a_launch_s_timeout_is_not_stored_for_the_next_launch(tmp_path: Path) -> None:
+    """`--timeout` stops one launch: a resume by name and a joining worker start from the
+    stored config, and must run to the budget unless they are given their own."""
+    from search.study.studies import stored_config
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    config = load_config(overrides=["study=t", "search.timeout=6"])
+    assert config.search.timeout == 6
+    create_or_resume(config, storage)
+    stored = stored_config(storage, "t")
+    assert stored is not None and "timeout" not in stored["search"]
+    assert load_config(None, base=stored).search.timeout is None
+    # A file that sets one still applies it to each launch made with that file.
+    create_or_resume(config, storage)
+
+
+def test_a_timed_out_launch_says_so_and_a_resume_by_name_runs_to_the_budget(
+    tmp_path: Path,
+) -> None:
+    tiny = ["--set", "train.epochs=2", "--set", "search.confirm=none"]
+    first = regsearch("run", "--study", "t", "--n-trials", "3", "--timeout", "1e-6", *tiny,
+                      cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "t: the timeout (1e-06 s) has passed: this launch starts no new trial" in first.stderr
+    resumed = regsearch("run", "--study", "t", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "timeout" not in resumed.stderr
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/studies/regsearch.db")
+    assert sum(t.state.is_finished() for t in study.trials) == 3
