@@ -107,7 +107,11 @@ def promote(
         if uri:
             if tags:
                 tracker.registry.tag_version(uri, tags)
-            _record(tracker, study, candidate.number, candidate.run_id, uri)
+            # Registered, but the alias stays where it is when it holds a refit whose confirm
+            # mean outranks this value (a study extended past its confirm phase): the study
+            # records the version `@champion` points at, never one it does not.
+            if tracker.registry.champion_trial() == candidate.number:
+                _record(tracker, study, candidate.number, candidate.run_id, uri)
         return uri
 
 
@@ -120,8 +124,13 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
         best = best_trial(study)
         if best is None or best.value is None:
             return None
-        current = tracker.registry.champion_trial()
+        current, held = tracker.registry.champion()
         if current == best.number:
+            recorded = study.user_attrs.get(CHAMPION_ATTR) or {}
+            run_id = best.user_attrs.get(RUN_ID_ATTR)
+            if held and run_id and recorded.get("trial") != best.number:
+                _record(tracker, study, best.number, run_id, held)  # the record lagged
+                return held
             return None
         run_id = best.user_attrs.get(RUN_ID_ATTR)
         if not run_id:

@@ -148,12 +148,18 @@ class Registry:
 
     def champion_trial(self) -> int | None:
         """The trial number of the version `@champion` points at (None: no alias yet)."""
+        return self.champion()[0]
+
+    def champion(self) -> tuple[int | None, str | None]:
+        """(trial number, `models:/<study>/<version>`) of the version `@champion` points at;
+        (None, None) with no alias yet."""
         try:
             version = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
         except MlflowException:
-            return None
+            return None, None
         trial = version.tags.get("trial")
-        return int(trial) if trial is not None and trial.isdigit() else None
+        number = int(trial) if trial is not None and trial.isdigit() else None
+        return number, f"models:/{self.study_name}/{version.version}"
 
     def checkpoint_result(self, run_id: str) -> TrainResult:
         """The weights a trial saved with `save_checkpoint`, as `register` takes them."""

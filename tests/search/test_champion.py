@@ -95,6 +95,21 @@ def test_an_alias_left_on_another_trial_is_moved_by_the_next_launch(tmp_path: Pa
     assert best_trial(optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp_path}/o.db"))
 
 
+def test_a_champion_record_that_lags_the_alias_is_put_right_by_the_next_launch(
+    tmp_path: Path,
+) -> None:
+    """What a study extended past its confirm phase could leave: the study's champion record
+    on a search trial that registered a version while the alias stayed on the refit. `best`
+    and the report read the record: the next launch makes it name the alias's version."""
+    study = _run(tmp_path, 3)
+    right = dict(study.user_attrs["champion"])
+    other = next(t.number for t in study.trials if t.number != right["trial"])
+    study.set_user_attr("champion", {"trial": other, "uri": "models:/digits/99"})
+    resumed = _run(tmp_path, 3)  # nothing left to run: the launch only repairs
+    assert resumed.user_attrs["champion"] == right
+    assert _alias_trial(tmp_path) == right["trial"]
+
+
 def test_study_lock_excludes_other_holders(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/l.db"
     study = optuna.create_study(storage=open_storage(url), study_name="locked")
