@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["Terminated", "on_sigterm", "sigterm_interrupts"]
+__all__ = ["Terminated", "absorbing_interrupts", "on_sigterm", "sigterm_interrupts"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -40,3 +40,20 @@ def on_sigterm(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None
 def sigterm_interrupts() -> AbstractContextManager[None]:
     """SIGTERM raises `Terminated` in the main thread while this runs."""
     return on_sigterm(_raise)
+
+
+@contextmanager
+def absorbing_interrupts() -> Iterator[None]:
+    """Ctrl+C and SIGTERM do nothing while this runs: the bookkeeping of a first interrupt
+    (a trial's retry, its outcome) is not cut off by a second. For code that re-raises the
+    first one after it; off the main thread, signals do not reach it anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: None) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

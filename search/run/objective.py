@@ -44,6 +44,7 @@ from search.core.records import (
     WORKER_ATTR,
     is_budget_trial,
 )
+from search.core.signals import absorbing_interrupts
 from search.data.dataset import Dataset
 from search.study.evidence import ABLATION, CONFIRM, SPLIT_ATTR
 from search.study.refit import REFIT_EPOCHS_ATTR, REFIT_VALUE_ATTR
@@ -131,6 +132,7 @@ class Objective:
         self._candidates: dict[int, Candidate] = {}
         # The trial this worker runs, until Optuna has stored its outcome (`after_tell`).
         self.running_trial_id: int | None = None
+        self._run_id: str | None = None  # the running trial's MLflow run
         # With `train.compile`: each trial's first-step seconds, in the order this worker ran
         # them (the first holds the compilation; `compile_note` says so once per worker).
         self.compile_seconds: list[float] = []
@@ -153,23 +155,36 @@ class Objective:
         if phase is None:
             phase = SEARCH
             trial.set_user_attr(PHASE_ATTR, phase)
+        self._run_id = None
+        try:
+            return self._trial(trial, phase)
+        except KeyboardInterrupt:
+            self._interrupted(trial)
+            raise
+
+    def _interrupted(self, trial: optuna.Trial) -> None:
+        """Ctrl+C / SIGTERM at any point of a trial (training, or writing its outcome): the
+        next launch reruns it, with the same params, phase and seed — a confirm retrain, an
+        ablation or the baseline would otherwise be lost for good. The retry is enqueued
+        first, and a second signal meanwhile is absorbed: a terminal's Ctrl+C reaches every
+        worker, and `run_workers` passes it on to them too."""
+        with absorbing_interrupts():
+            with contextlib.suppress(Exception):  # the storage may be what went away
+                enqueue_retry(trial.study, trial._trial_id)
+            with contextlib.suppress(Exception):
+                self._finish(trial, self._run_id, "KILLED", {STOP_REASON_ATTR: INTERRUPTED})
+
+    def _trial(self, trial: optuna.Trial, phase: str) -> float:
         run_id: str | None = None
         try:  # everything that can fail is inside: every FAIL records its reason
             cfg, params = self._trial_config(trial, phase)
             if self.tracker:
-                run_id = self.tracker.start_trial(trial.number, params, phase=phase)
+                run_id = self._run_id = self.tracker.start_trial(trial.number, params, phase=phase)
                 trial.set_user_attr(RUN_ID_ATTR, run_id)
             for listener in self.listeners:
                 listener.trial_started(trial.number, cfg.train.epochs)
             # The baseline and the confirm phase's retrains are yardsticks: never pruned.
             result = self._train(trial, cfg, run_id, can_prune=phase == SEARCH)
-        except KeyboardInterrupt:
-            self._finish(trial, run_id, "KILLED", {STOP_REASON_ATTR: INTERRUPTED})
-            # Ctrl+C / SIGTERM: the next launch reruns it (same params, phase and seed) — a
-            # confirm retrain, an ablation or the baseline would otherwise be lost for good.
-            with contextlib.suppress(Exception):  # the storage may be what went away
-                enqueue_retry(trial.study, trial._trial_id)
-            raise
         except Exception as exc:
             if _is_out_of_memory(exc):
                 # The failed trial's tensors die with its frames; hand the cached blocks back

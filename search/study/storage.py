@@ -320,12 +320,16 @@ OUTCOME_ATTRS = frozenset(
 def _retry_without_outcome(
     retry: Callable[[optuna.Study, FrozenTrial], None],
 ) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """Optuna's retry callback copies every user attr into the retried trial; the outcome
-    of the lost attempt (its stop reason, its MLflow run) is not the retry's."""
+    """Optuna's retry callback copies every user and system attr into the retried trial; the
+    outcome of the lost attempt (its stop reason, its MLflow run, its learning-curve figure,
+    which `optuna.artifacts` records as an `artifacts:<id>` system attr) is not the retry's."""
 
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         trial = copy.deepcopy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in OUTCOME_ATTRS}
+        trial._system_attrs = {
+            k: v for k, v in trial.system_attrs.items() if not k.startswith("artifacts:")
+        }
         retry(study, trial)
 
     return callback

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from pathlib import Path
 
 import optuna
@@ -106,6 +109,53 @@ def test_ctrl_c_fails_the_trial_and_kills_its_run(
     assert run.info.status == "KILLED"
 
 
+def test_ctrl_c_after_training_still_retries_the_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal may come while the trained trial writes its outcome (its learning curve,
+    its checkpoint): the trial is retried all the same, not left FAIL without a reason."""
+    study, objective, client = _setup(tmp_path)
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(objective, "_upload_curve", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    trial, retry = study.trials
+    assert trial.user_attrs["stop_reason"] == "interrupted"
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == trial.params
+    assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals: main thread"
+)
+def test_a_second_ctrl_c_does_not_cut_off_the_first_one_s_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminal's Ctrl+C reaches every worker, and `run --workers` passes it on as well:
+    the second arrives while the first is being recorded, and the retry must still be
+    enqueued and the MLflow run closed."""
+    study, objective, client = _setup(tmp_path)
+    real_retry = search.run.objective.enqueue_retry
+
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    def second_signal_then_retry(*args, **kwargs):  # type: ignore[no-untyped-def]
+        os.kill(os.getpid(), signal.SIGINT)
+        real_retry(*args, **kwargs)
+
+    monkeypatch.setattr(search.run.objective, "train", interrupted)
+    monkeypatch.setattr(search.run.objective, "enqueue_retry", second_signal_then_retry)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    trial, retry = study.trials
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == trial.params
+    assert client.get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+
+
 def test_a_diverging_trial_is_pruned_as_nonfinite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,3 +209,17 @@ def test_a_tracking_outage_after_training_keeps_the_trial_and_its_run_is_closed_
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
     assert run.data.metrics["best_value"] == pytest.approx(trial.value)
+
+
+def test_a_retry_does_not_inherit_the_lost_attempt_s_learning_curve(tmp_path: Path) -> None:
+    """optuna-dashboard lists a trial's figures from its `artifacts:` system attrs: the retry
+    of a lost trial must not show the lost attempt's curve as its own."""
+    from search.study.storage import enqueue_retry
+
+    study, _objective, _client = _setup(tmp_path)
+    lost = study.ask()
+    study._storage.set_trial_system_attr(lost._trial_id, "artifacts:abc", {"filename": "x.png"})
+    enqueue_retry(study, lost._trial_id)
+    retry = study.trials[-1]
+    assert retry.state == optuna.trial.TrialState.WAITING
+    assert not any(key.startswith("artifacts:") for key in retry.system_attrs)
