@@ -101,6 +101,16 @@ def _interval(iv: Any) -> dict[str, Any] | None:
     return {k: _json_number(v) if isinstance(v, float) else v for k, v in iv.as_dict().items()}
 
 
+def _search_spent(study: optuna.Study) -> bool:
+    """Whether the study's finished search trials have reached its budget."""
+    from search.core.records import FINISHED
+    from search.study.evidence import study_config
+    from search.study.studies import count_trials
+
+    config = study_config(study)
+    return config is None or count_trials(study, FINISHED) >= config.search.n_trials
+
+
 def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     """The study's answer, or None before any trial completed. Keys: `study`, `trial` (the
     champion's trial: the best-seed retrain once confirmed), `phase`, `value`, `params`,
@@ -191,6 +201,8 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
         else {
             "complete": ev.confirm_complete and ev.pending == 0,
             "pending": ev.pending,
+            # Before the search budget is spent, `pending` is the plan for today's top k.
+            "started": _search_spent(study),
         },
         "epochs_saved": epochs_saved(study, study_config(study)),
         "input": study.user_attrs.get(INPUT_ATTR),
@@ -315,7 +327,10 @@ def verdict(best: dict[str, Any], metric: str) -> str:
             )
     confirm = best.get("confirm")
     if confirm is not None and confirm.get("pending"):
-        line += f"; confirm phase: {confirm['pending']} retrains to go"
+        if confirm.get("started", True):
+            line += f"; confirm phase: {confirm['pending']} retrains to go"
+        else:
+            line += "; confirm phase: after the search"
     if best.get("epochs_saved") is not None:
         line += f"; pruning and early stopping saved {100 * best['epochs_saved']:.0f}% of epochs"
     return line

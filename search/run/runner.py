@@ -295,11 +295,19 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
         warm_start(study, options.sweep)
     finished = count_trials(study, FINISHED)
     if finished >= config.search.n_trials and not options.quiet:
-        # `--n-trials` is the study's total, not "this many more".
-        console.print(
-            f"study {config.study!r} already has {finished} finished trials (n_trials is the "
-            f"study's total); use --n-trials {finished + 6} to run 6 more"
-        )
+        from search.study.evidence import study_evidence
+
+        ev = study_evidence(study)
+        if ev is not None and ev.pending:  # a launch cut off in its confirm phase
+            console.print(
+                f"study {config.study!r} has spent its search budget ({finished} trials); "
+                "this launch finishes its confirm phase"
+            )
+        else:  # `--n-trials` is the study's total, not "this many more"
+            console.print(
+                f"study {config.study!r} already has {finished} finished trials (n_trials is "
+                f"the study's total); use --n-trials {finished + 6} to run 6 more"
+            )
 
     tracker: Tracker | None = None
     if config.tracking.enabled:

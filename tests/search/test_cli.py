@@ -325,7 +325,8 @@ def test_default_study_meets_the_acceptance_bar(tmp_path: Path) -> None:
     retrains = [r for r in rows if r["phase"] == "confirm"]
     assert {r["state"] for r in retrains} == {"COMPLETE"}
     best = json.loads(regsearch("best", "digits", "--json", cwd=tmp_path).stdout)
-    assert best["confirm"] == {"complete": True, "pending": 0} and best["contributions"]
+    assert best["confirm"] == {"complete": True, "pending": 0, "started": True}
+    assert best["contributions"]
     champion = best["champion"]
     arms = champion["retrains_without_racing"] // 3 - len(best["contributions"])
     assert 4 <= arms <= 7 and 2 * arms <= len(retrains) <= 3 * arms

@@ -82,7 +82,7 @@ def test_confirm_retrains_the_top_configuration_and_the_baseline_then_ablates(
     assert before.user_attrs["phase"] in ("confirm", "ablation")
     assert before.user_attrs["source"] == champion["source"]
     assert best["refit"]["of"] == best["test"]["before_refit_trial"] == before.number
-    assert best["confirm"] == {"complete": True, "pending": 0}
+    assert best["confirm"] == {"complete": True, "pending": 0, "started": True}
     test = best["test"]
     for who in ("champion", "baseline"):
         assert 0 <= test[who]["accuracy"] <= 1 and 0 <= test[who]["ece"] <= 1
@@ -239,6 +239,6 @@ def test_a_worker_killed_in_the_confirm_phase_is_resumed_and_the_phase_finishes(
     assert [t.state.name for t in retried] == ["COMPLETE"], "retried once, same seed and config"
     assert not [t for t in study.get_trials() if t.state.name in ("RUNNING", "WAITING")]
     best = json.loads(regsearch("best", "k", "--json", cwd=tmp_path).stdout)
-    assert best["confirm"] == {"complete": True, "pending": 0}
+    assert best["confirm"] == {"complete": True, "pending": 0, "started": True}
     assert best["champion"]["val"]["n"] == 2 and best["contributions"]
     assert best["test"] is not None and best["champion_uri"] == "models:/k@champion"

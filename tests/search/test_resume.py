@@ -209,3 +209,17 @@ def test_a_timed_out_launch_says_so_and_a_resume_by_name_runs_to_the_budget(
     assert "timeout" not in resumed.stderr
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/studies/regsearch.db")
     assert sum(t.state.is_finished() for t in study.trials) == 3
+
+
+def test_a_study_still_searching_does_not_count_confirm_retrains_to_go(tmp_path: Path) -> None:
+    """Mid-search, the confirm plan for today's top configurations is no promise: the verdict
+    says the phase comes after the search rather than a count of retrains to go."""
+    from search.report.summary import best_summary, verdict
+
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study, _ = create_or_resume(load_config(overrides=["study=mid", "search.n_trials=6"]), storage)
+    study.optimize(lambda trial: 0.9, n_trials=1)  # the enqueued baseline trial, done
+    best = best_summary(study)
+    assert best is not None and best["confirm"]["started"] is False
+    line = verdict(best, "val_accuracy")
+    assert "confirm phase: after the search" in line and "retrains to go" not in line

@@ -457,7 +457,7 @@ def test_sigterm_in_any_phase_then_a_relaunch_loses_nothing(phase: str, tmp_path
     for key in ("phase", "seed", "source", "ablate"):
         assert retry.user_attrs.get(key) == interrupted.user_attrs.get(key), key
     best = json.loads(regsearch("best", "t", "--json", cwd=tmp_path).stdout)
-    assert best["confirm"] == {"complete": True, "pending": 0}
+    assert best["confirm"] == {"complete": True, "pending": 0, "started": True}
     assert best["baseline"] is not None and best["baseline"]["val"]["n"] == 2
     assert best["champion"]["val"]["n"] == 2
     done = [t for t in trials if t.state.name == "COMPLETE"]
