@@ -10,6 +10,7 @@ from search.cli._options import (
     storage_option,
     warn_if_public,
 )
+from search.core.errors import UserError
 
 
 @click.command("dashboard")
@@ -25,17 +26,19 @@ def dashboard_command(storage: str | None, host: str, port: int, artifacts: str 
     from optuna_dashboard import wsgi
 
     from search.report.dashboard import read_only
-    from search.study.storage import artifact_dir, open_existing, resolve_storage_url
+    from search.study.storage import make_artifact_dir, open_existing, resolve_storage_url
 
     url = resolve_storage_url(storage)
     store = open_existing(url)
-    folder = artifact_dir(url, artifacts)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_artifact_dir(url, artifacts)
     warn_if_public(host)
     click.echo(f"optuna-dashboard on http://{host}:{port}; Ctrl+C to stop", err=True)
     # optuna-dashboard's `run_server` is `bottle.run` of this app, without the guard.
     app = wsgi(store, artifact_store=FileSystemArtifactStore(str(folder)))
-    bottle.run(read_only(app), host=host, port=port)
+    try:
+        bottle.run(read_only(app), host=host, port=port)
+    except OSError as exc:  # the port is taken, the host is no interface of this machine
+        raise UserError(f"--host/--port: cannot serve on {host}:{port} ({exc})") from None
 
 
 COMMANDS = [dashboard_command]

@@ -41,7 +41,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 def host_port_options(default_port: int) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
-        fn = click.option("--port", default=default_port, show_default=True, type=int)(fn)
+        fn = click.option(
+            "--port", default=default_port, show_default=True, type=click.IntRange(1, 65535)
+        )(fn)
         fn = click.option(
             "--host",
             default="127.0.0.1",

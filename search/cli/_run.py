@@ -82,7 +82,17 @@ def run_command(
     }
     # Resume by name: without a file, an existing study's stored config is the base, and
     # flags and --set change only what they state.
-    base, opened = _stored(study_name, storage) if config_file is None else (None, None)
+    named: dict[str, Any] = {}
+    if config_file is None:  # `--set study=…` / `--set storage=…` name them as the flags do
+        from search.config.overrides import apply_overrides
+
+        named = apply_overrides({}, overrides)
+    looked_in = storage or (str(named["storage"]) if named.get("storage") else None)
+    base, opened = (
+        _stored(study_name or (str(named["study"]) if named.get("study") else None), looked_in)
+        if config_file is None
+        else (None, None)
+    )
     config = load_config(config_file, overrides=overrides, flags=flags, base=base)
     if base is not None and not quiet:
         _console().print(f"{config.study}: resuming with the config stored in the study")
@@ -95,7 +105,7 @@ def run_command(
 
     url = resolve_storage_url(storage, config.storage)
     check_tracking(config, tracking_uri)
-    if opened is not None and url != resolve_storage_url(storage):  # `--set storage=…`
+    if opened is not None and url != resolve_storage_url(looked_in):  # not what was read
         opened = None
     options = RunOptions(
         url,
@@ -106,6 +116,8 @@ def run_command(
         quiet=quiet,
         opened=OpenedStorage(opened),  # the stored config's: not opened again
     )
+    if fractions is not None and not fractions.strip():
+        raise UserError("--fractions: expected fractions such as 0.1,0.25,0.5, got ''")
     sweep = fractions or (config.sweep.fractions if config.sweep is not None else None)
     if sweep:
         warm = config.sweep.warm_start if config.sweep is not None else True

@@ -31,12 +31,13 @@ def _start_page(uri: str, study_name: str | None) -> str:
     it when it creates or re-attaches to the experiment.)"""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     from search.config.schema import StudyConfig
 
-    client = MlflowClient(uri)
     name = study_name or StudyConfig().study
     try:
+        client = MlflowClient(uri)
         found: Any = client.get_experiment_by_name(name)
         if found is not None and found.lifecycle_stage == "active":
             return f"#/experiments/{found.experiment_id}/runs"
@@ -45,7 +46,7 @@ def _start_page(uri: str, study_name: str | None) -> str:
         names = sorted(
             e.name for e in client.search_experiments(max_results=1000) if e.name != "Default"
         )
-    except MlflowException as exc:
+    except (MlflowException, SQLAlchemyError) as exc:  # e.g. a file that is no database
         raise UserError(
             f"cannot read the MLflow store {redact_url(uri)}: {first_line(exc)}"
         ) from None

@@ -64,6 +64,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# Seeds fit every generator they reach (numpy's and scikit-learn's take < 2**32, and a
+# confirm retrain adds 1000 + i to `train.seed`).
+MAX_SEED = 2**31 - 1
+
+
 class DatasetConfig(Section):
     NAMES: ClassVar[tuple[str, ...]] = (
         "digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder"
@@ -88,7 +93,7 @@ class DatasetConfig(Section):
     # official training images held out for validation.
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    split_seed: Int = 0
+    split_seed: Int = Field(0, ge=0, le=MAX_SEED)
     # Train on this share of the training split: a stratified subset (at least one image a
     # class), seeded by `split_seed`, each smaller fraction inside every larger one. The
     # validation and test splits stay the same, so studies at other fractions compare.
@@ -259,7 +264,7 @@ class TrainConfig(Section):
     # `auto`: channels_last on CUDA (what its convolutions run fastest in), contiguous else.
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     compile: bool = False
-    seed: Int = 0
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
     train_eval_size: Int = Field(512, ge=1)
     eval_batch_size: Int = Field(1024, ge=1)
 

@@ -15,6 +15,7 @@ from search.core.errors import UserError, WorkersFailed
 from search.core.signals import Terminated, on_sigterm
 from search.core.urls import redact_url
 from search.run.options import RunOptions
+from search.study.storage import make_artifact_dir
 
 __all__ = [
     "check_reachable",
@@ -34,18 +35,27 @@ def make_console(*, stderr: bool = False) -> Any:
 
 
 def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
-    """Fail fast, with one line, when an http(s) tracking server does not answer.
+    """Fail fast, with one line, when an http(s) tracking server does not answer, or a
+    database store cannot be used (a file that is no SQLite database, an in-memory one, a
+    PostgreSQL or MySQL server that refuses the connection).
 
     MLflow's client retries a refused connection for minutes (7 retries with back-off) before
     it says anything; one GET of the server's `/health` within `timeout` seconds answers the
     same question before any study, run or folder exists. Any HTTP answer (even 401 or 404
-    from a proxy) counts as reachable; other schemes are not probed.
+    from a proxy) counts as reachable.
     """
     import urllib.error
     import urllib.request
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0].lower()
+    if scheme == "sqlite":
+        _check_sqlite_store(uri)
+        return
+    if scheme in ("postgresql", "mysql"):
+        _check_database_store(uri, timeout)
+        return
     if parts.scheme not in ("http", "https"):
         return
     netloc = parts.netloc.rpartition("@")[2]  # urllib takes no credentials in the URL
@@ -61,6 +71,53 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
             f"cannot reach tracking server {redact_url(uri)} ({reason}); start it, fix "
             "--tracking-uri / $MLFLOW_TRACKING_URI, or set tracking.enabled: false"
         ) from None
+
+
+def _store_error(uri: str, reason: object) -> UserError:
+    return UserError(
+        f"cannot use tracking URI {redact_url(uri)} ({reason}); fix --tracking-uri / "
+        "$MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+    )
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_store(uri: str) -> None:
+    """A `sqlite:///` store must be a database file (or one that can be created): in memory,
+    it would vanish with the process and take the runs and the registered model along."""
+    from search.core.urls import sqlite_path
+
+    path = sqlite_path(uri)
+    if path is None:
+        raise _store_error(uri, "an in-memory database keeps nothing after this process")
+    if path.exists():
+        if not path.is_file():
+            raise _store_error(uri, f"{path} is not a file")
+        with path.open("rb") as f:
+            head = f.read(len(_SQLITE_HEADER))
+        if head and head != _SQLITE_HEADER:
+            raise _store_error(uri, f"{path} is not an SQLite database")
+        return
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise _store_error(uri, f"{folder} is not a folder")
+
+
+def _check_database_store(uri: str, timeout: float) -> None:
+    """One connection to a PostgreSQL or MySQL store, within `timeout` seconds."""
+    import sqlalchemy
+
+    from search.core.errors import first_line
+
+    try:
+        args = {"connect_timeout": max(1, int(timeout))}
+        engine = sqlalchemy.create_engine(uri, connect_args=args, poolclass=sqlalchemy.NullPool)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # a missing driver, a refused connection, bad credentials
+        raise _store_error(uri, first_line(getattr(exc, "orig", None) or exc, limit=200)) from None
 
 
 def _console() -> Any:
@@ -131,6 +188,8 @@ def check_scheme(uri: str) -> None:
     from urllib.parse import urlsplit
 
     scheme = urlsplit(uri).scheme.split("+")[0].lower()
+    if uri == "databricks" or uri.startswith("databricks://"):
+        return  # MLflow's own spelling: `databricks`, or a profile `databricks://NAME`
     if scheme in ("", "file"):
         raise UserError(
             f"tracking URI {redact_url(uri)}: MLflow 3 keeps no runs or models in a file store; "
@@ -160,6 +219,15 @@ def run_in_process(config: Any, options: RunOptions, *, summary: bool = True) ->
         _finish(study, config, console, options)
 
 
+def _check_device(name: str) -> None:
+    from search.training.train import resolve_device
+
+    try:
+        resolve_device(name)
+    except RuntimeError as exc:
+        raise UserError(f"train.device: {exc}") from None
+
+
 def run_workers(
     config: Any, options: RunOptions, pinned: list[str | None], *, summary: bool = True
 ) -> None:
@@ -172,8 +240,10 @@ def run_workers(
     from search.study.studies import create_or_resume, load_existing
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    _check_device(options.device or config.train.device)  # before anything is created
     choice = prepare(config)[0]  # the workers read the choice from the study (data freed)
     config = choice.config
+    make_artifact_dir(options.storage_url, options.artifacts)
     console = _console()
     if not options.quiet:
         for note in choice.notes:

@@ -31,10 +31,10 @@ from search.data.dataset import Dataset, load_dataset
 from search.run.objective import STORAGE_ERROR, Objective
 from search.run.proctitle import TrialTitle
 from search.study.storage import (
-    artifact_dir,
     describe_storage_error,
     fail_and_retry,
     fail_stale_trials,
+    make_artifact_dir,
     storage_error_of,
 )
 from search.study.studies import count_trials, create_or_resume
@@ -285,6 +285,7 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     if choice.notes and not options.quiet:
         for note in choice.notes:
             console.print(f"{config.study}: {note}")
+    artifacts = make_artifact_dir(options.storage_url, options.artifacts)
     storage = options.storage(config.search)  # opened once per process (`RunOptions.storage`)
     study, _created = create_or_resume(config, storage, worker_index=options.worker_index)
     study.set_user_attr(OBJECTIVE_METRIC_ATTR, config.objective.metric)
@@ -328,8 +329,6 @@ def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> 
     )
     from optuna.artifacts import FileSystemArtifactStore
 
-    artifacts = artifact_dir(options.storage_url, options.artifacts)
-    artifacts.mkdir(parents=True, exist_ok=True)
     objective = Objective(
         config,
         data,

@@ -49,6 +49,7 @@ __all__ = [
     "enqueue_retry",
     "fail_and_retry",
     "fail_stale_trials",
+    "make_artifact_dir",
     "open_existing",
     "open_storage",
     "resolve_storage_url",
@@ -65,8 +66,16 @@ ARTIFACTS_ENV = "REGSEARCH_ARTIFACTS"
 
 
 def resolve_storage_url(flag: str | None = None, config_value: str | None = None) -> str:
-    """`--storage`, then `$REGSEARCH_STORAGE`, then the study file, then the default."""
-    return flag or os.environ.get(STORAGE_ENV) or config_value or DEFAULT_STORAGE
+    """`--storage`, then `$REGSEARCH_STORAGE`, then the study file, then the default. An
+    in-memory SQLite database is refused: the study would vanish with the process, after its
+    models were registered in MLflow."""
+    url = flag or os.environ.get(STORAGE_ENV) or config_value or DEFAULT_STORAGE
+    if url.split("?", 1)[0].split("+", 1)[0].startswith("sqlite:") and sqlite_path(url) is None:
+        raise UserError(
+            f"storage {redact_url(url)}: an in-memory database keeps nothing after this "
+            f"process; use sqlite:///PATH.db (the default is {DEFAULT_STORAGE})"
+        )
+    return url
 
 
 def artifact_dir(url: str, flag: str | Path | None = None) -> Path:
@@ -78,6 +87,24 @@ def artifact_dir(url: str, flag: str | Path | None = None) -> Path:
         return Path(chosen)
     path = sqlite_path(url)
     return (path.parent if path is not None else Path("studies")) / "artifacts"
+
+
+def make_artifact_dir(url: str, flag: str | Path | None = None) -> Path:
+    """`artifact_dir`, created: one line naming `--artifacts` when it cannot be a folder."""
+    folder = artifact_dir(url, flag)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        source = "--artifacts" if flag else (ARTIFACTS_ENV if os.environ.get(ARTIFACTS_ENV) else "")
+        what = f"{source}: " if source else "artifact folder "
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        why = (
+            f"{blocker} is not a folder"
+            if blocker is not None and not blocker.is_dir()
+            else exc.strerror or type(exc).__name__
+        )
+        raise UserError(f"{what}cannot create the folder {folder} ({why})") from None
+    return folder
 
 
 def open_storage(

@@ -239,6 +239,23 @@ def _main(*args: str) -> int:
             "cannot open storage",
         ),
         (["--workers", "0"], None, "--workers"),
+        (["--storage", "sqlite://"], None, "an in-memory database keeps nothing"),
+        (["--tracking-uri", "sqlite:///bad.yaml"], "not: a database\n", "not an SQLite database"),
+        (
+            ["--tracking-uri", "postgresql://bob:hunter2@127.0.0.1:1/x"],
+            None,
+            "cannot use tracking URI postgresql://bob:***@127.0.0.1:1/x (",
+        ),
+        (["--artifacts", "bad.yaml"], "a file\n", "--artifacts: cannot create the folder"),
+        (["--fractions", ""], None, "--fractions: expected fractions"),
+        (["--set", "train.seed=99999999999999999"], None, "train.seed: Input should be less"),
+        (["--set", "dataset.split_seed=-1"], None, "dataset.split_seed: Input should be greater"),
+        pytest.param(
+            ["--workers", "2", "--device", "cuda"],
+            None,
+            "train.device: device 'cuda' requested but CUDA is not available",
+            marks=pytest.mark.skipif(_HAS_CUDA, reason="this machine has a GPU"),
+        ),
         (["--gpus", "0,x"], None, "'x' is not a GPU index"),
         (["--gpus", "1,1"], None, "GPU 1 is listed twice"),
         (["--gpus", "0", "--device", "cpu"], None, "--gpus needs --device auto or cuda"),
@@ -269,6 +286,7 @@ def test_user_errors_exit_2_with_one_line(
     assert "hunter2" not in err
     # Nothing half-created: a rejected launch leaves no study storage behind.
     assert not (tmp_path / "studies" / "regsearch.db").exists()
+    assert not (tmp_path / "mlruns").exists()
 
 
 def test_user_error_from_the_real_binary_has_no_traceback(tmp_path: Path) -> None:

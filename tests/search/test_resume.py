@@ -223,3 +223,16 @@ def test_a_study_still_searching_does_not_count_confirm_retrains_to_go(tmp_path:
     assert best is not None and best["confirm"]["started"] is False
     line = verdict(best, "val_accuracy")
     assert "confirm phase: after the search" in line and "retrains to go" not in line
+
+
+def test_set_study_names_a_new_study_as_study_does(tmp_path: Path) -> None:
+    """Without a study file, `--set study=other` starts from the defaults like `--study
+    other`, not from the config stored in the default study."""
+    tiny = ["--n-trials", "1", "--set", "search.confirm=none", "--quiet"]
+    first = regsearch("run", *tiny, "--set", "train.epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = regsearch("run", *tiny, "--set", "study=other", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr[-2000:]
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    stored = optuna.load_study(study_name="other", storage=storage).user_attrs
+    assert stored["regsearch_config"]["train"]["epochs"] == 20  # the default, not 1

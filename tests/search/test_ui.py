@@ -73,3 +73,36 @@ def test_ui_of_an_unknown_study_is_one_line_naming_the_known_ones(
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line == f"regsearch: error: unknown study 'nope' in the MLflow store {uri}; known: other"
+
+
+def test_a_tracking_file_that_is_no_database_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.db").write_text("not a database\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["ui", "x", "--tracking-uri", f"sqlite:///{tmp_path}/notes.db"])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("regsearch: error: cannot read the MLflow store sqlite:///")
+    assert "file is not a database" in line
+
+
+def test_a_dashboard_port_in_use_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    import optuna
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/studies/regsearch.db")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["dashboard", "--port", str(port)])
+    assert exited.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"regsearch: error: --host/--port: cannot serve on 127.0.0.1:{port} (")
