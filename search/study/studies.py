@@ -204,10 +204,63 @@ def _construct(where: str, factory: Callable[..., Any], options: dict[str, Any])
                 f"{where}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
                 f"; it takes {', '.join(takes) or 'no options'}"
             )
+        for p in params:
+            if p.name in options and not _fits_default(options[p.name], p.default):
+                kind = type(p.default).__name__
+                raise UserError(f"{where}: {p.name} must be {kind}, got {options[p.name]!r}")
     try:
-        return factory(**options)
+        with warnings.catch_warnings():  # "experimental" (wilcoxon, qmc): not the user's error
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return factory(**options)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{where}: {exc}") from None
+
+
+def _fits_default(value: Any, default: Any) -> bool:
+    """Whether `value` has the kind of a constructor's scalar default (an option Optuna would
+    only trip over inside the first trial: `n_startup_trials: abc`). Defaults of other kinds
+    (None, a str such as "auto") say nothing."""
+    if value is None or isinstance(default, bool):
+        return value is None or isinstance(value, bool) or not isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return True  # a str default is often "auto" beside numbers (`min_resource`)
+
+
+def smoke_test(config: StudyConfig) -> None:
+    """Run the configured sampler and pruner through a few dummy trials in memory: an option
+    value Optuna accepts at construction but fails on (`hyperband` with `min_resource: 0`)
+    stops the launch here, not in every trial."""
+    if config.search.sampler.name == "grid":
+        return  # it samples only its own grid: checked by its construction
+    import math as _math
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        for step in range(1, 4):
+            trial.report(_math.sin(step * x), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned
+        return x
+
+    for what, sampler, pruner in (
+        ("search.sampler", make_sampler(config), optuna.pruners.NopPruner()),
+        ("search.pruner", optuna.samplers.RandomSampler(seed=0), make_pruner(config)),
+    ):
+        name = getattr(config.search, what.split(".")[1]).name
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "trial finished" lines
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                study = optuna.create_study(sampler=sampler, pruner=pruner)
+                study.optimize(objective, n_trials=4)
+        except Exception as exc:
+            raise UserError(f"{what} ({name}): fails on its first trials: {exc!r}") from None
+        finally:
+            optuna.logging.set_verbosity(verbosity)
 
 
 def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -21,12 +21,11 @@ def validate_config(data: Mapping[str, Any], *, check_model: bool = True) -> Stu
     """`parse_config`, then the search space, the sampler and the pruner: a bad space entry or
     an unknown constructor option fails here, before any storage exists."""
     from search.config.space import space_of
-    from search.study.studies import make_pruner, make_sampler
+    from search.study.studies import smoke_test
 
     config = parse_config(data, check_model=check_model)
     space_of(config)  # parsed once, kept on the config; a bad entry is a UserError naming it
-    make_sampler(config)
-    make_pruner(config)
+    smoke_test(config)  # builds the sampler and the pruner, then runs them on dummy trials
     return config
 
 

@@ -240,6 +240,17 @@ def _main(*args: str) -> int:
         ),
         (["--workers", "0"], None, "--workers"),
         (["--storage", "sqlite://"], None, "an in-memory database keeps nothing"),
+        (
+            ["--set", "search.sampler.n_startup_trials=abc"],
+            None,
+            "search.sampler (tpe): n_startup_trials must be int, got 'abc'",
+        ),
+        (
+            ["--set", "search.pruner={name: hyperband, min_resource: 0}"],
+            None,
+            "search.pruner (hyperband): fails on its first trials: ZeroDivisionError",
+        ),
+        (["--set", "search.pruner={name: wilcoxon, p_threshold: 2}"], None, "p_threshold must"),
         (["--tracking-uri", "sqlite:///bad.yaml"], "not: a database\n", "not an SQLite database"),
         (
             ["--tracking-uri", "postgresql://bob:hunter2@127.0.0.1:1/x"],
