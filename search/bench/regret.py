@@ -89,11 +89,14 @@ def _halving(share: float, reduction_factor: int) -> list[str]:
     ]
 
 
-# Settings tried beside `PRUNERS` (all keep the default early stopping, patience 6): successive
-# halving with its first rung at 10-30 % of the budget, keeping the top half to the top sixth
-# (at 25 % with 4 or 6 the second rung is past the budget: one rung, the top quarter or sixth
-# go on; `successive-halving-gentle` of `PRUNERS` is the first rung at 20 %, the top half);
-# a median pruner with a longer warm-up; Wilcoxon at a looser threshold.
+# Settings tried beside `PRUNERS` (the default early stopping, patience 6, unless named):
+# successive halving with its first rung at 10-30 % of the budget, keeping the top half to the
+# top sixth (at 25 % with 4 or 6 the second rung is past the budget: one rung, the top quarter
+# or sixth go on; `successive-halving-gentle` of `PRUNERS` is the first rung at 20 %, the top
+# half);
+# the default's rungs with a shorter early-stopping patience (5, 4, 3 epochs; and 4 with the
+# first rung at 15 % or 25 %); a median pruner with a longer warm-up; Wilcoxon at a looser
+# threshold.
 CANDIDATES: dict[str, list[str]] = {
     "sh-first-10%-rf2": _halving(0.10, 2),
     "sh-first-15%-rf2": _halving(0.15, 2),
@@ -106,6 +109,11 @@ CANDIDATES: dict[str, list[str]] = {
     "sh-first-30%-rf2": _halving(0.30, 2),
     "sh-first-30%-rf4": _halving(0.30, 4),
     "median-warmup-5": ["search.pruner={name: median, n_startup_trials: 5, n_warmup_steps: 5}"],
+    "sh-default-patience-5": [*_halving(0.20, 2), "early_stopping.patience=5"],
+    "sh-default-patience-4": [*_halving(0.20, 2), "early_stopping.patience=4"],
+    "sh-default-patience-3": [*_halving(0.20, 2), "early_stopping.patience=3"],
+    "sh-first-15%-rf2-patience-4": [*_halving(0.15, 2), "early_stopping.patience=4"],
+    "sh-first-25%-rf2-patience-4": [*_halving(0.25, 2), "early_stopping.patience=4"],
     "wilcoxon-p0.2": ["search.pruner={name: wilcoxon, p_threshold: 0.2, n_startup_steps: 4}"],
 }
 # Run on each trial's best value so far (`BestSoFarPruner`): rungs on a smoothed curve.
