@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"regsearch: interrupted{hint}", err=True)
         # click turns KeyboardInterrupt into Abort; the original is its __cause__.
         sys.exit(getattr(exc.__cause__ or exc, "exit_code", 130))
+    except click.UsageError as exc:  # a bad flag value, a missing argument: one line too
+        command = exc.ctx.command_path if exc.ctx is not None else "regsearch"
+        _fail(f"{exc.format_message()} (see {command} --help)", exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -197,17 +197,14 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
             f"dataset {cfg.name!r}: labels must lie in 0..{len(classes) - 1} "
             f"(one per class name), got {y.min()}..{y.max()}"
         )
-    if test_size:
-        counts = np.bincount(y[: len(y) - test_size], minlength=len(classes))
-        if counts.min() < 2:
-            raise UserError(
-                f"dataset {cfg.name!r}: every class needs at least 2 training images to split "
-                "off validation images"
-            )
-    else:
-        counts = np.bincount(y, minlength=len(classes))
-        if counts.min() < 3:
-            raise UserError(f"dataset {cfg.name!r}: every class needs at least 3 images to split")
+    need = 2 if test_size else 3
+    counts = np.bincount(y[: len(y) - test_size] if test_size else y, minlength=len(classes))
+    if counts.min() < need:
+        short = ", ".join(f"{classes[i]} has {counts[i]}" for i in np.flatnonzero(counts < need))
+        what = "training images to split off validation images" if test_size else "images to split"
+        raise UserError(
+            f"dataset {cfg.name!r}: every class needs at least {need} {what}; {short[:300]}"
+        )
     pool = np.arange(len(y) - (test_size or 0))  # the labelled images (official test split aside)
     try:
         if cfg.subset is not None:
@@ -219,9 +216,14 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
                 y, pool, cfg.val_fraction, cfg.test_fraction, cfg.split_seed
             )
     except ValueError as exc:  # e.g. fewer validation images than classes
-        raise UserError(
-            f"dataset {cfg.name!r}: cannot split {len(y)} images ({first_line(exc)})"
-        ) from None
+        why = first_line(exc)
+        if "greater or equal to the number of classes" in why:
+            why = (
+                f"a validation and a test split of at least one image per class ({len(classes)} "
+                f"classes) take more than val_fraction {cfg.val_fraction:g} / test_fraction "
+                f"{cfg.test_fraction:g} of them: add images or raise those fractions"
+            )
+        raise UserError(f"dataset {cfg.name!r}: cannot split {len(pool)} images ({why})") from None
     if cfg.train_fraction < 1.0:
         train = train_subset(y, train, cfg.train_fraction, cfg.split_seed)
     y = noisy_labels(y, train, cfg.label_noise, len(classes), cfg.split_seed)

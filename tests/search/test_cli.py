@@ -309,6 +309,28 @@ def test_user_error_from_the_real_binary_has_no_traceback(tmp_path: Path) -> Non
     assert not (tmp_path / "studies").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["run", "--n-trials", "abc"],
+            "Invalid value for '--n-trials': 'abc' is not a valid integer. "
+            "(see regsearch run --help)",
+        ),
+        (["run", "--bogus"], "No such option '--bogus'"),
+        (["nosuch"], "No such command 'nosuch'. (see regsearch --help)"),
+    ],
+)
+def test_a_bad_flag_is_one_line_too(
+    args: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Click's own errors (a value of the wrong type, an unknown option) keep the one-line
+    contract: no Usage/Try block."""
+    assert _main(*args) == 2
+    (only,) = capsys.readouterr().err.strip().splitlines()
+    assert only.startswith("regsearch: error: ") and line in only
+
+
 @pytest.mark.parametrize("command", [["status", "nope"], ["best", "nope"], ["worker", "nope"]])
 def test_unknown_study_is_a_user_error(tiny_study: Path, command: list[str]) -> None:
     proc = regsearch(*command, cwd=tiny_study)

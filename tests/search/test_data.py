@@ -302,7 +302,7 @@ def test_a_subset_keeps_an_official_test_split_whole(tmp_path) -> None:
 def test_a_subset_too_small_to_split_is_one_line() -> None:
     with pytest.raises(ValueError, match="subset"):
         DatasetConfig(name="digits", subset=10)
-    with pytest.raises(UserError, match="cannot split"):
+    with pytest.raises(UserError, match=r"cannot split 20 images \(a validation and a test split"):
         load_dataset(DatasetConfig(name="digits", subset=20, val_fraction=0.1, test_fraction=0.1))
 
 

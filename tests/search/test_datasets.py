@@ -696,7 +696,7 @@ def test_too_few_images_for_a_class(tmp_path: Path) -> None:
     for p in (tmp_path / "red").iterdir():
         if p.suffix != ".txt" and p.stem != "0":
             p.unlink()
-    with pytest.raises(UserError, match="every class needs at least 3 images"):
+    with pytest.raises(UserError, match=r"at least 3 images to split; red has 1$"):
         load_dataset(DatasetConfig(name="imagefolder", root=tmp_path, image_size=8))
 
 
