@@ -6,7 +6,7 @@ import os
 
 import click
 
-from search.cli._options import artifacts_option, storage_option, tracking_option
+from search.cli._options import artifacts_option, device_option, storage_option, tracking_option
 from search.core.errors import UserError
 from search.run.launch import check_tracking, run_in_process
 from search.run.options import OpenedStorage, RunOptions
@@ -26,7 +26,7 @@ from search.run.options import OpenedStorage, RunOptions
     default=None,
     help="Stop retraining what can no longer win (default on); off: every seed of every one.",
 )
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 @click.option("--threads", type=int, default=None, help="CPU threads for this worker.")
 @artifacts_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")

@@ -39,6 +39,20 @@ artifacts_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
+def _device(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """`--device` as `train.device` takes it (torch's own error lists every device type)."""
+    from search.config.trial import DEVICE_PATTERN
+
+    if value is not None and not DEVICE_PATTERN.match(value):
+        raise click.BadParameter(f"expected auto, cpu, mps, cuda or cuda:N, got {value!r}")
+    return value
+
+
+device_option = click.option(
+    "--device", default=None, callback=_device, help="auto, cpu, cuda, cuda:N or mps."
+)
+
+
 def host_port_options(default_port: int) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         fn = click.option(

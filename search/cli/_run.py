@@ -9,7 +9,13 @@ from typing import Any
 
 import click
 
-from search.cli._options import artifacts_option, make_console, storage_option, tracking_option
+from search.cli._options import (
+    artifacts_option,
+    device_option,
+    make_console,
+    storage_option,
+    tracking_option,
+)
 from search.core.errors import UserError
 from search.run.launch import check_tracking, run_in_process, run_workers
 from search.run.options import OpenedStorage, RunOptions
@@ -40,7 +46,7 @@ def _console() -> Any:
     metavar="0,1,…",
     help="One worker per listed GPU (round robin if --workers is larger).",
 )
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 @click.option("--threads", type=int, default=None, help="CPU threads per worker.")
 @click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key."
@@ -193,7 +199,7 @@ def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | N
 @click.argument("study_name", metavar="STUDY")
 @storage_option
 @tracking_option
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 @click.option("--threads", type=int, default=None, help="CPU threads for this worker.")
 @click.option("--worker-index", type=int, default=None, help="Offsets the sampler seed.")
 @click.option(

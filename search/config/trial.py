@@ -243,7 +243,7 @@ class ModelConfig(Section):
         return self
 
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class TrainConfig(Section):
@@ -276,7 +276,7 @@ class TrainConfig(Section):
     @field_validator("device")
     @classmethod
     def _known_device(cls, device: str) -> str:
-        if not _DEVICE.match(device):
+        if not DEVICE_PATTERN.match(device):
             raise ValueError(f"expected auto, cpu, mps, cuda or cuda:N, got {device!r}")
         return device
 

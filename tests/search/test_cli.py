@@ -228,7 +228,7 @@ def _main(*args: str) -> int:
         (["--set", "search.pruner={name: median, n_warmup: 1}"], None, "search.pruner (median)"),
         (["--set", "model.name=resnet9000"], None, "unknown model 'resnet9000'"),
         (["--set", "noequals"], None, "--set 'noequals'"),
-        (["--device", "tpu"], None, "train.device"),
+        (["--device", "tpu"], None, "'--device': expected auto, cpu, mps, cuda or cuda:N"),
         (["bad.yaml"], "train: {epochs: [1, 2}\n", "bad.yaml"),
         (["bad.yaml"], "- just\n- a list\n", "must be a mapping"),
         (["bad.yaml"], "trian: {epochs: 2}\n", "trian: unknown key"),
@@ -319,6 +319,12 @@ def test_user_error_from_the_real_binary_has_no_traceback(tmp_path: Path) -> Non
         ),
         (["run", "--bogus"], "No such option '--bogus'"),
         (["nosuch"], "No such command 'nosuch'. (see regsearch --help)"),
+        (
+            ["worker", "digits", "--device", "tpu"],
+            "'--device': expected auto, cpu, mps, cuda or cuda:N, got 'tpu' "
+            "(see regsearch worker --help)",
+        ),
+        (["confirm", "digits", "--device", "tpu"], "(see regsearch confirm --help)"),
     ],
 )
 def test_a_bad_flag_is_one_line_too(
