@@ -23,18 +23,26 @@ def _raise(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def on_sigterm(handler: Callable[[int, FrameType | None], Any]) -> Iterator[None]:
-    """`handler` takes SIGTERM while this runs. Python installs signal handlers from the main
-    thread only: a launch from another thread (a web app, a thread pool) keeps the
-    process's own handling."""
+def _handling(
+    signals: tuple[signal.Signals, ...], handler: Callable[[int, FrameType | None], Any]
+) -> Iterator[None]:
+    """`handler` takes `signals` while this runs. Python installs signal handlers from the
+    main thread only: off it (a web app, a thread pool) the process keeps its own handling,
+    and signals do not reach this thread anyway."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+def on_sigterm(handler: Callable[[int, FrameType | None], Any]) -> AbstractContextManager[None]:
+    """`handler` takes SIGTERM while this runs (in the main thread)."""
+    return _handling((signal.SIGTERM,), handler)
 
 
 def sigterm_interrupts() -> AbstractContextManager[None]:
@@ -42,18 +50,8 @@ def sigterm_interrupts() -> AbstractContextManager[None]:
     return on_sigterm(_raise)
 
 
-@contextmanager
-def absorbing_interrupts() -> Iterator[None]:
+def absorbing_interrupts() -> AbstractContextManager[None]:
     """Ctrl+C and SIGTERM do nothing while this runs: the bookkeeping of a first interrupt
     (a trial's retry, its outcome) is not cut off by a second. For code that re-raises the
-    first one after it; off the main thread, signals do not reach it anyway."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, frame: None) for s in signals}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    first one after it."""
+    return _handling((signal.SIGINT, signal.SIGTERM), lambda signum, frame: None)

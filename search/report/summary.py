@@ -4,7 +4,7 @@ tables, sorted best first."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -27,6 +27,9 @@ from search.core.records import (
     VAL_ACCURACY_ATTR,
     best_value_of,
 )
+
+if TYPE_CHECKING:
+    from search.config.schema import StudyConfig
 
 __all__ = [
     "best_summary",
@@ -101,13 +104,11 @@ def _interval(iv: Any) -> dict[str, Any] | None:
     return {k: _json_number(v) if isinstance(v, float) else v for k, v in iv.as_dict().items()}
 
 
-def _search_spent(study: optuna.Study) -> bool:
+def _search_spent(study: optuna.Study, config: StudyConfig | None) -> bool:
     """Whether the study's finished search trials have reached its budget."""
     from search.core.records import FINISHED
-    from search.study.evidence import study_config
     from search.study.studies import count_trials
 
-    config = study_config(study)
     return config is None or count_trials(study, FINISHED) >= config.search.n_trials
 
 
@@ -136,6 +137,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     base = baseline_trial(study)
     ev = study_evidence(study)
+    config = study_config(study)
     baseline = None
     if base is not None:
         baseline = {
@@ -202,9 +204,9 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
             "complete": ev.confirm_complete and ev.pending == 0,
             "pending": ev.pending,
             # Before the search budget is spent, `pending` is the plan for today's top k.
-            "started": _search_spent(study),
+            "started": _search_spent(study, config),
         },
-        "epochs_saved": epochs_saved(study, study_config(study)),
+        "epochs_saved": epochs_saved(study, config),
         "input": study.user_attrs.get(INPUT_ATTR),
         "champion_name": champion_name(best.number, champion),
         "refit": _refit_summary(best, test),

@@ -219,15 +219,6 @@ def run_in_process(config: Any, options: RunOptions, *, summary: bool = True) ->
         _finish(study, config, console, options)
 
 
-def _check_device(name: str) -> None:
-    from search.training.train import resolve_device
-
-    try:
-        resolve_device(name)
-    except RuntimeError as exc:
-        raise UserError(f"train.device: {exc}") from None
-
-
 def run_workers(
     config: Any, options: RunOptions, pinned: list[str | None], *, summary: bool = True
 ) -> None:
@@ -236,11 +227,11 @@ def run_workers(
     SIGTERM is passed on to them. This process opens the storage once, each worker once."""
     import optuna
 
-    from search.run.runner import prepare, record_choice
+    from search.run.runner import prepare, record_choice, user_device
     from search.study.studies import create_or_resume, load_existing
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    _check_device(options.device or config.train.device)  # before anything is created
+    user_device(options.device or config.train.device)  # before anything is created
     choice = prepare(config)[0]  # the workers read the choice from the study (data freed)
     config = choice.config
     make_artifact_dir(options.storage_url, options.artifacts)

@@ -44,6 +44,7 @@ from search.training.network import input_contract
 from search.training.train import resolve_device
 
 if TYPE_CHECKING:
+    import torch
     from rich.console import Console
 
     from search.run.options import RunOptions
@@ -270,16 +271,20 @@ def record_choice(study: optuna.Study, tracker: Tracker | None, choice: AutoChoi
             tracker.client.set_tag(tracker.parent_run_id, LEFT_OUT_ATTR, why)
 
 
+def user_device(name: str) -> torch.device:
+    """The device `name` names; one line naming `train.device` when this machine has none."""
+    try:
+        return resolve_device(name)
+    except RuntimeError as exc:
+        raise UserError(f"train.device: {exc}") from None
+
+
 def run_study(config: StudyConfig, options: RunOptions, *, console: Console) -> optuna.Study:
     """Create or resume the study and run this worker's share of its trials."""
     from search.run.progress import RunProgress
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    device_name = options.device or config.train.device
-    try:
-        device = resolve_device(device_name)
-    except RuntimeError as exc:
-        raise UserError(f"train.device: {exc}") from None
+    device = user_device(options.device or config.train.device)
     choice, data = prepare(config, export=options.export_check)
     config = choice.config
     if choice.notes and not options.quiet:

@@ -220,8 +220,10 @@ def _fits_default(value: Any, default: Any) -> bool:
     """Whether `value` has the kind of a constructor's scalar default (an option Optuna would
     only trip over inside the first trial: `n_startup_trials: abc`). Defaults of other kinds
     (None, a str such as "auto") say nothing."""
-    if value is None or isinstance(default, bool):
-        return value is None or isinstance(value, bool) or not isinstance(default, bool)
+    if value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
     if isinstance(default, int):
         return isinstance(value, int) and not isinstance(value, bool)
     if isinstance(default, float):
@@ -235,12 +237,12 @@ def smoke_test(config: StudyConfig) -> None:
     stops the launch here, not in every trial."""
     if config.search.sampler.name == "grid":
         return  # it samples only its own grid: checked by its construction
-    import math as _math
+    import math
 
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0.0, 1.0)
         for step in range(1, 4):
-            trial.report(_math.sin(step * x), step)
+            trial.report(math.sin(step * x), step)
             if trial.should_prune():
                 raise optuna.TrialPruned
         return x

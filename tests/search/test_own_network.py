@@ -255,6 +255,16 @@ def test_a_network_that_cannot_serve_stops_the_launch_before_anything_is_created
     assert not (tmp_path / "studies").exists() and not (tmp_path / "mlruns").exists()
 
 
+def _run_factory(tmp_path: Path, source: str, factory: str, *args: str) -> Any:
+    """`regsearch run --set model.name=FACTORY ARGS…` with the module `source` written into
+    `tmp_path` (FACTORY is `module:callable`; the module is named after it)."""
+    (tmp_path / f"{factory.partition(':')[0]}.py").write_text(textwrap.dedent(source))
+    return regsearch(
+        "run", "--set", f"model.name={factory}", "--set", f"model.path={tmp_path}", *args,
+        cwd=tmp_path,
+    )  # fmt: skip
+
+
 _MISFITS = """
     from torch import nn
 
@@ -289,18 +299,14 @@ def test_a_network_that_misfits_the_data_stops_the_launch_without_a_registered_m
 ) -> None:
     """The forward check does not depend on registering the champion: without it, a network
     that misfits the images or the classes would fail every trial instead."""
-    (tmp_path / "misfit_nets.py").write_text(textwrap.dedent(_MISFITS))
-    proc = regsearch(
-        "run",
+    proc = _run_factory(
+        tmp_path,
+        _MISFITS,
+        f"misfit_nets:{factory}",
         "--study",
         "misfit",
         "--set",
-        f"model.name=misfit_nets:{factory}",
-        "--set",
-        f"model.path={tmp_path}",
-        "--set",
         "tracking.register_model=false",
-        cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
@@ -309,20 +315,16 @@ def test_a_network_that_misfits_the_data_stops_the_launch_without_a_registered_m
 
 
 def test_a_network_with_lazy_layers_is_searched_and_registered(tmp_path: Path) -> None:
-    (tmp_path / "misfit_nets.py").write_text(textwrap.dedent(_MISFITS))
-    proc = regsearch(
-        "run",
+    proc = _run_factory(
+        tmp_path,
+        _MISFITS,
+        "misfit_nets:lazy",
         "--study",
         "lazy",
         "--n-trials",
         "1",
         "--set",
-        "model.name=misfit_nets:lazy",
-        "--set",
-        f"model.path={tmp_path}",
-        "--set",
         "train.epochs=1",
-        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model misfit_nets:lazy: 0.0" in proc.stderr  # its parameters were counted
@@ -351,18 +353,14 @@ _FRAGILE = """
 def test_every_failed_trial_records_why_and_the_launch_quotes_it(tmp_path: Path) -> None:
     """Built fine at launch (dropout 0), then every trial with a dropout fails in training:
     each FAIL records the exception's line and the worker; the launch's last line quotes it."""
-    (tmp_path / "fragile_net.py").write_text(textwrap.dedent(_FRAGILE))
-    proc = regsearch(
-        "run",
+    proc = _run_factory(
+        tmp_path,
+        _FRAGILE,
+        "fragile_net:build",
         "--study",
         "fragile",
         "--set",
-        "model.name=fragile_net:build",
-        "--set",
-        f"model.path={tmp_path}",
-        "--set",
         "space.dropout={type: float, low: 0.1, high: 0.5}",
-        cwd=tmp_path,
     )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
@@ -382,9 +380,10 @@ def test_worker_processes_that_fail_end_the_launch_with_their_code_and_one_line(
 ) -> None:
     """With --workers, each worker prints its own reason; the launch then says how many
     failed, in one line, and exits with the first one's code."""
-    (tmp_path / "fragile_net.py").write_text(textwrap.dedent(_FRAGILE))
-    proc = regsearch(
-        "run",
+    proc = _run_factory(
+        tmp_path,
+        _FRAGILE,
+        "fragile_net:build",
         "--study",
         "fragile2",
         "--workers",
@@ -392,12 +391,7 @@ def test_worker_processes_that_fail_end_the_launch_with_their_code_and_one_line(
         "--threads",
         "1",
         "--set",
-        "model.name=fragile_net:build",
-        "--set",
-        f"model.path={tmp_path}",
-        "--set",
         "space.dropout={type: float, low: 0.1, high: 0.5}",
-        cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
