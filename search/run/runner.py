@@ -438,6 +438,16 @@ def close_tracking(
     evidence) and finishes the parent run with the verdict and its figures."""
     if not tracker.close(study, finished=finished):
         return
+    from search.study.storage import study_lock
+
+    # Workers that end together each see no trial running: one settles and finishes.
+    with study_lock(study, "mlflow-finish"):
+        if tracker.parent_finished():
+            return  # another worker of this launch did, after this one attached to the run
+        _settle_and_finish(tracker, study, data)
+
+
+def _settle_and_finish(tracker: Tracker, study: optuna.Study, data: Dataset | None) -> None:
     from search.report.summary import best_summary, verdict, verdict_metrics
     from search.tracking.champion import settle
 

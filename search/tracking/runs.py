@@ -327,6 +327,12 @@ class Tracker:
             return False
         return not running  # other workers still run trials: the last one finishes the parent
 
+    def parent_finished(self) -> bool:
+        """Whether the parent run is FINISHED: every launch marks it RUNNING as it attaches
+        (`_find_or_create_parent`), so at the end of one it means another worker finished it."""
+        status = self.client.get_run(self.parent_run_id).info.status
+        return bool(status == RunStatus.to_string(RunStatus.FINISHED))
+
     def finish_parent(self, *, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
         """Log the study's outcome (the verdict and its figures) on the parent run and mark
         it FINISHED."""

@@ -310,3 +310,35 @@ def test_a_launch_killed_before_recording_its_parent_run_leaves_no_orphan(tmp_pa
     assert run_id == parent.info.run_id == orphan.info.run_id
     assert study.user_attrs[PARENT_ATTR] == run_id
     assert parent.data.params["search.n_trials"] == "24"  # logged once: MLflow never rewrites
+
+
+def test_workers_that_end_together_finish_the_parent_run_once(tmp_path: Path) -> None:
+    """Two workers of one launch both see no trial running at their end: the one that ends
+    second finds the parent run FINISHED by the other and leaves it (and its verdict
+    metrics) as they are, instead of logging the verdict a second time."""
+    from search.run.runner import close_tracking
+    from search.study.evidence import study_config
+    from search.tracking.runs import Tracker
+
+    tiny = ("--study", "two", "--quiet", "--set", "train.epochs=2", "--set", "search.confirm=none")
+    assert regsearch("run", *tiny, "--n-trials", "1", cwd=tmp_path).returncode == 0
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    study = optuna.load_study(study_name="two", storage=storage)
+    config = study_config(study)
+    assert config is not None
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    # The second worker attaches while the study still has a trial to run …
+    second = Tracker.for_study(study, config, tracking_uri=uri, prewarm=False)
+    client = second.client
+    assert client.get_run(second.parent_run_id).info.status == "RUNNING"
+    # … the first runs it and finishes the study's parent run with the verdict …
+    proc = regsearch("run", *tiny, "--n-trials", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parent = client.get_run(second.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert len(client.get_metric_history(parent.info.run_id, "best_value")) == 2  # two launches
+    # … then the second ends.
+    close_tracking(second, study, finished=True)
+    after = client.get_run(second.parent_run_id)
+    assert after.info.status == "FINISHED" and after.info.end_time == parent.info.end_time
+    assert len(client.get_metric_history(parent.info.run_id, "best_value")) == 2
