@@ -14,6 +14,7 @@ torch thread per process, so two can run side by side on 2 cores.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from dataclasses import replace
 
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("steps", help="min_steps_per_epoch values, comma-separated")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--plain", action="store_true", help="also every regularizer off")
+    parser.add_argument("--batch", default="", help="batch sizes, comma-separated (default: auto)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = load_config(None, overrides=SETS[args.set])
@@ -56,13 +58,16 @@ def main() -> None:
         models["plain"] = {**recipe, **{k: 0.0 for k in OFF if k in recipe}}
     x = data.test.x.float() / data.max_value
     for label, values in models.items():
-        for steps in (int(s) for s in args.steps.split(",")):
+        for steps, batch in itertools.product(
+            (int(s) for s in args.steps.split(",")),
+            [int(b) for b in args.batch.split(",") if b] or [None],
+        ):
             for seed in (int(s) for s in args.seeds.split(",")):
                 cfg = space.resolve(values)
-                cfg = replace(
-                    cfg,
-                    train=cfg.train.model_copy(update={"min_steps_per_epoch": steps, "seed": seed}),
-                )
+                update: dict[str, int] = {"min_steps_per_epoch": steps, "seed": seed}
+                if batch is not None:
+                    update["batch_size"] = batch
+                cfg = replace(cfg, train=cfg.train.model_copy(update=update))
                 per_epoch = epoch_plan(len(data.train), int(cfg.train.batch_size), steps)[1]
                 started = time.perf_counter()
                 result = train(cfg, data, keep="best")
@@ -72,7 +77,8 @@ def main() -> None:
                 with torch.no_grad():
                     accuracy = (model(x).argmax(1) == data.test.y).float().mean().item()
                 print(
-                    f"{args.set} {label} steps/epoch={per_epoch} seed={seed} "
+                    f"{args.set} {label} batch={cfg.train.batch_size} "
+                    f"steps/epoch={per_epoch} seed={seed} "
                     f"val={result.best_value:.3f} test={accuracy:.4f} "
                     f"({len(data.test.y)} images) {time.perf_counter() - started:.0f} s",
                     flush=True,

@@ -26,6 +26,9 @@ def shown(value: Any) -> str:
     return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
 
 
+_BOOL, _STR = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:str"
+
+
 class _NoAliases(yaml.SafeLoader):
     """YAML without aliases (`*name`): a study file never needs them, and nested aliases
     expand exponentially (a few hundred bytes that parse into gigabytes)."""
@@ -36,6 +39,15 @@ class _NoAliases(yaml.SafeLoader):
                 None, None, "aliases (*name) are not allowed", self.peek_event().start_mark
             )
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        # YAML 1.1 reads a key `yes`, `no`, `on` or `off` as a boolean; a key is a name here,
+        # so it stays the word written (`space: {yes: 1}` is then an unknown regularizer
+        # `yes`, not "keys should be strings (got True)").
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _BOOL:
+                key_node.tag = _STR
+        return super().construct_mapping(node, deep=deep)
 
 
 def _depth(value: Any, limit: int) -> int:

@@ -120,6 +120,21 @@ def test_non_mapping_study_file(tmp_path: Path, text: str, kind: str) -> None:
     assert kind in message
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("space:\n  yes: 1\n", "space.yes: unknown parameter"),
+        ("train: {on: 3}\n", "train.on: unknown key"),
+    ],
+)
+def test_a_yaml_boolean_word_as_a_key_is_named_as_written(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """YAML 1.1 reads `yes`/`on` as true: as a key it is still the word the user wrote."""
+    assert _error(path=_write(tmp_path / "s.yaml", text)).startswith(expected)
+    assert load_config(overrides=["tracking.register_model=no"]).tracking.register_model is False
+
+
 def test_unknown_key_in_study_file(tmp_path: Path) -> None:
     path = _write(tmp_path / "s.yaml", "train:\n  epoch: 3\n")
     assert _error(path=path) == "train.epoch: unknown key; did you mean 'epochs'?"
