@@ -47,7 +47,7 @@ __all__ = [
 # Keys that may differ between launches of one study: budget and per-machine settings.
 _MAY_DIFFER = {
     "search.n_trials",
-    "search.timeout",
+    "search.timeout",  # no longer stored (a launch's own): studies stored before still hold it
     "search.confirm",  # `regsearch confirm --top-k/--seeds` extends the phase
     "search.confirm.top_k",
     "search.confirm.seeds",
