@@ -234,6 +234,10 @@ def _storage_class() -> type[optuna.storages.RDBStorage]:
     - The heartbeat survives a storage outage. Optuna's heartbeat thread dies (with a
       traceback on stderr) at the first failed write, and the trial then goes stale while it
       still trains; here a failed beat is one warning line, and the next beat tries again.
+    - Stale trials are failed by regsearch's `fail_stale_trials` alone (the runner calls it
+      before each trial): Optuna's own pass inside `study.optimize` would fail them without a
+      stop reason and enqueue their retries outside `study_lock`, where a kill between the
+      two writes loses the retry.
     """
     from datetime import datetime
 
@@ -259,6 +263,9 @@ def _storage_class() -> type[optuna.storages.RDBStorage]:
                     trial = TrialModel.find_or_raise_by_id(trial_id, session)
                     trial.datetime_start = datetime.now()
             return bool(claimed == 1)
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            return []  # `fail_stale_trials` below finds them, before every trial
 
         def record_heartbeat(self, trial_id: int) -> None:
             try:
@@ -325,6 +332,7 @@ def study_lock(study: optuna.Study, name: str) -> Iterator[None]:
 
 # What ends a trial whose worker stopped sending heartbeats (`fail_stale_trials`).
 LOST = "lost"
+_RETRY_LOCK = "retry"
 # User attrs that describe a trial's outcome: a retried trial starts without them (it keeps
 # the rest, e.g. a phase or a seed that made it what it is).
 OUTCOME_ATTRS = frozenset(
@@ -359,6 +367,7 @@ def _retry_without_outcome(
         }
         retry(study, trial)
 
+    callback.max_retry = getattr(retry, "_max_retry", None)  # type: ignore[attr-defined]
     return callback
 
 
@@ -370,14 +379,45 @@ def fail_and_retry(study: optuna.Study, trial_id: int, reason: str) -> bool:
     from optuna.trial import TrialState
 
     storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial_id, STOP_REASON_ATTR, reason)
-        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+    # Under the lock `_restore_lost_retries` takes: it never sees this FAIL before its retry.
+    with study_lock(study, _RETRY_LOCK):
+        try:
+            storage.set_trial_user_attr(trial_id, STOP_REASON_ATTR, reason)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                return False
+        except UpdateFinishedTrialError:
             return False
-    except UpdateFinishedTrialError:
-        return False
-    enqueue_retry(study, trial_id)
+        enqueue_retry(study, trial_id)
     return True
+
+
+def _lost_without_retry(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials failed as lost whose retry was never enqueued (the process that failed them
+    was killed between the two writes) and that have retries left."""
+    from optuna.trial import TrialState
+
+    callback = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    max_retry = getattr(callback, "max_retry", None)
+    trials = study.get_trials(deepcopy=False)
+    retried = {h[-1] for t in trials if (h := t.system_attrs.get("retry_history"))}
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and str(t.user_attrs.get(STOP_REASON_ATTR, "")).startswith(f"{LOST}:")
+        and t.number not in retried
+        and (max_retry is None or len(t.system_attrs.get("retry_history", [])) < max_retry)
+    ]
+
+
+def _restore_lost_retries(study: optuna.Study) -> None:
+    """Enqueue the retries `_lost_without_retry` finds (the confirm phase counts a FAIL
+    retrain as ended: without its retry, its seed would be missing from the verdict)."""
+    if not _lost_without_retry(study):  # the usual case, read without the lock
+        return
+    with study_lock(study, _RETRY_LOCK):
+        for trial in _lost_without_retry(study):
+            enqueue_retry(study, trial._trial_id)
 
 
 def enqueue_retry(study: optuna.Study, trial_id: int) -> None:
@@ -406,6 +446,7 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     reason = f"{LOST}: its worker sent no heartbeat for {grace} s (killed, or cut off); retried"
     stale = _stale_trial_ids(backend, study._study_id, grace)
     failed = [trial_id for trial_id in stale if fail_and_retry(study, trial_id, reason)]
+    _restore_lost_retries(study)
     return [storage.get_trial(trial_id).number for trial_id in failed]
 
 

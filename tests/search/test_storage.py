@@ -395,3 +395,38 @@ def test_a_launch_waiting_for_a_trial_running_elsewhere_says_what_it_waits_for(
     ]
     states = [t.state.name for t in study.get_trials()]
     assert states == ["FAIL", "COMPLETE"], states
+
+
+def test_a_lost_trial_whose_retry_was_never_enqueued_gets_it_once(tmp_path: Path) -> None:
+    """The process that failed a stale trial was killed before enqueueing its retry: the next
+    stale check enqueues it (once, however many workers check), and not past `max_retry`."""
+    from search.config.schema import SearchConfig
+    from search.study.storage import LOST, fail_stale_trials
+
+    search = SearchConfig(heartbeat_interval=1, grace_period=1, max_retry=1)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", search)
+    study = optuna.create_study(storage=storage, study_name="orphan")
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    lost = study.ask(x)
+    lost.set_user_attr("phase", "confirm")
+    lost.set_user_attr("seed", 1001)
+    # The first half of `fail_and_retry`, then the kill:
+    storage.set_trial_user_attr(lost._trial_id, "stop_reason", f"{LOST}: no heartbeat")
+    storage.set_trial_state_values(lost._trial_id, state=optuna.trial.TrialState.FAIL)
+    assert fail_stale_trials(study) == [] and fail_stale_trials(study) == []
+    waiting = [t for t in study.get_trials() if t.state.name == "WAITING"]
+    assert len(waiting) == 1
+    assert waiting[0].params == study.trials[lost.number].params
+    assert waiting[0].user_attrs == {"phase": "confirm", "seed": 1001}
+    # Its retry is lost the same way: max_retry=1 is spent, nothing more is enqueued.
+    retry = study.ask()
+    assert retry.number == waiting[0].number
+    storage.set_trial_user_attr(retry._trial_id, "stop_reason", f"{LOST}: no heartbeat")
+    storage.set_trial_state_values(retry._trial_id, state=optuna.trial.TrialState.FAIL)
+    assert fail_stale_trials(study) == []
+    assert not [t for t in study.get_trials() if t.state.name == "WAITING"]
+    # A trial that failed for its own reasons (an error) is not retried by this.
+    failed = study.ask(x)
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    fail_stale_trials(study)
+    assert not [t for t in study.get_trials() if t.state.name == "WAITING"]
