@@ -46,9 +46,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--plain", action="store_true", help="also every regularizer off")
     parser.add_argument("--batch", default="", help="batch sizes, comma-separated (default: auto)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a config override")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = load_config(None, overrides=SETS[args.set])
+    config = load_config(None, overrides=[*SETS[args.set], *args.overrides])
     data = load_dataset(config.dataset)
     config = resolve(config, data).config
     space = space_of(config)
