@@ -103,6 +103,8 @@ def best_command(study_name: str, storage: str | None, as_json: bool) -> None:
 
     metric = study.user_attrs.get(OBJECTIVE_METRIC_ATTR, "value")
     click.echo(verdict(best, metric))
+    if best.get("hint"):
+        click.echo(best["hint"])
     click.echo(f"study:  {best['study']}\nchampion:  {best['champion_name']}")
     click.echo(f"trial:  {best['trial']}\n{metric}:  {best['value']:.6g}")
     for key, value in best["params"].items():

@@ -121,8 +121,9 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     (the confirmed configuration: `{source, val: {mean, low, high, n}, seeds}`, None before);
     `contributions` (`{regularizer: {mean, low, high, n}}` from the ablation); `test` (the
     held-out evaluation: accuracy, ECE and NLL of both models, the gain with its interval);
-    `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early stopping."""
-    from search.core.records import INPUT_ATTR, REFIT, baseline_trial
+    `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early stopping;
+    `hint`: a line on the training budget (`budget_hint`), or None."""
+    from search.core.records import INPUT_ATTR, REFIT, TRAIN_IMAGES_ATTR, baseline_trial
     from search.study.evidence import TEST_ATTR, epochs_saved, study_config, study_evidence
     from search.study.studies import best_trial
 
@@ -210,7 +211,47 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
         "input": study.user_attrs.get(INPUT_ATTR),
         "champion_name": champion_name(best.number, champion),
         "refit": _refit_summary(best, test),
+        "hint": budget_hint(contributions, config, study.user_attrs.get(TRAIN_IMAGES_ATTR)),
     }
+
+
+SMALL_DATA = 5_000  # training images: where docs/benchmarks.md measured the budget's effect
+HINT_PASSES = 5  # passes an epoch the hint suggests (measured: digits, Fashion-MNIST 1,000)
+
+
+def budget_hint(
+    contributions: dict[str, Any], config: StudyConfig | None, train_images: Any
+) -> str | None:
+    """A line for a small training split on which no regularizer paid beyond the noise and one
+    looked harmful, trained one pass an epoch: on such sets the regularizers pay with more
+    passes (docs/benchmarks.md, Fashion-MNIST: the ablation turns positive at five). None
+    otherwise, and when the space searches the budget itself."""
+    from search.config.space import space_of
+    from search.training.auto import AUTO, batch_size_for
+    from search.training.train import epoch_plan
+
+    if not contributions or config is None or not isinstance(train_images, int):
+        return None
+    if train_images > SMALL_DATA or any(
+        e.name in ("batch_size", "min_steps_per_epoch", "epochs") for e in space_of(config).searched
+    ):
+        return None
+    means = [c["mean"] for c in contributions.values() if c.get("mean") is not None]
+    if any(c.get("low") is not None and c["low"] > 0 for c in contributions.values()):
+        return None  # one clearly pays
+    if not any(m < 0 for m in means):
+        return None
+    t = config.train
+    batch = batch_size_for(train_images) if t.batch_size == AUTO else int(t.batch_size)
+    passes, per_epoch = epoch_plan(train_images, batch, t.min_steps_per_epoch)
+    if passes > 1:
+        return None
+    return (
+        f"hint: no regularizer paid beyond the noise, trained one pass over {train_images:,} "
+        "images an epoch; on small data sets they pay with more passes: "
+        f"--set train.min_steps_per_epoch={HINT_PASSES * per_epoch} gives {HINT_PASSES} passes "
+        "an epoch (about 3 to 4.5 times the study's time; docs/benchmarks.md, Fashion-MNIST)"
+    )
 
 
 def champion_name(trial: int, champion: dict[str, Any] | None) -> str:

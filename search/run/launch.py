@@ -146,6 +146,8 @@ def _finish(study: Any, config: Any, console: Any, options: RunOptions) -> None:
     else:
         # One line however narrow the terminal: scripts and tests look for it whole.
         console.print(verdict(best, config.objective.metric), soft_wrap=True)
+        if best.get("hint"):
+            console.print(best["hint"], soft_wrap=True)
         if best["model_uri"]:
             console.print(f"model: {best['model_uri']}")
         if best["champion_uri"]:  # what `mlflow.pyfunc.load_model` takes

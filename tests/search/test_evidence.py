@@ -366,3 +366,42 @@ def test_configurations_are_compared_on_the_seeds_all_of_them_completed() -> Non
     assert ev.champion is not None and ev.champion.source == b
     assert ev.champion.interval.mean == pytest.approx(0.955)  # seeds 1 and 2 only
     assert ev.gain.n == 2
+
+
+def _c(mean: float, half: float = 0.01) -> dict[str, float]:
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": 3}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "train_images", "contributions", "suggested"),
+    [
+        # The default digits study: one pass an epoch, dropout looked harmful, none clearly paid.
+        ([], 1_077, {"dropout": _c(-0.007), "weight_decay": _c(0.0)}, 45),
+        # Fashion-MNIST 1,000 (batch 64 for 800 images: 13 steps a pass).
+        ([], 800, {"mixup_alpha": _c(-0.01), "aug_strength": _c(0.005)}, 65),
+        ([], 1_077, {"dropout": _c(-0.007), "aug_strength": _c(0.02)}, None),  # one pays
+        ([], 1_077, {"dropout": _c(0.0), "aug_strength": _c(0.004)}, None),  # none hurt
+        ([], 20_000, {"dropout": _c(-0.007)}, None),  # not a small data set
+        (["train.min_steps_per_epoch=45"], 1_077, {"dropout": _c(-0.007)}, None),  # has passes
+        (["space.min_steps_per_epoch={type: int, low: 8, high: 64}"], 1_077,
+         {"dropout": _c(-0.007)}, None),  # the budget is searched
+        ([], 1_077, {}, None),  # no ablation
+    ],
+)  # fmt: skip
+def test_the_budget_hint_names_the_passes_where_no_regularizer_paid(
+    overrides: list[str],
+    train_images: int,
+    contributions: dict[str, dict[str, float]],
+    suggested: int | None,
+) -> None:
+    """Small data, one pass an epoch, no regularizer clearly paying and one looking harmful:
+    the verdict is followed by the budget that made them pay in docs/benchmarks.md."""
+    from search.report.summary import budget_hint
+
+    hint = budget_hint(contributions, load_config(overrides=overrides), train_images)
+    if suggested is None:
+        assert hint is None
+    else:
+        assert hint is not None and hint.startswith("hint: no regularizer paid")
+        assert f"--set train.min_steps_per_epoch={suggested} gives 5 passes" in hint
+        assert f"{train_images:,} images" in hint
