@@ -83,6 +83,7 @@ def test_best_json_has_the_contract_keys(tiny_study: Path) -> None:
         "input",
         "champion_name",
         "refit",
+        "hint",
     }
     assert best["study"] == "tiny"
     assert best["input"] == {
