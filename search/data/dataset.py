@@ -226,7 +226,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         raise UserError(f"dataset {cfg.name!r}: cannot split {len(pool)} images ({why})") from None
     if cfg.train_fraction < 1.0:
         train = train_subset(y, train, cfg.train_fraction, cfg.split_seed)
-    y = noisy_labels(y, train, cfg.label_noise, len(classes), cfg.split_seed)
+    true_y, y = y, noisy_labels(y, train, cfg.label_noise, len(classes), cfg.split_seed)
 
     def subset(ix: np.ndarray) -> ImageSet:
         return ImageSet(torch.from_numpy(np.ascontiguousarray(x[ix])), torch.from_numpy(y[ix]))
@@ -242,6 +242,9 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         channel_note,
         loaded.size_note or f"{cfg.name} images are {width}×{height}",
         loaded.notes,
+        train_true_y=torch.from_numpy(true_y[train]) if cfg.label_noise > 0.0 else None,
+        label_noise=cfg.label_noise,
+        noise_seed=cfg.split_seed,
     )
 
 

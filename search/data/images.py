@@ -56,6 +56,12 @@ class Dataset:
     channel_note: str = ""  # why the images have the channels they have (for `auto`)
     size_note: str = ""  # why the images have the size they have (for `auto`)
     notes: tuple[str, ...] = ()  # what the loader did that the user should hear of
+    # `dataset.label_noise`: the training split's true labels (its `y` holds the replaced
+    # ones), the share replaced and the seed, so that `resplit` pools true labels and replaces
+    # the same share of its own training split: validation labels stay true.
+    train_true_y: torch.Tensor | None = None
+    label_noise: float = 0.0
+    noise_seed: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -68,8 +74,13 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> Dataset:
         """The same data set with all three splits on `device` (moved once per worker)."""
+        true_y = None if self.train_true_y is None else self.train_true_y.to(device)
         return replace(
-            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
+            self,
+            train=self.train.to(device),
+            val=self.val.to(device),
+            test=self.test.to(device),
+            train_true_y=true_y,
         )
 
     def mean_std(self) -> tuple[list[float], list[float]]:
@@ -97,7 +108,12 @@ class Dataset:
         train = ImageSet(
             torch.cat([self.train.x, self.val.x]), torch.cat([self.train.y, self.val.y])
         )
-        return replace(self, train=train)
+        true_y = self.train_true_y
+        return replace(
+            self,
+            train=train,
+            train_true_y=None if true_y is None else torch.cat([true_y, self.val.y]),
+        )
 
     def resplit(self, index: int) -> Dataset:
         """Split `index` of the labelled images: the training and validation images pooled and
@@ -110,16 +126,30 @@ class Dataset:
         from sklearn.model_selection import train_test_split
 
         x = torch.cat([self.train.x, self.val.x])
-        y = torch.cat([self.train.y, self.val.y])
+        true_train = self.train.y if self.train_true_y is None else self.train_true_y
+        y = torch.cat([true_train, self.val.y])
         pool = np.arange(len(y))
         labels = y.cpu().numpy()
         train, val = train_test_split(
             pool, test_size=len(self.val), stratify=labels, random_state=10_000 + index
         )
-        train_ix = torch.from_numpy(np.sort(train)).to(x.device)
-        val_ix = torch.from_numpy(np.sort(val)).to(x.device)
+        train, val = np.sort(train), np.sort(val)
+        train_y = y[torch.from_numpy(train).to(y.device)]
+        true_y = None
+        if self.label_noise > 0.0:
+            from search.data.dataset import noisy_labels
+
+            noisy = noisy_labels(
+                labels, train, self.label_noise, self.num_classes, self.noise_seed + index
+            )
+            true_y, train_y = train_y, torch.from_numpy(noisy[train]).to(y.device)
+        train_ix = torch.from_numpy(train).to(x.device)
+        val_ix = torch.from_numpy(val).to(x.device)
         return replace(
-            self, train=ImageSet(x[train_ix], y[train_ix]), val=ImageSet(x[val_ix], y[val_ix])
+            self,
+            train=ImageSet(x[train_ix], train_y),
+            val=ImageSet(x[val_ix], y[val_ix]),
+            train_true_y=true_y,
         )
 
 

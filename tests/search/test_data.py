@@ -314,3 +314,21 @@ def test_label_noise_replaces_that_share_of_the_training_labels_only(digits: Dat
     assert torch.equal(noisy.val.y, digits.val.y) and torch.equal(noisy.test.y, digits.test.y)
     with pytest.raises(ValueError, match="label_noise"):
         DatasetConfig(name="digits", label_noise=1.0)
+
+
+def test_a_resplit_keeps_validation_labels_true_under_label_noise(digits: Dataset) -> None:
+    """The confirm phase's own splits (a small validation split) pool training and validation
+    images: the replaced labels stay in training, in the same share, and every validation
+    label is the image's true one."""
+    noisy = load_dataset(DatasetConfig(name="digits", label_noise=0.4))
+    rows = _rows(digits.train) + _rows(digits.val)
+    labels = torch.cat([digits.train.y, digits.val.y]).tolist()
+    true = dict(zip(rows, labels, strict=True))
+    for index in (1, 2):
+        split = noisy.resplit(index)
+        assert [true[r] for r in _rows(split.val)] == split.val.y.tolist()
+        truth = torch.tensor([true[r] for r in _rows(split.train)])
+        wrong = (split.train.y != truth).float().mean().item()
+        assert wrong == pytest.approx(0.4, abs=1 / len(split.train))
+        assert split.train_true_y is not None and torch.equal(split.train_true_y, truth)
+    assert torch.equal(noisy.resplit(1).train.y, noisy.resplit(1).train.y), "seeded"
