@@ -26,7 +26,9 @@ __all__ = ["AUTO_SIZE_CAP", "auto_side"]
 
 _log = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 3  # 2: the grey flags of the images; 3: centre-cropped, not squashed
+# 2: the grey flags of the images; 3: centre-cropped, not squashed; 4: 16-bit and float images
+# scaled to 8 bits, EXIF orientation applied, hidden files and folders left out
+_CACHE_FORMAT = 4
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 AUTO_SIZE_CAP = 224  # `image_size: auto` never decodes a folder larger than this
 
@@ -91,6 +93,25 @@ def auto_side(sizes: list[tuple[int, int]]) -> tuple[int, str]:
     return side, why
 
 
+def _eight_bit(img: Any) -> Any:
+    """A 16-bit, 32-bit or float grayscale image as 8-bit "L" (PIL's `convert` clips those to
+    0..255: a 16-bit image came out nearly all white). 16-bit values are divided by 257
+    (65,535 → 255); 32-bit integers too when any exceeds 255; floats up to 1.0 are taken as 0..1,
+    others as 0..255. Other modes are returned as they are."""
+    from PIL import Image
+
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+    top = float(values.max(initial=0.0))
+    if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
+        values = values / 257.0
+    elif img.mode == "F" and top <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+
+
 def _decode(path: str, size: int) -> tuple[np.ndarray, bool]:
     """One image as uint8 (3, size, size): RGB, its shorter side resized to `size` and the
     longer one centre-cropped to it (a squash would distort every non-square image); and
@@ -100,7 +121,7 @@ def _decode(path: str, size: int) -> tuple[np.ndarray, bool]:
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale (both sides >= size)
         single = img.mode in _GREY_MODES
-        rgb = img.convert("RGB")
+        rgb = _eight_bit(ImageOps.exif_transpose(img)).convert("RGB")
     if rgb.size != (size, size):
         rgb = ImageOps.fit(rgb, (size, size), Image.Resampling.BILINEAR)
     array = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
@@ -130,31 +151,93 @@ def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray, n
     return blob["x"].numpy(), blob["y"].numpy(), blob["grey"].numpy()
 
 
-def _class_images(cfg: DatasetConfig, root: Path) -> tuple[list[tuple[str, int]], tuple[str, ...]]:
-    from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+# torchvision's ImageFolder extensions, and two more PIL reads.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+                    ".gif", ".jfif")  # fmt: skip
 
+
+def _class_folders(cfg: DatasetConfig, root: Path) -> list[str]:
     if not root.is_dir():
         raise UserError(
             f"dataset {cfg.name}: no folder {root} (dataset.root must hold one sub-folder of "
             "images per class)"
         )
-
-    def regular_image(path: str) -> bool:
-        # Regular files only: a FIFO named `x.png` would block the decode (and every worker
-        # reading the folder) forever; a device or a socket is no image either.
-        return has_file_allowed_extension(path, IMG_EXTENSIONS) and os.path.isfile(path)
-
     try:
-        folder = ImageFolder(str(root), allow_empty=True, is_valid_file=regular_image)
-    except (FileNotFoundError, OSError) as exc:
+        found = sorted(
+            e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
+        )
+    except OSError as exc:
         raise UserError(
             f"dataset {cfg.name}: no class folders of images under {root} ({first_line(exc)})"
         ) from None
-    samples = [(str(p), int(c)) for p, c in folder.samples]
+    if not found:
+        raise UserError(
+            f"dataset {cfg.name}: no class folders of images under {root} (dataset.root must "
+            "hold one sub-folder of images per class)"
+        )
+    return found
+
+
+def _class_images(
+    cfg: DatasetConfig, root: Path
+) -> tuple[list[tuple[str, int]], tuple[str, ...], str | None]:
+    """(path, label) of every image under the class folders (ImageFolder's layout and order:
+    classes sorted, each folder's tree walked with links followed, paths sorted), the class
+    names, and a note on the files left out. Hidden files and folders (`.DS_Store`,
+    `.ipynb_checkpoints`, macOS's `._x.png`) are skipped. A folder link that leads back into
+    the class folder or an ancestor (a loop), to another class's folder, or to a folder already
+    read is refused: its images would be counted twice, across splits, or under two labels."""
+    classes = _class_folders(cfg, root)
+    root_real = os.path.realpath(root)
+    class_real = {os.path.realpath(root / c): c for c in classes}
+    samples: list[tuple[str, int]] = []
+    skipped: Counter[str] = Counter()
+    seen: set[str] = set()
+    for label, name in enumerate(classes):
+        top = os.path.realpath(root / name)
+        seen.add(top)
+        found: list[tuple[str, str]] = []
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            keep = []
+            for d in sorted(dirnames):
+                if d.startswith("."):
+                    continue
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if (
+                    real in seen
+                    or real in class_real
+                    or real == root_real
+                    or top.startswith(real + os.sep)
+                ):
+                    shown = os.path.relpath(os.path.join(dirpath, d), root)
+                    raise UserError(
+                        f"dataset {cfg.name}: {shown} links to {real}, a folder this data set "
+                        "reads already (a loop, or another class's images): remove the link"
+                    )
+                seen.add(real)
+                keep.append(d)
+            dirnames[:] = keep
+            for f in filenames:
+                path = os.path.join(dirpath, f)
+                if f.startswith("."):
+                    continue
+                if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):
+                    # Regular files only: a FIFO named `x.png` would block the decode forever.
+                    found.append((dirpath, f))
+                else:
+                    skipped[os.path.splitext(f)[1].lower() or f] += 1
+        samples += [(os.path.join(d, f), label) for d, f in sorted(found)]
     if not samples:
         raise UserError(f"dataset {cfg.name}: no images in the class folders under {root}")
-    return samples, tuple(folder.classes)
+    note = None
+    if skipped:
+        kinds = ", ".join(f"{k} ×{n}" for k, n in skipped.most_common(4))
+        more = ", …" if len(skipped) > 4 else ""
+        note = (
+            f"dataset {cfg.name}: left out {sum(skipped.values()):,} files that are no images "
+            f"by their name ({kinds}{more}; images: {' '.join(IMAGE_EXTENSIONS)})"
+        )
+    return samples, tuple(classes), note
 
 
 @register_dataset("imagefolder")
@@ -168,7 +251,7 @@ def _imagefolder(cfg: DatasetConfig) -> Loaded:
     `<root>/.regsearch-cache-<size>.pt`, written atomically, and reused while the folder's file
     list, sizes and modification times are unchanged (a read-only folder is decoded each time)."""
     root = dataset_root(cfg)
-    samples, classes = _class_images(cfg, root)
+    samples, classes, skipped_note = _class_images(cfg, root)
     paths = [p for p, _ in samples]
     size_note = None
     if cfg.image_size == "auto":
@@ -206,6 +289,9 @@ def _imagefolder(cfg: DatasetConfig) -> Loaded:
     # No mirroring unless `dataset.flip: true`: a folder may hold digits, letters or signs,
     # whose mirror image is another class (3 test points lost on 32 px digits), while photos
     # gain less from it than that.
+    notes = (note,) if skipped_note is None else (note, skipped_note)
+    if skipped_note is not None:
+        _log.warning("%s", skipped_note)
     return Loaded(
-        x, y, classes, 255.0, False, grey=int(grey.sum()), size_note=size_note, notes=(note,)
+        x, y, classes, 255.0, False, grey=int(grey.sum()), size_note=size_note, notes=notes
     )

@@ -767,3 +767,72 @@ def test_a_study_runs_on_each_data_set(tmp_path: Path, name: str) -> None:
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE], trials[0].user_attrs
     assert trials[0].value is not None and 0.0 <= trials[0].value <= 1.0
+
+
+def _tiny_classes(root: Path, names: tuple[str, ...] = ("a", "b"), n: int = 4) -> None:
+    for c, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("L", (8, 8), 40 + 60 * c + i).save(root / name / f"{i}.png")
+
+
+def test_imagefolder_scales_16_bit_and_float_images_to_8_bits(tmp_path: Path) -> None:
+    """PIL's RGB conversion clips 16-bit and float pixels to 0..255 (a 16-bit image came out
+    nearly all white, a float one all black): they are scaled instead."""
+    root = tmp_path / "deep"
+    for name, level in (("dark", 10_000), ("bright", 50_000)):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.full((8, 8), level + 100 * i, dtype=np.uint16)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    (root / "float").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(root / "float" / f"{i}.tif")
+    data = load_dataset(DatasetConfig(name="imagefolder", root=root, image_size=8))
+    x = torch.cat([data.train.x, data.val.x, data.test.x])
+    y = torch.cat([data.train.y, data.val.y, data.test.y])
+    means = {data.classes[c]: x[y == c].float().mean().item() for c in range(3)}
+    assert means["bright"] == pytest.approx(50_150 / 257, abs=1.5)
+    assert means["dark"] == pytest.approx(10_150 / 257, abs=1.5)
+    assert means["float"] == pytest.approx(127.5, abs=1)
+
+
+def test_imagefolder_leaves_out_hidden_files_and_names_what_it_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    _tiny_classes(root)
+    (root / ".ipynb_checkpoints").mkdir()  # no class
+    (root / "a" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "a" / "._0.png").write_bytes(b"\0\5\26\7")  # macOS AppleDouble: no image
+    (root / "a" / "notes.txt").write_text("not an image")
+    Image.new("L", (8, 8), 200).save(root / "b" / "extra.gif")
+    data = load_dataset(DatasetConfig(name="imagefolder", root=root, image_size=8))
+    assert data.classes == ("a", "b")
+    assert len(data.train) + len(data.val) + len(data.test) == 9  # the GIF is read
+    assert any(
+        "left out 1 files that are no images by their name (.txt ×1" in n for n in data.notes
+    )
+
+
+@pytest.mark.parametrize(
+    ("link", "target"),
+    [("a/again", "."), ("a/up", ".."), ("a/other", "../b")],
+    ids=["loop", "root", "another-class"],
+)
+def test_imagefolder_refuses_a_folder_link_back_into_the_data_set(
+    tmp_path: Path, link: str, target: str
+) -> None:
+    """Followed, such a link would count images many times over, across the splits, or label
+    another class's images as this one's."""
+    root = tmp_path / "imgs"
+    _tiny_classes(root)
+    os.symlink(target, root / link)
+    with pytest.raises(
+        UserError, match=rf"^dataset imagefolder: {link} links to .*remove the link"
+    ):
+        load_dataset(DatasetConfig(name="imagefolder", root=root, image_size=8))
+    # A class folder that is itself a link to images elsewhere is fine.
+    os.remove(root / link)
+    _tiny_classes(tmp_path / "elsewhere", names=("c",))
+    os.symlink(tmp_path / "elsewhere" / "c", root / "c")
+    data = load_dataset(DatasetConfig(name="imagefolder", root=root, image_size=8))
+    assert data.classes == ("a", "b", "c")
