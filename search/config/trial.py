@@ -69,6 +69,10 @@ class Section(BaseModel):
 MAX_SEED = 2**31 - 1
 
 
+# Sets whose official test split is the test split (`dataset.test_fraction` unused).
+OFFICIAL_TEST_SPLIT = ("cifar10", "cifar100", "mnist", "fashion-mnist")
+
+
 class DatasetConfig(Section):
     NAMES: ClassVar[tuple[str, ...]] = (
         "digits", "synthetic", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder"
@@ -123,7 +127,10 @@ class DatasetConfig(Section):
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> DatasetConfig:
-        if self.val_fraction + self.test_fraction >= 0.9:
+        if self.name in OFFICIAL_TEST_SPLIT:  # `test_fraction` is unused
+            if self.val_fraction >= 0.9:
+                raise ValueError(f"val_fraction must be < 0.9, got {self.val_fraction}")
+        elif self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
                 f"val_fraction + test_fraction must be < 0.9, got "
                 f"{self.val_fraction} + {self.test_fraction}"

@@ -162,6 +162,24 @@ def train_subset(y: np.ndarray, train: np.ndarray, fraction: float, seed: int) -
     return np.sort(np.concatenate(keep))
 
 
+_SIZED = ("imagefolder", "synthetic")  # the loaders that decode at `dataset.image_size`
+
+
+def _enough_per_class(
+    cfg: DatasetConfig, y: np.ndarray, classes: tuple[str, ...], need: int
+) -> None:
+    """`dataset.subset` kept at least `need` images of every class (one for each split), else
+    a UserError naming the classes it left short."""
+    counts = np.bincount(y, minlength=len(classes))
+    if counts.min() >= need:
+        return
+    short = ", ".join(f"{classes[i]} has {counts[i]}" for i in np.flatnonzero(counts < need))
+    raise UserError(
+        f"dataset.subset: {cfg.subset} images keep fewer than {need} of some class, one for each "
+        f"split ({short[:300]}): raise it, or leave it out"
+    )
+
+
 def _loader(name: str) -> Callable[[DatasetConfig], LoaderResult | Loaded]:
     if ":" in name:  # `package.module:callable`, its form checked by DatasetConfig
         from search.data.userdata import load_user
@@ -184,6 +202,12 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         raise UserError(
             f"dataset {cfg.name!r}: images of {width}×{height} pixels; images must be square, "
             f"{low} to {high} pixels a side"
+        )
+    if isinstance(cfg.image_size, int) and cfg.image_size != height and cfg.name not in _SIZED:
+        raise UserError(
+            f"dataset.image_size: {cfg.image_size}, but {cfg.name} images are {width}×{height} "
+            f"and are not resized (only {' and '.join(_SIZED)} decode at a chosen size): "
+            "leave it auto"
         )
     x, channel_note = _channels(cfg, x, grey)
     allow_flip = allow_flip if cfg.flip == "auto" else bool(cfg.flip)
@@ -209,6 +233,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
     try:
         if cfg.subset is not None:
             pool = labelled_subset(y, pool, cfg.subset, cfg.split_seed)
+            _enough_per_class(cfg, y[pool], classes, need)
         if test_size:
             train, val, test = _split_off_val(y, pool, test_size, cfg.val_fraction, cfg.split_seed)
         else:

@@ -98,6 +98,10 @@ class _ArraysOnly(pickle.Unpickler):
             ("numpy._core.multiarray", "scalar"),
             ("numpy", "ndarray"),
             ("numpy", "dtype"),
+            # Protocol 5 (`pickle.HIGHEST_PROTOCOL`, what a re-saved copy often uses) builds an
+            # array from its raw bytes with this; it runs nothing else.
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
             ("_codecs", "encode"),  # how a Python 2 pickle's bytes arrive under latin1
         }
     )

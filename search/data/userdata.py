@@ -125,6 +125,10 @@ def _classes(cfg: DatasetConfig, value: Any) -> tuple[str, ...]:
     odd = next((v for v in names if not isinstance(v, str)), None)
     if odd is not None:
         raise _bad(cfg, f"returned a class name {odd!r} that is not a string")
+    names = [str(v) for v in names]  # numpy's str_ is a str, but not one YAML or JSON writes
+    twice = next((v for i, v in enumerate(names) if v in names[:i]), None)
+    if twice is not None:
+        raise _bad(cfg, f"returned the class name {twice!r} twice; each class needs its own")
     return tuple(names)
 
 

@@ -302,8 +302,10 @@ def test_a_subset_keeps_an_official_test_split_whole(tmp_path) -> None:
 def test_a_subset_too_small_to_split_is_one_line() -> None:
     with pytest.raises(ValueError, match="subset"):
         DatasetConfig(name="digits", subset=10)
-    with pytest.raises(UserError, match=r"cannot split 20 images \(a validation and a test split"):
+    with pytest.raises(UserError, match=r"^dataset.subset: 20 images keep fewer than 3 of some"):
         load_dataset(DatasetConfig(name="digits", subset=20, val_fraction=0.1, test_fraction=0.1))
+    with pytest.raises(UserError, match=r"cannot split 40 images \(a validation and a test split"):
+        load_dataset(DatasetConfig(name="digits", subset=40, val_fraction=0.1, test_fraction=0.1))
 
 
 def test_label_noise_replaces_that_share_of_the_training_labels_only(digits: Dataset) -> None:

@@ -836,3 +836,29 @@ def test_imagefolder_refuses_a_folder_link_back_into_the_data_set(
     os.symlink(tmp_path / "elsewhere" / "c", root / "c")
     data = load_dataset(DatasetConfig(name="imagefolder", root=root, image_size=8))
     assert data.classes == ("a", "b", "c")
+
+
+def test_cifar_batches_saved_with_pickle_protocol_5_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-saved copy (`pickle.HIGHEST_PROTOCOL`) builds its arrays from raw bytes."""
+    original = pickle.dump
+    monkeypatch.setattr(pickle, "dump", lambda obj, f, protocol=None: original(obj, f, protocol=5))
+    _write_cifar10(tmp_path / "data")
+    monkeypatch.setattr(pickle, "dump", original)
+    data = load_dataset(DatasetConfig(name="cifar10", root=tmp_path / "data"))
+    assert _ids(data)["test"] == list(range(200, 210))
+
+
+def test_a_subset_that_leaves_a_class_short_names_it(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    _tiny_classes(root, names=("a",), n=3)
+    _tiny_classes(root, names=("b", "c"), n=40)
+    with pytest.raises(UserError, match=r"^dataset.subset: 40 images keep fewer than 3 .*\(a has"):
+        load_dataset(DatasetConfig(name="imagefolder", root=root, image_size=8, subset=40))
+
+
+def test_test_fraction_is_not_counted_where_the_set_has_its_own_test_split() -> None:
+    assert DatasetConfig(name="mnist", root=Path("x"), val_fraction=0.75).val_fraction == 0.75
+    with pytest.raises(ValueError, match="val_fraction \\+ test_fraction"):
+        DatasetConfig(name="digits", val_fraction=0.75)

@@ -212,3 +212,33 @@ def test_a_study_file_beside_its_loader_runs_and_stores_the_size(tmp_path: Path)
             "tensor"
         )
     )
+
+
+def test_class_names_as_a_numpy_array_are_plain_strings(tmp_path: Path, loader: Write) -> None:
+    """numpy's `str_` names passed the check, then failed the model's registration (YAML
+    cannot write them) with a traceback after the first trial."""
+    module = loader(
+        TEN_EACH
+        + """
+def load():
+    return images(), LABELS, np.array(CLASSES)
+
+def twice():
+    return images(), LABELS, ["ant", "ant", "cat"]
+"""
+    )
+    data = load_dataset(_cfg(module, path=tmp_path / "code"))
+    assert data.classes == ("ant", "bee", "cat")
+    assert all(type(c) is str for c in data.classes)
+    with pytest.raises(UserError, match="class name 'ant' twice"):
+        load_dataset(_cfg(module, "twice", path=tmp_path / "code"))
+
+
+def test_image_size_is_refused_where_the_loader_does_not_resize(
+    tmp_path: Path, loader: Write
+) -> None:
+    module = loader(TEN_EACH + "\ndef load():\n    return images(), LABELS, CLASSES\n")
+    cfg = _cfg(module, path=tmp_path / "code", image_size=16)
+    with pytest.raises(UserError, match=r"^dataset.image_size: 16, but .* images are 8×8"):
+        load_dataset(cfg)
+    assert load_dataset(cfg.model_copy(update={"image_size": 8})).shape == (1, 8, 8)  # as stored
