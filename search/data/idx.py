@@ -46,8 +46,8 @@ def _header(head: bytes, path: Path, ndim: int) -> tuple[int, ...]:
 def _claim(path: Path, dims: tuple[int, ...], payload: int) -> IdxError:
     expected = math.prod(dims)
     return IdxError(
-        f"{path} claims {' × '.join(f'{d:,}' for d in dims)} = {format_bytes(expected)} of data "
-        f"but holds {format_bytes(payload)}"
+        f"{path} claims {' × '.join(f'{d:,}' for d in dims)} = {expected:,} bytes of data "
+        f"({format_bytes(expected)}) but holds {payload:,}"
     )
 
 
@@ -71,11 +71,14 @@ def _read_gz(path: Path, ndim: int) -> tuple[tuple[int, ...], bytearray]:
 def read_idx(path: Path, *, ndim: int) -> np.ndarray:
     """The uint8 array of `ndim` dimensions in the idx file `path` (gzipped when its name ends
     in `.gz`); `IdxError` when the header is not that of such an array or the file holds
-    another number of bytes than the header promises. `OSError`/`EOFError` pass through
-    (unreadable, or a truncated gzip stream)."""
+    another number of bytes than the header promises, or a `.gz` that is truncated or no gzip
+    stream. `OSError` passes through for a plain file it cannot read."""
     path = Path(path)
     if path.suffix == ".gz":
-        dims, payload = _read_gz(path, ndim)
+        try:
+            dims, payload = _read_gz(path, ndim)
+        except (EOFError, gzip.BadGzipFile, OSError) as exc:  # truncated, or no gzip at all
+            raise IdxError(f"{path}: {exc}") from None
         if len(payload) != math.prod(dims):
             raise _claim(path, dims, len(payload))
         return np.frombuffer(payload, dtype=np.uint8).reshape(dims)

@@ -55,8 +55,9 @@ def _read(cfg: DatasetConfig, what: str, root: Path, read: Callable[[], Any]) ->
     except UserError:
         raise
     except Exception as exc:  # torchvision's readers raise anything from OSError to assert
+        why = f"a file lacks the key {exc}" if isinstance(exc, KeyError) else first_line(exc)
         raise UserError(
-            f"dataset {cfg.name}: cannot read the {what} files under {root} ({first_line(exc)})"
+            f"dataset {cfg.name}: cannot read the {what} files under {root} ({why})"
         ) from None
 
 

@@ -375,8 +375,20 @@ def test_an_idx_header_claiming_2_31_images_is_refused_without_allocating(
     assert peak < 32 << 20, f"{peak:,} bytes allocated"  # not the 1.7 TB the header claims
     message = str(e.value)
     assert message.startswith(f"dataset mnist: cannot read the MNIST files under {tmp_path} (")
-    assert f"{files[0]} claims 2,147,483,648 × 28 × 28 = 1.7 TB of data but holds 2.4 kB" in message
+    claim = "2,147,483,648 × 28 × 28 = 1,683,627,180,032 bytes of data (1.7 TB) but holds 2,352"
+    assert f"{files[0]} claims {claim}" in message
     assert "\n" not in message
+
+
+def test_a_truncated_or_false_gz_idx_file_is_named(tmp_path: Path) -> None:
+    files = _write_idx(tmp_path, _mnist_splits(), gz=True)
+    whole = files[1].read_bytes()
+    files[1].write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match=rf"\({re.escape(str(files[1]))}: Compressed file ended"):
+        load_dataset(DatasetConfig(name="mnist", root=tmp_path))
+    files[1].write_bytes(gzip.decompress(whole))  # plain bytes under a .gz name
+    with pytest.raises(UserError, match=rf"\({re.escape(str(files[1]))}: Not a gzipped file"):
+        load_dataset(DatasetConfig(name="mnist", root=tmp_path))
 
 
 @pytest.mark.parametrize(
