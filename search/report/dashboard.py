@@ -206,7 +206,7 @@ def best_note_markdown(
     rows.append(("MLflow model", model_uri or "(not registered)"))
     if attrs.get(RUN_ID_ATTR):
         rows.append(("MLflow run", attrs[RUN_ID_ATTR]))
-    from search.report.summary import best_summary, verdict
+    from search.report.summary import best_summary, trained_params, verdict
 
     summary = best_summary(study)
     confirmed = summary is not None and summary.get("champion") is not None
@@ -249,7 +249,7 @@ def best_note_markdown(
         "",
         "| parameter | value |",
         "|---|---|",
-        *(f"| {k} | {_fmt(v)} |" for k, v in best.params.items()),
+        *(f"| {k} | {_fmt(v)} |" for k, v in trained_params(best).items()),
     ]
     return "\n".join(lines) + "\n"
 

@@ -102,7 +102,9 @@ def best_table(
         ("model URI", model_uri or attrs.get(MODEL_URI_ATTR) or "(not registered)"),
         ("MLflow run", attrs.get(RUN_ID_ATTR)),
     ]
-    rows += [(f"param: {k}", v) for k, v in best.params.items()]
+    from search.report.summary import trained_params
+
+    rows += [(f"param: {k}", v) for k, v in trained_params(best).items()]
     return table(rows)
 
 

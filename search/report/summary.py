@@ -39,6 +39,7 @@ __all__ = [
     "ranked_trials",
     "shown_value",
     "study_rows",
+    "trained_params",
     "trial_row",
     "trials_table",
     "verdict",
@@ -50,14 +51,20 @@ def _json_number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
+def trained_params(trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's params as it trained: a retrain's seed and an ablation's regularizer off (its
+    `overrides`) over the params of the configuration it retrains."""
+    overrides = trial.user_attrs.get(OVERRIDES_ATTR) or {}
+    trained = {k: v for k, v in overrides.items() if k in trial.params or k == "seed"}
+    return {**trial.params, **trained}
+
+
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     """One trial as JSON; `params` are what it trained with (an ablation's regularizer off, a
     retrain's seed), `phase` is search, baseline, confirm or ablation. `value` is Optuna's
     (of a pruned trial: the epoch it was pruned at); `best_value` the value at `best_epoch`
     (`best_value_of`: a complete trial's value, a pruned trial's best before it was stopped)."""
     attrs = trial.user_attrs
-    overrides = attrs.get(OVERRIDES_ATTR) or {}
-    trained = {k: v for k, v in overrides.items() if k in trial.params or k == "seed"}
     return {
         "number": trial.number,
         "state": trial.state.name,
@@ -66,7 +73,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "source": attrs.get(SOURCE_ATTR),
         "value": _json_number(trial.value) if trial.state != TrialState.FAIL else None,
         "best_value": _json_number(best_value_of(trial)),
-        "params": {**trial.params, **trained},
+        "params": trained_params(trial),
         "epochs": attrs.get(EPOCHS_TRAINED_ATTR, len(trial.intermediate_values) or None),
         "best_epoch": attrs.get(BEST_EPOCH_ATTR),
         "stop_reason": attrs.get(STOP_REASON_ATTR),
@@ -153,9 +160,10 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     if ev is not None and ev.champion is not None and ev.champion.interval is not None:
         from search.study.evidence import SEED_ATTR
 
+        ablated_off = {ev.champion.ablate: 0.0} if ev.champion.ablate else {}
         champion = {
             "source": ev.champion.source,
-            "params": dict(ev.champion.params),
+            "params": {**ev.champion.params, **ablated_off},  # the configuration it names
             "val": _interval(ev.champion.interval),
             "seeds": ev.seeds,
             "is_baseline": ev.champion.baseline,
@@ -189,7 +197,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
         "trial": best.number,
         "phase": best.user_attrs.get(PHASE_ATTR),
         "value": _json_number(best.value),
-        "params": dict(best.params),
+        "params": trained_params(best),
         "model_uri": model_uri,
         "champion_uri": champion_uri,
         "test_accuracy": _json_number(test["champion"]["accuracy"]) if test else None,

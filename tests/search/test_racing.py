@@ -223,6 +223,9 @@ def test_an_ablated_configuration_that_beats_the_champion_becomes_the_champion()
     line = verdict(best, "val_accuracy")
     assert f"configuration of trial {numbers[1]} with aug_strength off" in line
     assert "aug_strength hurt: switching it off gained +3.0 pt" in line
+    # What `best`, the report and the dashboard show is the configuration the model trained.
+    assert best["params"]["aug_strength"] == best["champion"]["params"]["aug_strength"] == 0.0
+    assert study.trials[numbers[1]].params["aug_strength"] > 0
 
 
 def test_a_small_validation_split_retrains_each_seed_on_its_own_split_and_keeps_ties() -> None:
