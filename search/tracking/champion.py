@@ -66,7 +66,10 @@ def model_uri_of(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str | 
 
 
 def _record(tracker: Tracker, study: optuna.Study, number: int, run_id: str, uri: str) -> None:
+    """The study's record of the version `@champion` points at (called once it does): `best`
+    names the alias from the first champion on, not only once the study has ended."""
     study.set_user_attr(CHAMPION_ATTR, {"trial": number, "uri": uri})
+    study.set_user_attr(CHAMPION_URI_ATTR, champion_uri(tracker.study_name))
     tracker.client.set_tag(run_id, "model_uri", uri)
 
 

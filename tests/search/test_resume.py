@@ -3,6 +3,7 @@ and a launch that fails fast on an unreachable tracking server."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -236,3 +237,28 @@ def test_set_study_names_a_new_study_as_study_does(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
     stored = optuna.load_study(study_name="other", storage=storage).user_attrs
     assert stored["regsearch_config"]["train"]["epochs"] == 20  # the default, not 1
+
+
+@pytest.mark.slow
+def test_best_names_the_champion_alias_before_the_study_ends(tmp_path: Path) -> None:
+    """`@champion` points at the best trial from the first one on; `best` said so only once
+    the study had ended (its `champion_uri` was null for a study stopped part way)."""
+    tiny = [
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "search.confirm=none",
+        "--set",
+        "search.pruner=none",
+    ]
+    proc = regsearch("run", "--study", "part", "--n-trials", "500", "--timeout", "15", *tiny,
+                     cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    study = optuna.load_study(
+        study_name="part", storage=f"sqlite:///{tmp_path}/studies/regsearch.db"
+    )
+    assert 0 < sum(t.state.is_finished() for t in study.trials) < 500
+    best = json.loads(regsearch("best", "part", "--json", cwd=tmp_path).stdout)
+    assert best["champion_uri"] == "models:/part@champion"
+    text = regsearch("best", "part", cwd=tmp_path).stdout
+    assert "models:/part@champion" in text
