@@ -30,7 +30,10 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 _OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], TrainConfig], torch.optim.Optimizer]] = {
     "adamw": lambda groups, t: torch.optim.AdamW(groups, lr=t.lr, betas=(t.momentum, 0.999)),
-    "sgd": lambda groups, t: torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=True),
+    # Nesterov needs a momentum: torch refuses it at 0 (a searched or fixed 0 failed every trial).
+    "sgd": lambda groups, t: torch.optim.SGD(
+        groups, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0
+    ),
 }
 
 
@@ -67,8 +70,15 @@ _SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int, int, float], Any]] =
     "constant": lambda opt, total, warmup, lr: torch.optim.lr_scheduler.LambdaLR(
         opt, _warmup_constant(total, warmup)
     ),
+    # torch's OneCycleLR: its own ramp from lr/25 over the warm-up (at least 5 % of the
+    # steps), then a cosine to lr/25e4. `cycle_momentum` off: it would overwrite AdamW's β₁ and
+    # SGD's momentum (0.95 → 0.85 → 0.95), and `train.momentum` would do nothing.
     "onecycle": lambda opt, total, warmup, lr: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=total, pct_start=min(max(warmup / total, 0.05), 0.95)
+        opt,
+        max_lr=lr,
+        total_steps=total,
+        pct_start=min(max(warmup / total, 0.05), 0.95),
+        cycle_momentum=False,
     ),
 }
 

@@ -129,10 +129,18 @@ def _batches(
                 yield idx
 
 
+def steps_per_pass(n: int, batch_size: int) -> int:
+    """The batches `_batches` yields in one pass over `n` images: a last batch of one image
+    is dropped (it breaks BatchNorm) unless it is the only one."""
+    full, rest = divmod(n, batch_size)
+    return max(1, full + (rest > 1 or (rest == 1 and full == 0)))
+
+
 def epoch_plan(n_train: int, batch_size: int, min_steps: int) -> tuple[int, int]:
     """(passes over the training split per epoch, optimizer steps per epoch): enough passes
-    that an epoch holds at least `min_steps` steps."""
-    per_pass = max(1, -(-n_train // batch_size))
+    that an epoch holds at least `min_steps` steps. The learning-rate schedule is planned over
+    these steps, so they are the steps taken (`steps_per_pass`)."""
+    per_pass = steps_per_pass(n_train, batch_size)
     passes = max(1, -(-min_steps // per_pass))
     return passes, passes * per_pass
 

@@ -363,6 +363,43 @@ def test_optimizer_settings(data: Dataset) -> None:
     opt = make_optimizer(build_model(cfg, data)[0], cfg)
     assert isinstance(opt, torch.optim.AdamW)
     assert all(g["betas"][0] == 0.85 for g in opt.param_groups)
+    # Plain SGD: torch refuses Nesterov without momentum (every trial failed).
+    cfg = _cfg(optimizer="sgd", momentum=0.0)
+    opt = make_optimizer(build_model(cfg, data)[0], cfg)
+    assert all(g["momentum"] == 0.0 and not g["nesterov"] for g in opt.param_groups)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_onecycle_leaves_the_momentum_as_set(data: Dataset, optimizer: str) -> None:
+    """torch's OneCycleLR cycles β₁ / momentum by default (0.95 → 0.85): `train.momentum`
+    did nothing with it."""
+    from search.training.optim import make_scheduler
+
+    cfg = _cfg(optimizer=optimizer, momentum=0.5, schedule="onecycle")
+    opt = make_optimizer(build_model(cfg, data)[0], cfg)
+    scheduler = make_scheduler(opt, cfg.train, 100, 10)
+    for _ in range(30):
+        opt.step()
+        scheduler.step()
+    key = "betas" if optimizer == "adamw" else "momentum"
+    assert all((g[key][0] if key == "betas" else g[key]) == 0.5 for g in opt.param_groups)
+
+
+def test_the_schedule_ends_where_training_ends_when_a_batch_of_one_is_dropped() -> None:
+    """1,025 images in batches of 128 leave a last batch of one, which the loop drops: the
+    plan counted it, so the cosine stopped short of zero (a factor 0.03 at the end; 0.54 for
+    129 images) and an epoch held fewer steps than `min_steps_per_epoch`."""
+    from search.data.dataset import load_dataset
+    from search.training.train import Epochs, epoch_plan
+
+    assert epoch_plan(1025, 128, 8) == (1, 8) and epoch_plan(129, 128, 8) == (8, 8)
+    assert epoch_plan(1, 16, 8) == (8, 8) and epoch_plan(17, 16, 8) == (8, 8)
+    digits = load_dataset(DatasetConfig(name="digits", subset=163))  # 97 training images
+    n = len(digits.train)
+    run = Epochs(_cfg(epochs=2, batch_size=n - 1, warmup_epochs=0.5), digits)
+    rates = [stats.lr for stats in run]
+    assert run.loop.scheduler.last_epoch == 2 * 8  # 8 steps an epoch, as planned
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
 
 
 # --------------------------------------------------------------------------- helpers
