@@ -25,6 +25,7 @@ from rich.progress import (
 
 from search.core.records import (
     ABLATE_ATTR,
+    BEST_EPOCH_ATTR,
     EPOCHS_TRAINED_ATTR,
     FINISHED,
     PHASE_ATTR,
@@ -32,6 +33,7 @@ from search.core.records import (
     SOURCE_ATTR,
     STOP_REASON_ATTR,
     SURPLUS,
+    best_value_of,
 )
 from search.study.studies import count_trials
 from search.training.train import EpochStats
@@ -109,12 +111,16 @@ class RunProgress:
             self._trials, completed=count_trials(study, FINISHED), info=self._best_text()
         )
         if not self.quiet:
-            self.console.print(self._line(trial), highlight=False)
+            # markup off: "[confirm: retrain of #3, seed 1000]" is no rich tag to swallow
+            self.console.print(self._line(trial), highlight=False, markup=False)
 
     def _line(self, trial: FrozenTrial) -> str:
         attrs: dict[str, Any] = trial.user_attrs
         value = trial.value
         shown = f" {self.metric}={value:.4f}" if value is not None and math.isfinite(value) else ""
+        best = best_value_of(trial) if trial.state == TrialState.PRUNED else None
+        if best is not None:  # Optuna's value of a pruned trial is its last epoch's
+            shown = f" {self.metric}={best:.4f} (best, epoch {attrs.get(BEST_EPOCH_ATTR)})"
         epochs = attrs.get(EPOCHS_TRAINED_ATTR)
         reason = attrs.get(STOP_REASON_ATTR, "")
         params = " ".join(

@@ -31,3 +31,27 @@ def test_progress_shows_an_eta_and_no_stale_epoch_row_between_trials() -> None:
     after = _shown(progress, console)
     assert "trial 0" not in after, "the finished trial's epoch row is gone"
     assert "1/4" in after and "best val_accuracy 0.7500" in after
+
+
+def test_a_retrain_says_what_it_retrains_and_a_pruned_trial_its_best_epoch() -> None:
+    """The retrain's "[confirm: retrain of #0, seed 1000]" was read as a rich tag and vanished;
+    a pruned trial showed its last epoch's value, not the best one status and MLflow show."""
+    from optuna.trial import TrialState, create_trial
+
+    console = Console(width=200, force_terminal=True, color_system=None)
+    progress = RunProgress(n_trials=4, metric="val_accuracy", console=console, quiet=False)
+    study = optuna.create_study(direction="maximize")
+    progress.start(study)
+    retrain = {"phase": "confirm", "source": 0, "seed": 1000, "epochs_trained": 2}
+    study.add_trial(create_trial(value=0.6, user_attrs=retrain))
+    pruned = {"best_value": 0.33, "best_epoch": 1, "epochs_trained": 4, "stop_reason": "pruned"}
+    study.add_trial(
+        create_trial(state=TrialState.PRUNED, value=0.21, intermediate_values={1: 0.33, 4: 0.21},
+                     user_attrs=pruned)
+    )  # fmt: skip
+    with console.capture() as captured:
+        for trial in study.trials:
+            progress(study, trial)
+    out = captured.get()
+    assert "[confirm: retrain of #0, seed 1000]" in out
+    assert "trial   1 PRUNED   val_accuracy=0.3300 (best, epoch 1)" in out
