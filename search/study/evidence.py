@@ -587,13 +587,14 @@ def baseline_model_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def epochs_saved(study: optuna.Study, config: StudyConfig | None) -> float | None:
     """The share of the search's epochs that pruning and early stopping did not train:
-    1 − epochs trained ÷ (finished search trials × `train.epochs`)."""
+    1 − epochs trained ÷ (finished search trials, the baseline's included, × `train.epochs`),
+    as the report's header counts them."""
     if config is None:
         return None
     done = [
         t
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if t.user_attrs.get(PHASE_ATTR, SEARCH) == SEARCH
+        if t.user_attrs.get(PHASE_ATTR, SEARCH) in (SEARCH, BASELINE)  # the search's budget
     ]
     full = sum(int(t.params.get("epochs", config.train.epochs)) for t in done)
     trained = sum(int(t.user_attrs.get(EPOCHS_TRAINED_ATTR) or 0) for t in done)

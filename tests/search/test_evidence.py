@@ -405,3 +405,27 @@ def test_the_budget_hint_names_the_passes_where_no_regularizer_paid(
         assert hint is not None and hint.startswith("hint: no regularizer paid")
         assert f"--set train.min_steps_per_epoch={suggested} gives 5 passes" in hint
         assert f"{train_images:,} images" in hint
+
+
+def test_epochs_saved_counts_the_search_budget_as_the_report_does() -> None:
+    """The baseline trial is one of the search's trials: the verdict's share of epochs saved
+    left it out while the report's header ("epochs trained 44 of 60") counted it."""
+    from search.study.evidence import epochs_saved
+
+    config = load_config(overrides=["train.epochs=20"])
+    study = optuna.create_study(direction="maximize")
+    for phase, state, epochs in (
+        (BASELINE, TrialState.COMPLETE, 20),
+        (SEARCH, TrialState.PRUNED, 4),
+        (SEARCH, TrialState.COMPLETE, 20),
+        ("confirm", TrialState.COMPLETE, 20),  # a retrain: not the search's
+    ):
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=0.5 if state == TrialState.COMPLETE else None,
+                intermediate_values={epochs: 0.5},
+                user_attrs={PHASE_ATTR: phase, "epochs_trained": epochs},
+            )
+        )
+    assert epochs_saved(study, config) == pytest.approx(1 - 44 / 60)
