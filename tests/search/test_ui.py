@@ -48,6 +48,9 @@ def test_ui_opens_on_the_runs_of_the_named_study(
     url, command = _opened(monkeypatch, capsys, "other", "--tracking-uri", uri)
     assert url == f"http://127.0.0.1:5123/#/experiments/{other}/runs"
     assert command[command.index("--backend-store-uri") + 1] == uri
+    # Artifacts beside the database, where the runs keep theirs (was under the .db file).
+    root = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    assert command[command.index("--default-artifact-root") + 1] == root
 
 
 def test_ui_opens_on_the_default_study_else_on_the_list(
@@ -104,5 +107,28 @@ def test_a_dashboard_port_in_use_is_one_line(
         with pytest.raises(SystemExit) as exited:
             main(["dashboard", "--port", str(port)])
     assert exited.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"regsearch: error: --host/--port: cannot serve on 127.0.0.1:{port} (")
+
+
+def test_a_ui_port_in_use_is_one_line(
+    store: tuple[str, MlflowClient],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLflow's server printed uvicorn's log lines about it and exited 0."""
+    import socket
+
+    uri, client = store
+    client.create_experiment("digits")
+    started: list[list[str]] = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: started.append(list(argv)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exited:
+            main(["ui", "--tracking-uri", uri, "--port", str(port)])
+    assert exited.value.code == 2 and not started
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"regsearch: error: --host/--port: cannot serve on 127.0.0.1:{port} (")
