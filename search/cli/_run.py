@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -158,10 +159,12 @@ def _run_sweep(
                 f"{config.study}: sweep — {cfg.study} trains on "
                 f"{member.fraction:g} of the training split{seeded}"
             )
+        # Each study's "this launch took" counts from its own start, not the sweep's.
+        own = replace(options, sweep=member, started=time.monotonic())
         if pinned == [None]:
-            run_in_process(cfg, replace(options, title=f"regsearch run {cfg.study}", sweep=member))
+            run_in_process(cfg, replace(own, title=f"regsearch run {cfg.study}"))
         else:
-            run_workers(cfg, replace(options, sweep=member), pinned)
+            run_workers(cfg, own, pinned)
         previous = cfg.study if warm_start else None
     from search.report.sweep import sweep_table
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
+import time
 from pathlib import Path
 
 import optuna
@@ -34,9 +36,29 @@ def _trials(cwd: Path, name: str) -> list[optuna.trial.FrozenTrial]:
 @pytest.fixture(scope="session")  # kept while xdist interleaves modules
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("sweep")
+    started = time.monotonic()
     proc = regsearch(*ARGS, cwd=cwd, confirm=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (cwd / "launch.json").write_text(
+        json.dumps({"seconds": time.monotonic() - started, "output": proc.stdout + proc.stderr})
+    )
     return cwd
+
+
+def _seconds(text: str) -> int:
+    """`1 h 02 min`, `1 min 33 s` or `51 s` in seconds."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+) (h|min|s)\b", text))
+
+
+@pytest.mark.slow
+def test_each_study_of_a_sweep_says_how_long_it_took_itself(swept: Path) -> None:
+    """Each was timed from the start of the whole sweep: their times added up to more than
+    the sweep took."""
+    launch = json.loads((swept / "launch.json").read_text())
+    took = re.findall(r"(dg-f[\d.]+): this launch took ([^\n]+)", launch["output"])
+    assert [name for name, _ in took] == NAMES
+    assert sum(_seconds(t) for _, t in took) <= launch["seconds"] + 1
 
 
 @pytest.mark.slow
