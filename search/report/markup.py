@@ -42,7 +42,15 @@ def verdict_section(best: Mapping[str, Any] | None, metric: str) -> str:
         return "<p class='note'>No completed trial yet.</p>"
     parts = [f"<p class='verdict'><b>{html.escape(verdict(dict(best), metric))}</b></p>"]
     champion, test = best.get("champion"), best.get("test")
-    if champion is None:
+    confirm = best.get("confirm") or {}
+    if champion is None and confirm.get("started") and confirm.get("pending"):
+        parts.append(
+            f"<p class='note'>The confirm phase is under way ({confirm['pending']} to go): "
+            "until it ends, the best trial is one trial with one seed. "
+            "<code>regsearch run STUDY</code> (or <code>regsearch confirm STUDY</code>) "
+            "finishes it.</p>"
+        )
+    elif champion is None:
         parts.append(
             "<p class='note'>No confirm phase yet (or `search.confirm: none`): the best trial "
             "is one trial with one seed, scored on the split it was chosen on. "

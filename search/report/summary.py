@@ -379,7 +379,8 @@ def verdict(best: dict[str, Any], metric: str) -> str:
     confirm = best.get("confirm")
     if confirm is not None and confirm.get("pending"):
         if confirm.get("started", True):
-            line += f"; confirm phase: {confirm['pending']} retrains to go"
+            n = confirm["pending"]
+            line += f"; confirm phase: {n} retrain{'s' if n != 1 else ''} to go"
         else:
             line += "; confirm phase: after the search"
     if best.get("epochs_saved") is not None:

@@ -157,3 +157,15 @@ def test_settings_of_a_grid_over_two_regularizers_are_compared(tmp_path: Path) -
     names = {p.name for p in result.pngs}
     assert {"settings.png", "regularizer-mixup_alpha.png", "regularizer-cutmix_alpha.png"} <= names
     assert (tmp_path / "out" / "settings.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_report_says_a_confirm_phase_is_under_way_rather_than_absent() -> None:
+    from search.report.markup import verdict_section
+
+    best = {"trial": 3, "value": 0.9, "champion": None, "test": None, "baseline": None,
+            "confirm": {"started": True, "pending": 1, "complete": False}}  # fmt: skip
+    page = verdict_section(best, "val_accuracy")
+    assert "confirm phase: 1 retrain to go" in page
+    assert "The confirm phase is under way (1 to go)" in page and "No confirm phase yet" not in page
+    best["confirm"] = None
+    assert "No confirm phase yet" in verdict_section(best, "val_accuracy")
