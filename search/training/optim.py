@@ -17,11 +17,29 @@ from search.config.schema import TrainConfig, TrialConfig
 __all__ = ["EarlyStopping", "make_optimizer", "make_scheduler"]
 
 
+def _no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters a module says take no weight decay (`no_weight_decay()`, timm's convention
+    for position embeddings, class tokens and relative-position tables), by full name."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        method = getattr(module, "no_weight_decay", None)
+        if callable(method):
+            names |= {f"{prefix}.{n}" if prefix else str(n) for n in method()}
+    return names
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weight matrices and kernels only: never on biases or normalisation
-    parameters (all of which are 1-D)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    parameters (all of which are 1-D), nor on those a module's `no_weight_decay()` names."""
+    skip = _no_decay_names(model)
+
+    def decays(name: str, p: nn.Parameter) -> bool:
+        named = name in skip or any(name.startswith(f"{s}.") for s in skip)
+        return p.ndim > 1 and not named
+
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if decays(n, p)]
+    no_decay = [p for n, p in params if not decays(n, p)]
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

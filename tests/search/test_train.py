@@ -499,3 +499,25 @@ def test_compile_pays_once_a_worker_whatever_rates_the_trials_sample(
         compiled.append(counters["frames"]["ok"])
     assert compiled[0] >= 1
     assert compiled[1:] == [compiled[0]] * 2, f"graphs compiled after each trial: {compiled}"
+
+
+def test_parameters_a_module_exempts_from_weight_decay_get_none() -> None:
+    """timm's `no_weight_decay()` names position embeddings and class tokens: multi-dimensional,
+    so the kernel rule alone would decay them."""
+    from search.training.optim import _param_groups
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos_embed = nn.Parameter(torch.zeros(1, 4, 8))
+            self.proj = nn.Linear(8, 8)
+
+        def no_weight_decay(self) -> set[str]:
+            return {"pos_embed"}
+
+    model = nn.Sequential(Tokens(), nn.Linear(8, 2))
+    decay, no_decay = _param_groups(model, 0.05)
+    pos_embed = model[0].pos_embed
+    assert any(p is pos_embed for p in no_decay["params"])
+    assert not any(p is pos_embed for p in decay["params"])
+    assert any(p is model[0].proj.weight for p in decay["params"])
