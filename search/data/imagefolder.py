@@ -195,6 +195,11 @@ def _class_images(
     seen: set[str] = set()
     for label, name in enumerate(classes):
         top = os.path.realpath(root / name)
+        if top in seen:
+            raise UserError(
+                f"dataset {cfg.name}: class folder {name} is {top}, a folder this data set "
+                "reads already (under another class): remove the link"
+            )
         seen.add(top)
         found: list[tuple[str, str]] = []
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):

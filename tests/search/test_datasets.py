@@ -848,6 +848,11 @@ def test_imagefolder_refuses_a_folder_link_back_into_the_data_set(
     os.symlink(tmp_path / "elsewhere" / "c", root / "c")
     data = load_dataset(DatasetConfig(name="imagefolder", root=root, image_size=8))
     assert data.classes == ("a", "b", "c")
+    os.symlink(root / "a", root / "d")  # the same images under two labels
+    with pytest.raises(
+        UserError, match=r"^dataset imagefolder: class folder d is .*remove the link"
+    ):
+        load_dataset(DatasetConfig(name="imagefolder", root=root, image_size=8))
 
 
 def test_cifar_batches_saved_with_pickle_protocol_5_read(
