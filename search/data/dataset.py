@@ -33,6 +33,7 @@ from search.data.images import (
     check_memory,
     dataset_loader,
     format_bytes,
+    noisy_labels,
     register_dataset,
 )
 
@@ -132,20 +133,6 @@ def labelled_subset(y: np.ndarray, pool: np.ndarray, size: int, seed: int) -> np
         return pool
     keep, _ = train_test_split(pool, train_size=size, stratify=y[pool], random_state=seed)
     return np.sort(keep)
-
-
-def noisy_labels(
-    y: np.ndarray, train: np.ndarray, share: float, classes: int, seed: int
-) -> np.ndarray:
-    """A copy of `y` with `share` of the training indices `train` relabelled to another class,
-    uniformly at random, seeded (`dataset.label_noise`); other indices keep their labels."""
-    if share <= 0.0:
-        return y
-    rng = np.random.default_rng(seed + 7919)
-    flipped = rng.choice(train, size=round(share * len(train)), replace=False)
-    y = y.copy()
-    y[flipped] = (y[flipped] + rng.integers(1, classes, size=len(flipped))) % classes
-    return y
 
 
 def train_subset(y: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:

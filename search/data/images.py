@@ -28,6 +28,7 @@ __all__ = [
     "dataset_loader",
     "format_bytes",
     "memory_budget",
+    "noisy_labels",
     "register_dataset",
 ]
 
@@ -137,8 +138,6 @@ class Dataset:
         train_y = y[torch.from_numpy(train).to(y.device)]
         true_y = None
         if self.label_noise > 0.0:
-            from search.data.dataset import noisy_labels
-
             noisy = noisy_labels(
                 labels, train, self.label_noise, self.num_classes, self.noise_seed + index
             )
@@ -151,6 +150,20 @@ class Dataset:
             val=ImageSet(x[val_ix], y[val_ix]),
             train_true_y=true_y,
         )
+
+
+def noisy_labels(
+    y: np.ndarray, train: np.ndarray, share: float, classes: int, seed: int
+) -> np.ndarray:
+    """A copy of `y` with `share` of the training indices `train` relabelled to another class,
+    uniformly at random, seeded (`dataset.label_noise`); other indices keep their labels."""
+    if share <= 0.0:
+        return y
+    rng = np.random.default_rng(seed + 7919)
+    flipped = rng.choice(train, size=round(share * len(train)), replace=False)
+    y = y.copy()
+    y[flipped] = (y[flipped] + rng.integers(1, classes, size=len(flipped))) % classes
+    return y
 
 
 CHUNK = 4096  # images per step when a whole-set float copy would be too big
