@@ -42,7 +42,8 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
     MLflow's client retries a refused connection for minutes (7 retries with back-off) before
     it says anything; one GET of the server's `/health` within `timeout` seconds answers the
     same question before any study, run or folder exists. Any HTTP answer (even 401 or 404
-    from a proxy) counts as reachable.
+    from a proxy) counts as reachable; then a 404 for MLflow's own API (`_PROBE`) means the
+    address is some other web server.
     """
     import urllib.error
     import urllib.request
@@ -60,17 +61,28 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
         return
     netloc = parts.netloc.rpartition("@")[2]  # urllib takes no credentials in the URL
     health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
-    try:
-        with urllib.request.urlopen(health, timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return  # it answered
-    except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise UserError(
-            f"cannot reach tracking server {redact_url(uri)} ({reason}); start it, fix "
-            "--tracking-uri / $MLFLOW_TRACKING_URI, or set tracking.enabled: false"
-        ) from None
+    api = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + _PROBE, "max_results=1", ""))
+    for url in (health, api):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                pass
+        except urllib.error.HTTPError as exc:
+            # It answered: an auth error (401/403, the client may hold credentials urllib has
+            # not) or a refusal passes; a 404 for MLflow's own API is no MLflow server.
+            if url == api and exc.code == 404:
+                raise UserError(
+                    f"{redact_url(uri)} is no MLflow tracking server ({_PROBE} answers 404); "
+                    "fix --tracking-uri / $MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+                ) from None
+        except (TimeoutError, urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(
+                f"cannot reach tracking server {redact_url(uri)} ({reason}); start it, fix "
+                "--tracking-uri / $MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+            ) from None
+
+
+_PROBE = "/api/2.0/mlflow/experiments/search"  # what every MLflow tracking server answers
 
 
 def _store_error(uri: str, reason: object) -> UserError:

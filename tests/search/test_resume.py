@@ -161,6 +161,32 @@ def test_unreachable_tracking_server_fails_fast_and_creates_nothing(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "no study, run or folder"
 
 
+def test_a_web_server_that_is_no_mlflow_server_fails_fast_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    """It answered the reachability probe (a 404 is an answer), and the study was created
+    before MLflow refused it."""
+    import http.server
+    import threading
+
+    site = tmp_path / "site"
+    site.mkdir()
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(site))  # noqa: E731
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        proc = regsearch("run", "--tracking-uri", uri, "--n-trials", "1", cwd=tmp_path)
+        server.shutdown()
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line == (
+        f"regsearch: error: {uri} is no MLflow tracking server "
+        "(/api/2.0/mlflow/experiments/search answers 404); fix --tracking-uri / "
+        "$MLFLOW_TRACKING_URI, or set tracking.enabled: false"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"], "no study, run or folder"
+
+
 def test_trial_tables_show_every_searched_parameter_and_fixed_values(tmp_path: Path) -> None:
     config = load_config(
         overrides=[
