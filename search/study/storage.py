@@ -282,9 +282,10 @@ def _missing_driver(url: str) -> str:
     dialect, _, driver = scheme.partition("+")
     if dialect in ("postgresql", "postgres"):
         fix = (
-            "pip install 'regsearch[postgres]' (psycopg 3) and use a postgresql+psycopg:// URL"
+            "pip install 'psycopg[binary]' (psycopg 3; in the checkout: pip install -e "
+            "'.[postgres]') and use a postgresql+psycopg:// URL"
             if driver in ("", "psycopg")
-            else f"install the {driver!r} package, or pip install 'regsearch[postgres]' and "
+            else f"install the {driver!r} package, or pip install 'psycopg[binary]' and "
             "use postgresql+psycopg://"
         )
     else:

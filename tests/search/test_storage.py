@@ -218,7 +218,7 @@ def test_a_missing_database_driver_names_what_to_install() -> None:
     message = _storage_error("postgresql+pg8000://u:secret@127.0.0.1:1/x")
     assert "secret" not in message
     assert "its database driver is not installed" in message
-    assert "pip install 'regsearch[postgres]'" in message
+    assert "pip install 'psycopg[binary]'" in message
 
 
 def test_unparsable_url() -> None:
