@@ -55,9 +55,19 @@ def confirm_command(
 
     url = resolve_storage_url(storage)
     opened = open_existing(url)  # the only open of this process: the run below reuses it
-    _, config = load_existing(study_name, opened)
+    study, config = load_existing(study_name, opened)
     if config is None:
         raise UserError(f"study {study_name!r} has no stored config: it is not a regsearch study")
+    from search.core.records import FINISHED
+    from search.study.studies import count_trials
+
+    done = count_trials(study, FINISHED)
+    if done < config.search.n_trials and not quiet:  # say why search trials run first
+        click.echo(
+            f"{study_name}: the search has {done} of its {config.search.n_trials} trials: "
+            "it runs the rest first, then the confirm phase",
+            err=True,
+        )
     current = (config.search.confirm or ConfirmConfig()).model_dump()
     asked = {"top_k": top_k, "seeds": seeds, "ablation": ablation, "racing": racing}
     current.update({k: v for k, v in asked.items() if v is not None})

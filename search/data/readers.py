@@ -7,7 +7,10 @@ only with `dataset.download: true`. They keep their official test split as the t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +77,26 @@ def _count_mismatch(
     )
 
 
+def _remove_new_empty_folders(root: Path, since: float, *, root_too: bool) -> None:
+    """The empty folders under `root` made since `since` (a failed download's `MNIST/raw`), and
+    `root` itself when `root_too`: a failed launch leaves nothing half-made behind."""
+    if not root.is_dir():
+        return
+    for dirpath, _, _ in os.walk(root, topdown=False):
+        folder = Path(dirpath)
+        if folder == root and not root_too:
+            continue
+        with contextlib.suppress(OSError):
+            if folder.stat().st_mtime >= since - 1 and not any(folder.iterdir()):
+                folder.rmdir()
+
+
 def _download(cfg: DatasetConfig, what: str, root: Path, fetch: Callable[[], Any]) -> None:
+    started, existed = time.time(), root.exists()
     try:
         fetch()
     except Exception as exc:  # offline: URLError; bad archive: RuntimeError; ...
+        _remove_new_empty_folders(root, started, root_too=not existed)
         raise UserError(
             f"dataset {cfg.name}: could not download {what} into {root} ({first_line(exc)})"
         ) from None

@@ -242,3 +242,20 @@ def test_a_worker_killed_in_the_confirm_phase_is_resumed_and_the_phase_finishes(
     assert best["confirm"] == {"complete": True, "pending": 0, "started": True}
     assert best["champion"]["val"]["n"] == 2 and best["contributions"]
     assert best["test"] is not None and best["champion_uri"] == "models:/k@champion"
+
+
+@pytest.mark.slow
+def test_confirm_on_a_study_whose_search_is_unfinished_says_it_runs_the_search_first(
+    tmp_path: Path,
+) -> None:
+    small = [a for a in SMALL if a != "--quiet"]
+    first = regsearch("run", "--study", "u", "--n-trials", "2", "--timeout", "1e-6", *small,
+                      cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    proc = regsearch("confirm", "u", "--top-k", "1", "--seeds", "2", "--no-racing", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "u: the search has 0 of its 2 trials: it runs the rest first, then the confirm phase"
+        in (proc.stderr)
+    )
+    assert _phases(_study(tmp_path, "u"))["confirm"] == 4

@@ -725,6 +725,7 @@ def test_download_offline_is_a_one_line_error(
         load_dataset(cfg)
     assert "\n" not in str(e.value)
     assert str(tmp_path / "data") in str(e.value)
+    assert not (tmp_path / "data").exists(), "no empty MNIST/raw left behind"
 
 
 def test_download_is_skipped_when_the_files_are_there(
