@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "best_summary",
     "champion_name",
+    "champion_of",
     "champion_source",
     "format_value",
     "ranked_trials",
@@ -495,14 +496,20 @@ def table_params(study: optuna.Study) -> tuple[dict[str, Any], list[str]]:
 def champion_source(study: optuna.Study) -> int | None:
     """The search (or baseline) trial whose configuration is the champion's: the confirmed
     one once the confirm phase has chosen, else the best trial."""
+    return champion_of(study)[0]
+
+
+def champion_of(study: optuna.Study) -> tuple[int | None, str | None]:
+    """`champion_source`, and the regularizer the champion switches off where it is an
+    ablated configuration (None otherwise)."""
     from search.study.evidence import study_evidence
     from search.study.studies import best_trial
 
     ev = study_evidence(study)
     if ev is not None and ev.champion is not None and ev.champion.interval is not None:
-        return int(ev.champion.source)
+        return int(ev.champion.source), ev.champion.ablate
     best = best_trial(study)
-    return None if best is None else best.number
+    return (None if best is None else best.number), None
 
 
 def ranked_trials(study: optuna.Study, *, everything: bool = False) -> list[FrozenTrial]:
@@ -536,7 +543,7 @@ def trials_table(
         )
     trials = ranked_trials(study, everything=everything)
     hidden = len(study.get_trials(deepcopy=False)) - len(trials)
-    source = champion_source(study)
+    source, ablated = champion_of(study)
     for trial in trials[:limit] if limit else trials:
         row = trial_row(trial)
         style = {"COMPLETE": None, "PRUNED": "dim", "FAIL": "red", "RUNNING": "cyan"}.get(
@@ -547,8 +554,9 @@ def trials_table(
         )
         if row["phase"] == "ablation":
             phase = f"#{row['source']} −{row['ablate']}"
-        if trial.number == source:
-            phase = f"★ champion {phase}".rstrip()
+        if trial.number == source:  # "★ champion −dropout": this configuration, dropout off
+            off = f" −{ablated}" if ablated else ""
+            phase = f"★ champion{off} {phase}".rstrip()
         table.add_row(
             str(row["number"]),
             row["state"],

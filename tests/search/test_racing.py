@@ -226,6 +226,13 @@ def test_an_ablated_configuration_that_beats_the_champion_becomes_the_champion()
     # What `best`, the report and the dashboard show is the configuration the model trained.
     assert best["params"]["aug_strength"] == best["champion"]["params"]["aug_strength"] == 0.0
     assert study.trials[numbers[1]].params["aug_strength"] > 0
+    from search.report.summary import trials_table
+
+    table = trials_table(study)
+    phases = {
+        str(n): p for n, p in zip(table.columns[0]._cells, table.columns[2]._cells, strict=True)
+    }
+    assert phases[str(numbers[1])] == "★ champion −aug_strength"
 
 
 def test_a_small_validation_split_retrains_each_seed_on_its_own_split_and_keeps_ties() -> None:
