@@ -152,19 +152,14 @@ def train_subset(y: np.ndarray, train: np.ndarray, fraction: float, seed: int) -
 _SIZED = ("imagefolder", "synthetic")  # the loaders that decode at `dataset.image_size`
 
 
-def _enough_per_class(
-    cfg: DatasetConfig, y: np.ndarray, classes: tuple[str, ...], need: int
-) -> None:
-    """`dataset.subset` kept at least `need` images of every class (one for each split), else
-    a UserError naming the classes it left short."""
+def _short_classes(y: np.ndarray, classes: tuple[str, ...], need: int) -> str | None:
+    """The classes with fewer than `need` of the labels `y`, as "cat has 1, dog has 2" (at
+    most 300 characters), or None when every class has enough."""
     counts = np.bincount(y, minlength=len(classes))
     if counts.min() >= need:
-        return
+        return None
     short = ", ".join(f"{classes[i]} has {counts[i]}" for i in np.flatnonzero(counts < need))
-    raise UserError(
-        f"dataset.subset: {cfg.subset} images keep fewer than {need} of some class, one for each "
-        f"split ({short[:300]}): raise it, or leave it out"
-    )
+    return short[:300]
 
 
 def _loader(name: str) -> Callable[[DatasetConfig], LoaderResult | Loaded]:
@@ -209,18 +204,19 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
             f"(one per class name), got {y.min()}..{y.max()}"
         )
     need = 2 if test_size else 3
-    counts = np.bincount(y[: len(y) - test_size] if test_size else y, minlength=len(classes))
-    if counts.min() < need:
-        short = ", ".join(f"{classes[i]} has {counts[i]}" for i in np.flatnonzero(counts < need))
+    short = _short_classes(y[: len(y) - test_size] if test_size else y, classes, need)
+    if short is not None:
         what = "training images to split off validation images" if test_size else "images to split"
-        raise UserError(
-            f"dataset {cfg.name!r}: every class needs at least {need} {what}; {short[:300]}"
-        )
+        raise UserError(f"dataset {cfg.name!r}: every class needs at least {need} {what}; {short}")
     pool = np.arange(len(y) - (test_size or 0))  # the labelled images (official test split aside)
     try:
         if cfg.subset is not None:
             pool = labelled_subset(y, pool, cfg.subset, cfg.split_seed)
-            _enough_per_class(cfg, y[pool], classes, need)
+            if (short := _short_classes(y[pool], classes, need)) is not None:
+                raise UserError(
+                    f"dataset.subset: {cfg.subset} images keep fewer than {need} of some class, "
+                    f"one for each split ({short}): raise it, or leave it out"
+                )
         if test_size:
             train, val, test = _split_off_val(y, pool, test_size, cfg.val_fraction, cfg.split_seed)
         else:
