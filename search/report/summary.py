@@ -236,8 +236,7 @@ def budget_hint(
     passes (docs/benchmarks.md, Fashion-MNIST: the ablation turns positive at five). None
     otherwise, and when the space searches the budget itself."""
     from search.config.space import space_of
-    from search.training.auto import AUTO, batch_size_for
-    from search.training.train import epoch_plan
+    from search.training.train import batches_of
 
     if not contributions or config is None or not isinstance(train_images, int):
         return None
@@ -250,9 +249,7 @@ def budget_hint(
         return None  # one clearly pays
     if not any(m < 0 for m in means):
         return None
-    t = config.train
-    batch = batch_size_for(train_images) if t.batch_size == AUTO else int(t.batch_size)
-    passes, per_epoch = epoch_plan(train_images, batch, t.min_steps_per_epoch)
+    _, passes, per_epoch = batches_of(config.train, train_images)
     if passes > 1:
         return None
     return (

@@ -34,6 +34,7 @@ __all__ = [
     "Keep",
     "TrainResult",
     "Trainer",
+    "batches_of",
     "build_model",
     "epoch_plan",
     "make_optimizer",
@@ -145,6 +146,13 @@ def epoch_plan(n_train: int, batch_size: int, min_steps: int) -> tuple[int, int]
     return passes, passes * per_pass
 
 
+def batches_of(t: TrainConfig, n_train: int) -> tuple[int, int, int]:
+    """(batch size, passes an epoch, optimizer steps an epoch) of `t` on `n_train` training
+    images: `train.batch_size` (`auto`: `batch_size_for`) and `epoch_plan`."""
+    batch_size = batch_size_for(n_train) if t.batch_size == AUTO else int(t.batch_size)
+    return (batch_size, *epoch_plan(n_train, batch_size, t.min_steps_per_epoch))
+
+
 @dataclass
 class _Loop:
     """What a trial's optimizer steps use, built once per trial (`_loop`)."""
@@ -175,8 +183,7 @@ def _loop(cfg: TrialConfig, data: Dataset, device: torch.device) -> tuple[_Loop,
     step_model: nn.Module = torch.compile(model) if t.compile else model  # type: ignore[assignment]
     optimizer = make_optimizer(model, cfg)
     n_train = len(data.train)
-    batch_size = batch_size_for(n_train) if t.batch_size == AUTO else int(t.batch_size)
-    passes, steps_per_epoch = epoch_plan(n_train, batch_size, t.min_steps_per_epoch)
+    batch_size, passes, steps_per_epoch = batches_of(t, n_train)
     total_steps = t.epochs * steps_per_epoch
     warmup_steps = min(total_steps, max(1, round(t.warmup_epochs * steps_per_epoch)))
     transform = BatchTransform(
