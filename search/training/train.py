@@ -167,6 +167,7 @@ class _Loop:
     smoothing: float
     channels_last: bool
     train: TrainConfig
+    epoch_lr: float = math.nan  # the mean learning rate of the epoch's steps (`lr` metric)
 
 
 def _loop(cfg: TrialConfig, data: Dataset, device: torch.device) -> tuple[_Loop, dict[str, Any]]:
@@ -215,6 +216,7 @@ def train_one_epoch(loop: _Loop, images: ImageSet, max_value: float, result: Tra
     loop.model.train()
     loss_sum = torch.zeros((), device=device)
     seen = 0
+    lr_sum, steps = 0.0, 0
     for idx in _batches(len(images), loop.batch_size, device, loop.passes):
         first_step = loop.train.compile and result.compile_seconds is None
         step_started = time.perf_counter() if first_step else 0.0
@@ -224,6 +226,8 @@ def train_one_epoch(loop: _Loop, images: ImageSet, max_value: float, result: Tra
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=loop.smoothing)
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        lr_sum += loop.optimizer.param_groups[0]["lr"]
+        steps += 1
         loop.optimizer.step()
         loop.scheduler.step()
         loss_sum += loss.detach() * idx.numel()
@@ -232,6 +236,7 @@ def train_one_epoch(loop: _Loop, images: ImageSet, max_value: float, result: Tra
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             result.compile_seconds = time.perf_counter() - step_started
+    loop.epoch_lr = lr_sum / max(1, steps)
     return loss_sum.item() / max(1, seen)
 
 
@@ -262,7 +267,7 @@ def _epoch_stats(
         val_loss=val.loss,
         val_accuracy=val.accuracy,
         fit_loss=fit_loss,
-        lr=loop.optimizer.param_groups[0]["lr"],
+        lr=loop.epoch_lr,
         epoch_seconds=time.perf_counter() - started,
         val_ece=val.ece,
     )
