@@ -77,6 +77,16 @@ def _count_mismatch(
     )
 
 
+def _check_labels(name: str, path: Path, labels: np.ndarray, n_classes: int) -> None:
+    """Labels outside 0..n_classes − 1 in `path`, named with the file (the data set's own
+    check further on could only name the data set)."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise UserError(
+            f"dataset {name}: the labels in {path} must lie in 0..{n_classes - 1}, got "
+            f"{labels.min()}..{labels.max()}"
+        )
+
+
 def _remove_new_empty_folders(root: Path, since: float, *, root_too: bool) -> None:
     """The empty folders under `root` made since `since` (a failed download's `MNIST/raw`), and
     `root` itself when `root_too`: a failed launch leaves nothing half-made behind."""
@@ -178,6 +188,7 @@ _CIFAR = {
 
 def _read_cifar(name: str, root: Path, layout: _CifarLayout) -> Loaded:
     folder = root / layout.folder
+    classes = tuple(str(c) for c in _load_batch(folder / layout.meta)[layout.names])
     xs, ys = [], []
     for batch in (*layout.train, layout.test):
         entry = _load_batch(folder / batch)
@@ -187,9 +198,9 @@ def _read_cifar(name: str, root: Path, layout: _CifarLayout) -> Loaded:
             raise ValueError(f"{batch} holds data of shape {data.shape}, not rows of 3072 bytes")
         if len(labels) != len(data):
             raise _count_mismatch(name, folder / batch, len(data), folder / batch, len(labels))
+        _check_labels(name, folder / batch, labels, len(classes))
         xs.append(data.reshape(-1, 3, 32, 32))  # rows of 1024 red, 1024 green, 1024 blue
         ys.append(labels)
-    classes = tuple(str(c) for c in _load_batch(folder / layout.meta)[layout.names])
     return Loaded(
         np.ascontiguousarray(np.concatenate(xs)),
         np.concatenate(ys),
@@ -285,6 +296,7 @@ def _read_idx_splits(name: str, folder: Path) -> list[tuple[np.ndarray, np.ndarr
         x, y = read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1)
         if len(x) != len(y):
             raise _count_mismatch(name, images_path, len(x), labels_path, len(y))
+        _check_labels(name, labels_path, y, 10)
         splits.append((x, y))
     return splits
 
@@ -301,6 +313,7 @@ def _read_legacy_splits(name: str, processed: Path) -> list[tuple[np.ndarray, np
             raise ValueError(f"{path.name} holds images of shape {x.shape}, not (N, H, W)")
         if len(x) != len(y):
             raise _count_mismatch(name, path, len(x), path, len(y))
+        _check_labels(name, path, y, 10)
         splits.append((x, y))
     return splits
 

@@ -226,6 +226,18 @@ def test_cifar_labels_must_pair_one_to_one_with_images(
     )
 
 
+def test_cifar_labels_outside_the_classes_name_their_batch(tmp_path: Path) -> None:
+    _write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with open(path, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    entry["labels"] = [-1, *entry["labels"][1:]]
+    _dump(path, entry)
+    with pytest.raises(UserError) as e:
+        load_dataset(DatasetConfig(name="cifar10", root=tmp_path))
+    assert str(e.value) == f"dataset cifar10: the labels in {path} must lie in 0..9, got -1..9"
+
+
 # --------------------------------------------------------------------------- MNIST
 
 IDX_NAMES = [
@@ -354,6 +366,23 @@ def test_idx_labels_must_pair_one_to_one_with_images(
     assert str(e.value) == (
         f"dataset mnist: {labels} labels in {tmp_path}/{split}-labels-idx1-ubyte.gz for {images} "
         f"images in {tmp_path}/{split}-images-idx3-ubyte.gz; every image needs exactly one label"
+    )
+
+
+def test_idx_labels_outside_the_ten_classes_name_their_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    labels = np.arange(50) % 10
+    labels[3] = 12
+    splits = [
+        (rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), np.arange(200) % 10),
+        (rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), labels),
+    ]
+    _write_idx(tmp_path, splits, gz=True)
+    with pytest.raises(UserError) as e:
+        load_dataset(DatasetConfig(name="fashion-mnist", root=tmp_path))
+    assert str(e.value) == (
+        f"dataset fashion-mnist: the labels in {tmp_path}/t10k-labels-idx1-ubyte.gz must lie in "
+        "0..9, got 0..12"
     )
 
 
