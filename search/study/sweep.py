@@ -96,19 +96,33 @@ def top_configurations(study: optuna.Study, k: int = _WARM_STARTS) -> list[dict[
     from search.study.evidence import study_evidence
 
     order: list[dict[str, Any]] = []
+
+    def add(params: dict[str, Any]) -> None:
+        if params not in order:
+            order.append(params)
+
     ev = study_evidence(study)
     if ev is not None and ev.confirm_complete:
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
         arms = [a for a in ev.arms if not a.baseline and a.interval is not None]
         arms.sort(key=lambda a: -sign * a.interval.mean if a.interval else math.inf)
-        if ev.champion is not None and not ev.champion.baseline:
-            arms = [ev.champion] + [a for a in arms if a is not ev.champion]
-        order = [dict(a.params) for a in arms]
+        champion = ev.champion
+        if champion is not None and champion.ablate is not None:
+            # An ablated configuration that replaced the champion: its params are the
+            # replaced one's, the regularizer it switched off is not. Only a searched one can
+            # be enqueued as it trained (a fixed value would train switched on again), and
+            # not one of the recipe (every study has the recipe as its trial 0).
+            replaced = ev.replaced
+            if champion.ablate in champion.params and not (replaced and replaced.baseline):
+                add({**champion.params, champion.ablate: 0.0})
+        elif champion is not None and not champion.baseline:
+            add(dict(champion.params))
+        for arm in arms:
+            add(dict(arm.params))
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     searched = [t for t in trials if t.user_attrs.get(PHASE_ATTR, SEARCH) == SEARCH]
     for t in sorted(searched, key=ranking(study.direction)):
-        if dict(t.params) not in order:
-            order.append(dict(t.params))
+        add(dict(t.params))
     return order[:k]
 
 

@@ -233,6 +233,13 @@ def test_an_ablated_configuration_that_beats_the_champion_becomes_the_champion()
         str(n): p for n, p in zip(table.columns[0]._cells, table.columns[2]._cells, strict=True)
     }
     assert phases[str(numbers[1])] == "★ champion −aug_strength"
+    # A size sweep's next study starts from the configuration that won, not the one it
+    # replaced (listed once, after it).
+    from search.study.sweep import top_configurations
+
+    warm = top_configurations(study)
+    assert warm[0] == {**study.trials[numbers[1]].params, "aug_strength": 0.0}
+    assert warm.count(study.trials[numbers[1]].params) == 1
 
 
 def test_a_small_validation_split_retrains_each_seed_on_its_own_split_and_keeps_ties() -> None:
