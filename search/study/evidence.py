@@ -94,15 +94,19 @@ def _sign(direction: optuna.study.StudyDirection) -> float:
     return 1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
 
 
-def _key(params: Mapping[str, Any]) -> str:
-    """A configuration's identity: its params without a searched training seed."""
-    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True, default=str)
+def _key(space: SearchSpace, trial: FrozenTrial) -> str:
+    """A configuration's identity: the values it trains with but a training seed (the
+    recipe's fixed regularizers are overrides, not params: the same searched values with
+    another fixed value are another configuration)."""
+    values = _trained(space, trial)
+    return json.dumps({k: v for k, v in values.items() if k != "seed"}, sort_keys=True, default=str)
 
 
 def _candidates(
     trials: Sequence[FrozenTrial],
     direction: optuna.study.StudyDirection,
     top_k: int,
+    space: SearchSpace,
     *,
     ties: bool = False,
 ) -> list[FrozenTrial]:
@@ -112,26 +116,31 @@ def _candidates(
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     base = [t for t in complete if t.user_attrs.get(PHASE_ATTR) == BASELINE][:1]
     chosen: list[FrozenTrial] = []
-    seen = {_key(t.params) for t in base}
+    seen = {_key(space, t) for t in base}
     for t in sorted(complete, key=ranking(direction)):
-        if t.user_attrs.get(PHASE_ATTR, SEARCH) != SEARCH or _key(t.params) in seen:
+        if t.user_attrs.get(PHASE_ATTR, SEARCH) != SEARCH or _key(space, t) in seen:
             continue
         if len(chosen) >= top_k and not (
             ties and len(chosen) < 2 * top_k and t.value == chosen[-1].value
         ):
             break
-        seen.add(_key(t.params))
+        seen.add(_key(space, t))
         chosen.append(t)
     return base + chosen
 
 
-def _effective(space: SearchSpace, trial: FrozenTrial) -> dict[str, Any]:
-    """A trial's regularizer values as trained: params, fixed values and its overrides."""
+def _trained(space: SearchSpace, trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's values as trained: fixed values, params and its overrides."""
     values = {**space.fixed_values(), **trial.params}
     if trial.user_attrs.get(PHASE_ATTR) == BASELINE:
         values.update(space.baseline_values() or {})
     values.update(trial.user_attrs.get(OVERRIDES_ATTR) or {})
-    return {k: v for k, v in values.items() if k in REGULARIZERS}
+    return values
+
+
+def _effective(space: SearchSpace, trial: FrozenTrial) -> dict[str, Any]:
+    """A trial's regularizer values as trained."""
+    return {k: v for k, v in _trained(space, trial).items() if k in REGULARIZERS}
 
 
 def _planned_key(attrs: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -268,7 +277,7 @@ def evidence(
             baseline=t.user_attrs.get(PHASE_ATTR) == BASELINE,
             search_value=t.value,
         )
-        for t in _candidates(trials, direction, confirm.top_k, ties=resplit)
+        for t in _candidates(trials, direction, confirm.top_k, space, ties=resplit)
     ]
     ev = Evidence(arms=arms, seeds=seeds, resplit=resplit)
     arm_of = {a.source: a for a in arms}

@@ -189,6 +189,32 @@ def test_ablation_turns_each_active_regularizer_off_and_measures_its_contributio
     assert "contributions: aug_strength +5.0 pt" in line
 
 
+def test_the_recipe_searched_values_with_another_fixed_value_are_another_configuration() -> None:
+    """The recipe trains its fixed regularizers at the recipe's values (overrides, not
+    params): a search trial with the recipe's searched values and `space.dropout: 0` trains
+    another configuration, and the best one of the search goes to the confirm phase."""
+    from search.config.space import space_of
+    from search.core.records import OVERRIDES_ATTR
+
+    config = load_config(overrides=["space.dropout=0.0", "search.confirm.top_k=1"])
+    space = space_of(config)
+    searched = space.baseline_params()
+    assert "dropout" not in searched and space.baseline_values()["dropout"] == 0.5
+    study = _study(config)
+    dists = {k: SPACE_DISTRIBUTIONS[k] for k in searched}
+
+    def add(value: float, params: dict, **attrs: object) -> int:
+        trial = create_trial(value=value, params=params, distributions=dists, user_attrs=attrs)
+        study.add_trial(trial)
+        return study.trials[-1].number
+
+    add(0.80, searched, **{PHASE_ATTR: BASELINE, OVERRIDES_ATTR: space.baseline_values()})
+    best = add(0.90, searched, **{PHASE_ATTR: SEARCH})
+    add(0.85, {**searched, "mixup_alpha": 0.0}, **{PHASE_ATTR: SEARCH})
+    ev = evidence(study.get_trials(), config, study.direction, val_images=1000)
+    assert ev is not None and [a.source for a in ev.arms] == [0, best]
+
+
 def test_a_minimised_metric_counts_a_lower_mean_as_better_and_its_gain_positive() -> None:
     config = _config("val_loss", ablation=False)
     seeds = confirm_seeds(config, 3)
