@@ -94,14 +94,18 @@ def refit_epochs(arm: Arm) -> int | None:
 
 
 def _key(attrs: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A refit's identity: its configuration (source, ablated regularizer), seed and epochs.
-    A confirm phase extended later that finds other epochs plans a new refit."""
+    """A refit's identity: its configuration (source, ablated regularizer), seed, epochs and
+    the confirm mean it stands for (its Optuna value). A confirm phase extended later
+    (`regsearch confirm --seeds`) that moves that mean or the epochs plans a new refit: the
+    old one's value, MLflow metrics and model tags would contradict the verdict."""
+    mean = attrs.get(REFIT_VALUE_ATTR)
     return (
         attrs.get(PHASE_ATTR),
         attrs.get(SOURCE_ATTR),
         attrs.get(SEED_ATTR),
         attrs.get(ABLATE_ATTR),
         attrs.get(REFIT_EPOCHS_ATTR),
+        round(float(mean), 12) if isinstance(mean, int | float) else None,
     )
 
 

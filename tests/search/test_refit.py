@@ -144,6 +144,29 @@ def test_the_champion_s_completed_refit_is_the_best_trial() -> None:
     assert ev is not None and ev.pending == 0
 
 
+def test_an_extended_confirm_phase_refits_again_with_the_new_mean() -> None:
+    """`regsearch confirm --seeds 4` moves the confirm mean: the refit of 3 seeds (the same
+    epochs) would keep the old mean as the champion's value, in MLflow and on the model."""
+    config = _config()
+    study = _study(config)
+    _base, a = _confirmed(study, config)
+    for item in plan(study.get_trials(), config, study.direction):  # the two refits
+        _add(study, item.user_attrs[REFIT_VALUE_ATTR], item.params, **item.user_attrs)
+    assert plan(study.get_trials(), config, study.direction) == []
+    longer = _config(seeds=4)
+    study.set_user_attr(CONFIG_ATTR, longer.portable_dict())
+    for item in plan(study.get_trials(), longer, study.direction):  # the fourth seed
+        attrs = {**item.user_attrs, "epochs_trained": 4 if item.user_attrs[SOURCE_ATTR] == a else 2}
+        _add(study, 0.99 if item.user_attrs[SOURCE_ATTR] == a else 0.94, item.params, **attrs)
+    again = plan(study.get_trials(), longer, study.direction)
+    assert [p.user_attrs[PHASE_ATTR] for p in again] == [REFIT, REFIT]
+    assert again[0].user_attrs[REFIT_EPOCHS_ATTR] == 4, "median of 3, 5, 4, 4: the same epochs"
+    assert again[0].user_attrs[REFIT_VALUE_ATTR] == pytest.approx((0.94 + 0.95 + 0.96 + 0.99) / 4)
+    for item in again:
+        _add(study, item.user_attrs[REFIT_VALUE_ATTR], item.params, **item.user_attrs)
+    assert best_trial(study).value == pytest.approx(0.96)
+
+
 def test_no_refit_is_planned_with_refit_false_nor_before_the_ablation_ends() -> None:
     config = _config(refit=False)
     study = _study(config)
