@@ -75,12 +75,18 @@ def _process_state() -> Iterator[None]:
     threads = torch.get_num_threads()
     rng = torch.get_rng_state()  # every trial seeds torch with its own seed
     loggers = {name: logging.getLogger(name).level for name in _LOGGERS}
+    # The first import of `mlflow.pytorch` calls `logging.basicConfig(level=ERROR)` (MLflow
+    # 3.x, `_lightning_autolog`): the notebook's root logger would go silent below ERROR.
+    root = logging.getLogger()
+    root_state = (root.level, root.handlers[:])
     try:
         yield
     finally:
         torch.set_rng_state(rng)
         for name, level in loggers.items():
             logging.getLogger(name).setLevel(level)
+        root.setLevel(root_state[0])
+        root.handlers[:] = root_state[1]
         tracking_utils.set_tracking_uri(tracking)  # type: ignore[arg-type]  # None: unset
         registry_utils._registry_uri = registry
         for name, value in variables.items():
@@ -127,7 +133,7 @@ def run(
     `overrides` are `--set` strings (`"train.epochs=5"`); `workers` > 1 starts worker
     processes (a model or data set defined in the notebook cannot reach them: put it in a
     module). Raises `UserError` with the CLI's one-line message for any bad input."""
-    from search.core.urls import resolve_tracking_uri
+    from search.core.urls import absolute_sqlite, resolve_tracking_uri
     from search.run.launch import check_tracking, run_in_process, run_workers
     from search.run.options import RunOptions
     from search.study.storage import resolve_storage_url
@@ -161,7 +167,14 @@ def run(
             run_workers(cfg, options, [None] * workers, summary=not quiet)
     verdict = _best(cfg.study, options.storage())  # the launch's storage, not opened again
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri) if cfg.tracking.enabled else None
-    return StudyResult(cfg.study, url, uri, verdict, cfg.objective.metric)
+    # Handles that outlive a change of folder: relative SQLite files made absolute.
+    return StudyResult(
+        cfg.study,
+        absolute_sqlite(url),
+        None if uri is None else absolute_sqlite(uri),
+        verdict,
+        cfg.objective.metric,
+    )
 
 
 def best(study: str, *, storage: str | None = None) -> dict[str, Any] | None:
@@ -186,7 +199,6 @@ def load_champion(study: str, *, tracking_uri: str | None = None) -> nn.Module:
     module) is fixed in evaluation mode: call it under `torch.no_grad()`; `.eval()` and
     `.train()` raise NotImplementedError."""
     import mlflow
-    import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
     from search.core.errors import first_line
@@ -198,6 +210,8 @@ def load_champion(study: str, *, tracking_uri: str | None = None) -> nn.Module:
     if local is not None and not local.exists():  # do not create an empty store by looking
         raise UserError(f"no champion for study {study!r}: no tracking store {local}")
     with _process_state():
+        import mlflow.pytorch  # in the guard: its first import configures the root logger
+
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         try:

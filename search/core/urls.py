@@ -41,3 +41,13 @@ def sqlite_path(url: str) -> Path | None:
         return None
     path = url.removeprefix("sqlite:///").split("?", 1)[0]
     return None if path in ("", ":memory:") else Path(path)
+
+
+def absolute_sqlite(url: str) -> str:
+    """`url` with a relative `sqlite:///` file made absolute (from the current folder): a
+    handle that still opens the same store after a change of folder (a notebook's `%cd`)."""
+    path = sqlite_path(url)
+    if path is None or path.is_absolute():
+        return url
+    query = url.partition("?")[1] + url.partition("?")[2]
+    return f"sqlite:///{path.absolute()}{query}"

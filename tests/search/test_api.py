@@ -122,6 +122,47 @@ def test_a_launch_from_another_thread_runs_and_one_override_string_is_one_overri
         assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
 
 
+_NOTEBOOK = """
+import logging, os, sys
+import torch
+from search.api import best, load_champion, run
+
+log = logging.getLogger("notebook")
+root = logging.getLogger()
+before = (root.level, list(root.handlers))
+result = run(
+    {"study": "nb", "dataset": {"name": "synthetic", "image_size": 8, "num_samples": 80}},
+    overrides=["search.n_trials=1", "search.confirm=off", "train.epochs=1"],
+)
+assert (root.level, list(root.handlers)) == before, (root.level, root.handlers)
+os.makedirs("elsewhere")
+os.chdir("elsewhere")  # a notebook's %cd
+assert best(result.name, storage=result.storage)["study"] == "nb"
+model = load_champion(result.name, tracking_uri=result.tracking_uri)
+with torch.no_grad():
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+assert (root.level, list(root.handlers)) == before, (root.level, root.handlers)
+logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+log.info("the notebook's own log line")
+"""
+
+
+def test_a_notebook_keeps_its_logging_and_its_handles_outlive_a_change_of_folder(
+    tmp_path: Path,
+) -> None:
+    """In a fresh process (MLflow configures the root logger on its first import only): the
+    notebook's `logging.basicConfig` still works after a launch and a champion load, and the
+    result's storage and tracking URI still open after `os.chdir`."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _NOTEBOOK], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "the notebook's own log line" in done.stdout
+
+
 def test_a_notebook_factory_with_worker_processes_is_refused_before_anything_is_created(
     tmp_path: Path,
 ) -> None:
