@@ -123,8 +123,8 @@ def _search_spent(study: optuna.Study, config: StudyConfig | None) -> bool:
 def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     """The study's answer, or None before any trial completed. Keys: `study`, `trial` (the
     champion's trial: the best-seed retrain once confirmed), `phase`, `value`, `params`,
-    `model_uri`, `champion_uri`, `test_accuracy`; `baseline` (`{trial, value, params}`, the
-    recipe's value: its mean over seeds once confirmed); `gain` (champion − baseline on
+    `model_uri`, `champion_uri`, `test_accuracy`; `baseline` (`{trial, value, params}`: the
+    recipe's search trial, and `val`, its mean over seeds, once confirmed); `gain` (champion − baseline on
     validation, positive = better also for a minimised metric) and `gain_interval`; `champion`
     (the confirmed configuration: `{source, val: {mean, low, high, n}, seeds}`, None before);
     `contributions` (`{regularizer: {mean, low, high, n}}` from the ablation); `test` (the
