@@ -14,9 +14,12 @@ from optuna.trial import FrozenTrial
 from search.core.records import (
     BEST_EPOCH_ATTR,
     MODEL_URI_ATTR,
+    PHASE_ATTR,
+    REFIT,
     RUN_ID_ATTR,
     STOP_REASON_ATTR,
     TRAIN_ACCURACY_ATTR,
+    TRAIN_IMAGES_ATTR,
     VAL_ACCURACY_ATTR,
 )
 from search.report.data import epochs_trained
@@ -99,14 +102,23 @@ def best_table(
     if best is None:
         return "<p class='note'>No completed trial yet.</p>"
     attrs = best.user_attrs
+    # A refit trains on the validation images: it has no validation score of its own.
+    refit = attrs.get(PHASE_ATTR) == REFIT
+    images = attrs.get(TRAIN_IMAGES_ATTR)
     rows: list[tuple[str, Any]] = [
         ("trial", best.number),
-        (metric, best.value),
-        ("best epoch", attrs.get(BEST_EPOCH_ATTR)),
+        (f"{metric} (its configuration's confirm mean)" if refit else metric, best.value),
+    ]
+    if refit:
+        on = f", {images:,} images" if isinstance(images, int) else ""
+        rows.append(("trained on", f"training + validation{on}"))
+    else:  # a refit keeps its last epoch
+        rows.append(("best epoch", attrs.get(BEST_EPOCH_ATTR)))
+    rows += [
         ("epochs trained", f"{epochs_trained(best)}" + (f" of {budget}" if budget else "")),
         ("stop reason", attrs.get(STOP_REASON_ATTR)),
         ("train accuracy", attrs.get(TRAIN_ACCURACY_ATTR)),
-        ("val accuracy", attrs.get(VAL_ACCURACY_ATTR)),
+        ("val accuracy", "– (trained on)" if refit else attrs.get(VAL_ACCURACY_ATTR)),
         ("model URI", model_uri or attrs.get(MODEL_URI_ATTR) or "(not registered)"),
         ("MLflow run", attrs.get(RUN_ID_ATTR)),
     ]

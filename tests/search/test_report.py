@@ -169,3 +169,26 @@ def test_the_report_says_a_confirm_phase_is_under_way_rather_than_absent() -> No
     assert "The confirm phase is under way (1 to go)" in page and "No confirm phase yet" not in page
     best["confirm"] = None
     assert "No confirm phase yet" in verdict_section(best, "val_accuracy")
+
+
+def test_the_champion_table_of_a_refit_shows_no_validation_score_of_its_own() -> None:
+    """A refit trained on the validation images: its val accuracy there (0.997 on the digits)
+    is no score; the table says what its value is and what it trained on."""
+    from search.core.records import (
+        PHASE_ATTR,
+        REFIT,
+        TRAIN_IMAGES_ATTR,
+        VAL_ACCURACY_ATTR,
+    )
+    from search.report.markup import best_table
+
+    refit = create_trial(
+        value=0.982,
+        params={"dropout": 0.3},
+        distributions={"dropout": FloatDistribution(0.0, 0.6)},
+        user_attrs={PHASE_ATTR: REFIT, TRAIN_IMAGES_ATTR: 1437, VAL_ACCURACY_ATTR: 0.9972},
+    )
+    page = best_table(refit, "val_accuracy", 20)
+    assert "val_accuracy (its configuration&#x27;s confirm mean)" in page
+    assert "training + validation, 1,437 images" in page
+    assert "0.9972" not in page and "best epoch" not in page
