@@ -124,13 +124,13 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     """The study's answer, or None before any trial completed. Keys: `study`, `trial` (the
     champion's trial: the best-seed retrain once confirmed), `phase`, `value`, `params`,
     `model_uri`, `champion_uri`, `test_accuracy`; `baseline` (`{trial, value, params}`: the
-    recipe's search trial, and `val`, its mean over seeds, once confirmed); `gain` (champion − baseline on
-    validation, positive = better also for a minimised metric) and `gain_interval`; `champion`
-    (the confirmed configuration: `{source, val: {mean, low, high, n}, seeds}`, None before);
-    `contributions` (`{regularizer: {mean, low, high, n}}` from the ablation); `test` (the
-    held-out evaluation: accuracy, ECE and NLL of both models, the gain with its interval);
-    `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early stopping;
-    `hint`: a line on the training budget (`budget_hint`), or None."""
+    recipe's search trial, and `val`, its mean over seeds, once confirmed); `gain` (champion −
+    baseline on validation, positive = better also for a minimised metric) and `gain_interval`;
+    `champion` (the confirmed configuration: `{source, val: {mean, low, high, n}, seeds}`, None
+    before); `contributions` (`{regularizer: {mean, low, high, n}}` from the ablation); `test`
+    (the held-out evaluation: accuracy, ECE and NLL of both models, the gain with its
+    interval); `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early
+    stopping; `hint`: a line on the training budget (`budget_hint`), or None."""
     from search.core.records import INPUT_ATTR, REFIT, TRAIN_IMAGES_ATTR, baseline_trial
     from search.study.evidence import TEST_ATTR, epochs_saved, study_config, study_evidence
     from search.study.studies import best_trial
