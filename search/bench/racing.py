@@ -4,8 +4,8 @@ picks the champion the full phase picks.
 Per data set, the default study runs once through `regsearch run` with `racing: false`: every
 seed of every configuration and of every ablation is retrained. Racing is then replayed on
 those retrains (`search.study.evidence` is a pure function of the trials, and racing only ever
-runs a subset of what the full phase runs): the retrains it would have run, and the champion
-it would have chosen, against the full phase's. The default study with racing on then runs
+runs a subset of what the full phase runs), round by round as a live race plans them: the
+retrains it would have run, and the champion it would have chosen, against the full phase's. The default study with racing on then runs
 too, for the wall time before and after (its own retrains and champion beside them).
 """
 
@@ -30,6 +30,43 @@ def _name(arm: Any) -> str | None:
     return f"trial {arm.source}" + (f" with {arm.ablate} off" if arm.ablate else "")
 
 
+def _raced_trials(
+    trials: Sequence[Any], raced: Any, direction: Any, val_images: int | None
+) -> list[Any]:
+    """The trials a live study with racing would hold: its search, then round after round
+    the retrains racing plans (`search.study.evidence.plan`), each taken from the full
+    phase's trials. Evidence over all the full phase's retrains would not do: a dropped
+    configuration's later seeds and the seeds after the race ended would enter the pooled
+    noise, the champion's seeds and the ablation's settling."""
+    from search.core.records import PHASE_ATTR
+    from search.study.evidence import (
+        ABLATE_ATTR,
+        ABLATION,
+        CONFIRM,
+        SEED_ATTR,
+        SOURCE_ATTR,
+        plan,
+    )
+
+    def key(attrs: Any) -> tuple[Any, ...]:
+        return tuple(attrs.get(k) for k in (PHASE_ATTR, SOURCE_ATTR, SEED_ATTR, ABLATE_ATTR))
+
+    retrains = {
+        key(t.user_attrs): t for t in trials if t.user_attrs.get(PHASE_ATTR) in (CONFIRM, ABLATION)
+    }
+    kept = [t for t in trials if t.user_attrs.get(PHASE_ATTR) not in (CONFIRM, ABLATION)]
+    while True:
+        planned = [
+            retrains.get(key(p.user_attrs))
+            for p in plan(kept, raced, direction, val_images=val_images)
+            if p.user_attrs.get(PHASE_ATTR) in (CONFIRM, ABLATION)
+        ]
+        found = [t for t in planned if t is not None]
+        if not found:  # done, or racing wants what the full phase never ran
+            return sorted(kept, key=lambda t: t.number)
+        kept += found
+
+
 def replay(study: Any) -> dict[str, Any]:
     """Racing replayed on a `racing: false` study's retrains: the retrains it runs of the
     full phase's, and its champion beside the full phase's."""
@@ -45,7 +82,12 @@ def replay(study: Any) -> dict[str, Any]:
     search = config.search.model_copy(update={"confirm": confirm})
     raced = config.model_copy(update={"search": search})
     full = evidence(trials, config, study.direction, val_images=val_images)
-    race = evidence(trials, raced, study.direction, val_images=val_images)
+    race = evidence(
+        _raced_trials(trials, raced, study.direction, val_images),
+        raced,
+        study.direction,
+        val_images=val_images,
+    )
     assert full is not None and race is not None
     return {
         "val_images": val_images,

@@ -153,6 +153,36 @@ def test_racing_runs_seeds_in_rounds_and_stops_what_can_no_longer_win() -> None:
     assert "racing ran 10 of 12 retrains" in line
 
 
+@pytest.mark.parametrize("far_ahead", [False, True])
+def test_racing_replayed_on_a_full_phase_is_the_live_race(far_ahead: bool) -> None:
+    """`bench --only racing` replays racing on a `racing: false` study's retrains: the same
+    retrains, champion and intervals as a live study with racing, also when one
+    configuration is left after two seeds (its third seed and the dropped ones' must not
+    count) and with the ablation settling on the race's own noise."""
+    from search.bench.racing import replay
+
+    table = [row[:] for row in TABLE]
+    if far_ahead:
+        table[1] = [0.97, 0.98, 0.975]
+    live_config, live, numbers, seeds = _setup()
+    base = _from(table, numbers, seeds)
+
+    def outcome(attrs: Mapping[str, Any]) -> float:
+        if attrs[PHASE_ATTR] == ABLATION and attrs[ABLATE_ATTR] == "dropout":
+            return base({**attrs, PHASE_ATTR: CONFIRM}) + 0.006  # off looks a little better
+        return base(attrs)
+
+    _run_rounds(live, live_config, outcome)
+    ev = evidence(live.get_trials(), live_config, live.direction, val_images=1000)
+    assert ev is not None and ev.ablation_complete and ev.champion is not None
+    full_config, full, _, _ = _setup(racing=False)
+    _run_rounds(full, full_config, outcome)
+    replayed = replay(full)
+    assert replayed["raced_retrains"] == ev.retrains < replayed["full_retrains"]
+    assert replayed["raced_champion"] == f"trial {ev.champion.source}"
+    assert replayed["same_champion"] and replayed["replay_complete"]
+
+
 def test_without_racing_every_seed_of_every_configuration_is_planned_at_once() -> None:
     config, study, numbers, seeds = _setup(ablation=False, racing=False)
     rounds = _run_rounds(study, config, _from(TABLE, numbers, seeds))
