@@ -182,3 +182,29 @@ def test_time_to_target_is_when_the_best_search_value_first_reaches_it() -> None
     assert reached["run_seconds"] > reached["study_seconds"]
     never = time_to_target(target=1.01, args=tiny)
     assert never["time_to_target_seconds"] is None and never["share_of_study"] is None
+
+
+@pytest.mark.slow
+def test_real_data_takes_the_recipe_s_figure_from_the_study_that_refit_it(tmp_path: Path) -> None:
+    """The recipe beside a refit champion is the study's own recipe, refit the same way (a
+    recipe trained apart, on the training split alone, credited the search with the refit)."""
+    from search.bench.real import _run
+    from search.report.summary import best_summary
+
+    sets = [
+        "dataset.subset=200",
+        "search.n_trials=2",
+        "train.epochs=1",
+        "search.confirm={top_k: 1, seeds: 2, ablation: false}",
+    ]
+    row = _run(tmp_path, "tiny", sets)
+    study = optuna.load_study(
+        study_name="tiny", storage=f"sqlite:///{tmp_path}/studies/regsearch.db"
+    )
+    best = best_summary(study)
+    assert best is not None and best["refit"] is not None, "the champion was refit"
+    recipe = best["test"]["baseline"]["accuracy"]
+    assert row["recipe_test_accuracy"] == pytest.approx(recipe, abs=5e-5)
+    assert row["test_gain_over_recipe"]["mean"] == pytest.approx(
+        best["test"]["gain"]["mean"], abs=5e-5
+    )
