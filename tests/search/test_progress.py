@@ -44,6 +44,12 @@ def test_a_retrain_says_what_it_retrains_and_a_pruned_trial_its_best_epoch() -> 
     progress.start(study)
     retrain = {"phase": "confirm", "source": 0, "seed": 1000, "epochs_trained": 2}
     study.add_trial(create_trial(value=0.6, user_attrs=retrain))
+    # A refit of an ablated champion trained with dropout 0, not its params' 0.317.
+    refit = {"phase": "refit", "source": 0, "seed": 1000, "ablate": "dropout"}
+    dropout = {"dropout": optuna.distributions.FloatDistribution(0.0, 0.6)}
+    study.add_trial(
+        create_trial(value=0.6, params={"dropout": 0.317}, distributions=dropout, user_attrs=refit)
+    )
     pruned = {"best_value": 0.33, "best_epoch": 1, "epochs_trained": 4, "stop_reason": "pruned"}
     study.add_trial(
         create_trial(state=TrialState.PRUNED, value=0.21, intermediate_values={1: 0.33, 4: 0.21},
@@ -54,4 +60,6 @@ def test_a_retrain_says_what_it_retrains_and_a_pruned_trial_its_best_epoch() -> 
             progress(study, trial)
     out = captured.get()
     assert "[confirm: retrain of #0, seed 1000]" in out
-    assert "trial   1 PRUNED   val_accuracy=0.3300 (best, epoch 1)" in out
+    assert "[refit: on train + validation of #0 with dropout off, seed 1000]" in out
+    assert "0.317" not in out
+    assert "trial   2 PRUNED   val_accuracy=0.3300 (best, epoch 1)" in out
