@@ -128,16 +128,11 @@ class RunProgress:
         )
         head = f"trial {trial.number:>3} {trial.state.name:<8}{shown}"
         phase = attrs.get(PHASE_ATTR)
-        if phase in ("confirm", "ablation", "refit"):  # a retrain: of what, with which seed
-            what = {"ablation": f"{attrs.get(ABLATE_ATTR)} off", "confirm": "retrain"}.get(
-                phase, "on train + validation"
-            )
-            off = (
-                f" with {attrs[ABLATE_ATTR]} off"
-                if phase == "refit" and attrs.get(ABLATE_ATTR)
-                else ""
-            )
-            params = (
-                f"[{phase}: {what} of #{attrs.get(SOURCE_ATTR)}{off}, seed {attrs.get(SEED_ATTR)}]"
-            )
+        source, seed = attrs.get(SOURCE_ATTR), attrs.get(SEED_ATTR)
+        if phase in ("confirm", "ablation"):  # a retrain: say of what, and with which seed
+            what = f"{attrs.get(ABLATE_ATTR)} off" if phase == "ablation" else "retrain"
+            params = f"[{phase}: {what} of #{source}, seed {seed}]"
+        elif phase == "refit":  # its params are the source's: an ablated one's override is not
+            off = f" with {attrs[ABLATE_ATTR]} off" if attrs.get(ABLATE_ATTR) else ""
+            params = f"[refit of #{source}{off} on train + validation, seed {seed}]"
         return f"{head} epochs={epochs} ({reason}) {params}"
