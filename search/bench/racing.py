@@ -5,8 +5,9 @@ Per data set, the default study runs once through `regsearch run` with `racing: 
 seed of every configuration and of every ablation is retrained. Racing is then replayed on
 those retrains (`search.study.evidence` is a pure function of the trials, and racing only ever
 runs a subset of what the full phase runs), round by round as a live race plans them: the
-retrains it would have run, and the champion it would have chosen, against the full phase's. The default study with racing on then runs
-too, for the wall time before and after (its own retrains and champion beside them).
+retrains it would have run, and the champion it would have chosen, against the full phase's.
+The default study with racing on then runs too, for the wall time before and after (its own
+retrains and champion beside them).
 """
 
 from __future__ import annotations
