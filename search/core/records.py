@@ -17,6 +17,7 @@ __all__ = [
     "BASELINE",
     "BEST_EPOCH_ATTR",
     "BEST_VALUE_ATTR",
+    "CHAMPION_ATTR",
     "CHAMPION_ERROR_ATTR",
     "CHAMPION_URI_ATTR",
     "CONFIG_ATTR",
@@ -58,6 +59,9 @@ INPUT_ATTR = "input"
 OBJECTIVE_METRIC_ATTR = "objective_metric"  # study user attr: the metric its values are
 # Study user attrs of the registered champion: its `models:/` URI and test-split accuracy.
 CHAMPION_URI_ATTR = "champion_uri"
+# Study user attribute: {"trial": number, "uri": "models:/<study>/<version>"} of the version
+# `@champion` points at (`search.tracking.champion`).
+CHAMPION_ATTR = "champion"
 TEST_ACCURACY_ATTR = "test_accuracy"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trial user attrs of every trial's outcome.

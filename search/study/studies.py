@@ -21,6 +21,7 @@ from search.config.space import space_of
 from search.core.errors import UserError
 from search.core.records import (
     BASELINE,
+    CHAMPION_ATTR,
     CONFIG_ATTR,
     OVERRIDES_ATTR,
     PHASE_ATTR,
@@ -399,7 +400,9 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     """The study's best trial: once its confirm phase is complete, the champion's refit on
     training + validation images once that is COMPLETE (`search.study.refit`), else the champion's
     best-seed retrain (`search.study.evidence`); before, the best COMPLETE search or baseline trial
-    by `ranking`. On a small validation split many trials
+    by `ranking`. While a confirm phase that chose a champion is extended (`confirm --seeds`,
+    `--top-k`, more search trials) and has not chosen again, the champion it chose (the
+    trial `@champion` holds) stays the answer. On a small validation split many trials
     reach the same accuracy (60 images: steps of 1/60, often 1.0); Optuna's own `best_trial`
     takes the first of them, which is no better than a random pick. `best`, `status`, the
     report, the dashboard note and the `@champion` alias all use this one."""
@@ -414,6 +417,11 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
             champion = refit or ev.champion.best_trial(study.direction)
             if champion is not None:
                 return champion
+        held = (study.user_attrs.get(CHAMPION_ATTR) or {}).get("trial")
+        if ev is not None and ev.champion is None:
+            for t in complete:
+                if t.number == held and not is_budget_trial(t):
+                    return t
     searched = [t for t in complete if is_budget_trial(t)]
     return min(searched, key=ranking(study.direction)) if searched else None
 

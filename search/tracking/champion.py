@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from search.core.records import (
+    CHAMPION_ATTR,
     CHAMPION_URI_ATTR,
     MODEL_URI_ATTR,
     PHASE_ATTR,
@@ -51,9 +52,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-# Study user attribute: {"trial": number, "uri": "models:/<study>/<version>"} of the champion
-# (a finished trial's own attributes can no longer be written when the alias moves).
-CHAMPION_ATTR = "champion"
+# CHAMPION_ATTR, the study's record of the champion's version: a finished trial's own
+# attributes can no longer be written when the alias moves.
 _LOCK = "champion"
 
 

@@ -167,6 +167,24 @@ def test_an_extended_confirm_phase_refits_again_with_the_new_mean() -> None:
     assert best_trial(study).value == pytest.approx(0.96)
 
 
+def test_while_an_extended_confirm_phase_runs_the_refit_it_chose_stays_the_champion() -> None:
+    """`regsearch confirm --seeds 4` leaves the phase without a champion until the fourth
+    seed ends: the best trial (and `@champion`, repaired to it at launch) went back to the
+    best search trial, trained on the training split alone, and stayed there if the
+    extension was interrupted."""
+    config = _config()
+    study = _study(config)
+    _confirmed(study, config)
+    for item in plan(study.get_trials(), config, study.direction):  # the two refits
+        _add(study, item.user_attrs[REFIT_VALUE_ATTR], item.params, **item.user_attrs)
+    refit = best_trial(study)
+    assert refit is not None and refit.user_attrs[PHASE_ATTR] == REFIT
+    study.set_user_attr("champion", {"trial": refit.number, "uri": "models:/x/3"})
+    study.set_user_attr(CONFIG_ATTR, _config(seeds=4).portable_dict())
+    assert plan(study.get_trials(), _config(seeds=4), study.direction), "the fourth seed"
+    assert best_trial(study).number == refit.number
+
+
 def test_no_refit_is_planned_with_refit_false_nor_before_the_ablation_ends() -> None:
     config = _config(refit=False)
     study = _study(config)
