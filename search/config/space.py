@@ -41,6 +41,10 @@ _MODEL_KEYS = (set(ModelConfig.model_fields) - _NOT_SEARCHABLE) | {"name"}
 class _Dist(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def contains(self, value: Any) -> bool:
+        """Whether Optuna takes `value` as this distribution's (an enqueued param)."""
+        raise NotImplementedError
+
 
 class FloatDist(_Dist):
     type: Literal["float"]
@@ -60,6 +64,10 @@ class FloatDist(_Dist):
         if self.step is not None and self.step <= 0:
             raise ValueError(f"step must be > 0, got step={self.step}")
         return self
+
+    def contains(self, value: Any) -> bool:
+        real = isinstance(value, int | float) and not isinstance(value, bool)
+        return real and self.low <= value <= self.high
 
     def values(self) -> list[float]:
         if self.step is None:
@@ -90,6 +98,10 @@ class IntDist(_Dist):
             raise ValueError("log and step cannot be combined")
         return self
 
+    def contains(self, value: Any) -> bool:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        return whole and self.low <= value <= self.high
+
     def values(self) -> list[int]:
         return list(range(self.low, self.high + 1, self.step))
 
@@ -106,6 +118,9 @@ class CategoricalDist(_Dist):
         if not self.choices:
             raise ValueError("choices must not be empty")
         return self
+
+    def contains(self, value: Any) -> bool:
+        return value in self.choices
 
     def values(self) -> list[Scalar]:
         return list(self.choices)
@@ -253,11 +268,18 @@ class SearchSpace:
         return values
 
     def baseline_params(self) -> dict[str, Scalar] | None:
-        """The baseline's values of the searched parameters (what its trial is enqueued with)."""
+        """The baseline's values of the searched parameters (what its trial is enqueued with):
+        those their distribution holds. The others (the recipe's dropout 0.5 beside searched
+        choices [0, 0.1, 0.3], an `auto` width beside a searched range) are no params of its
+        trial: it trains with them as overrides (`sample`)."""
         values = self.baseline_values()
         if values is None:
             return None
-        return {e.name: values[e.name] for e in self.searched if e.name in values}
+        return {
+            e.name: values[e.name]
+            for e in self.searched
+            if e.name in values and _holds(e.value, values[e.name])
+        }
 
     @property
     def searched(self) -> tuple[SpaceEntry, ...]:
@@ -281,10 +303,14 @@ class SearchSpace:
         self, trial: optuna.Trial, overrides: Mapping[str, Scalar] | None = None
     ) -> TrialConfig:
         """The trial's config; `overrides` (the baseline's values) replace what is sampled
-        or fixed (the trial was enqueued with them, so its params say the same)."""
+        or fixed (the trial was enqueued with them, so its params say the same; one outside
+        its distribution is not suggested at all: Optuna would refuse it)."""
         values: dict[str, Any] = {}
+        overrides = overrides or {}
         for entry in self.entries:
             spec = entry.value
+            if entry.name in overrides and not _holds(spec, overrides[entry.name]):
+                continue
             if isinstance(spec, FloatDist):
                 values[entry.name] = trial.suggest_float(
                     entry.name, spec.low, spec.high, log=spec.log, step=spec.step
@@ -297,7 +323,7 @@ class SearchSpace:
                 values[entry.name] = trial.suggest_categorical(entry.name, spec.choices)
             else:
                 values[entry.name] = spec
-        values.update(overrides or {})
+        values.update(overrides)
         return self.resolve(values)
 
     def resolve(self, values: Mapping[str, Any]) -> TrialConfig:
@@ -322,6 +348,11 @@ class SearchSpace:
             early_stopping=self.config.early_stopping,
             objective=self.config.objective,
         )
+
+
+def _holds(spec: Distribution | Scalar, value: Any) -> bool:
+    """Whether a searched entry's distribution holds `value` (a fixed entry holds anything)."""
+    return not isinstance(spec, _Dist) or spec.contains(value)
 
 
 def space_of(config: StudyConfig) -> SearchSpace:

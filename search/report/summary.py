@@ -554,12 +554,15 @@ def trials_table(
         if trial.number == source:  # "★ champion −dropout": this configuration, dropout off
             off = f" −{ablated}" if ablated else ""
             phase = f"★ champion{off} {phase}".rstrip()
+        # Beyond its params, what it trained with: the recipe's value of a searched key its
+        # distribution does not hold, and of a regularizer the space fixes otherwise.
+        overrides = trial.user_attrs.get(OVERRIDES_ATTR) or {}
         table.add_row(
             str(row["number"]),
             row["state"],
             phase,
             shown_value(row),
-            *(format_value(row["params"].get(p, fixed.get(p))) for p in names),
+            *(format_value(row["params"].get(p, overrides.get(p, fixed.get(p)))) for p in names),
             format_value(row["epochs"]),
             format_value(row["stop_reason"]),
             style=style,

@@ -94,6 +94,46 @@ def test_the_baseline_is_enqueued_once_and_first(tmp_path: Path) -> None:
     assert baseline_trial(study) is None  # not run yet
 
 
+def test_a_recipe_value_outside_the_searched_choices_trains_as_an_override(
+    tmp_path: Path,
+) -> None:
+    """Searched choices without the recipe's dropout 0.5, a searched optimizer without the
+    file's adamw, a width range beside `width: auto`: Optuna refused the enqueued values and
+    trial 0, the recipe, failed. It trains them as overrides, without those params."""
+    import optuna
+
+    from search.study.storage import open_storage
+
+    config = load_config(
+        overrides=[
+            "study=c",
+            "space.dropout={type: categorical, choices: [0.0, 0.1, 0.3]}",
+            "space.optimizer={type: categorical, choices: [sgd]}",
+            "space.width={type: int, low: 16, high: 64, step: 16}",
+        ]
+    )
+    study, _ = create_or_resume(config, open_storage(f"sqlite:///{tmp_path}/s.db"))
+    space = SearchSpace.from_config(config)
+    trial = study.ask()
+    cfg = space.sample(trial, trial.user_attrs["overrides"])
+    assert cfg.regularization.dropout == 0.5 and cfg.train.optimizer == "adamw"
+    assert cfg.model.width is None  # auto
+    assert cfg.regularization.weight_decay == DEFAULT_BASELINE["weight_decay"]
+    assert set(trial.params) == {"weight_decay", "aug_strength", "mixup_alpha", "label_smoothing"}
+    study.tell(trial, 0.5)
+    from search.report.summary import trials_table
+
+    columns = {c.header: c._cells for c in trials_table(study).columns}
+    assert columns["dropout"] == ["0.5"], "the table shows what the recipe trained with"
+    searched = study.ask()  # the next trial samples the whole space
+    cfg = space.sample(searched)
+    assert cfg.regularization.dropout in (0.0, 0.1, 0.3) and cfg.train.optimizer == "sgd"
+    assert {"dropout", "optimizer", "width"} <= set(searched.params)
+    assert isinstance(
+        searched.distributions["dropout"], optuna.distributions.CategoricalDistribution
+    )
+
+
 def test_a_grid_study_runs_its_grid_only(tmp_path: Path) -> None:
     from search.study.storage import open_storage
 
