@@ -92,6 +92,31 @@ def _merges(old: Any, new: Any) -> bool:
 WHOLE = frozenset({"baseline"})
 
 
+def _seed_of(sampler: Any) -> Any:
+    if not isinstance(sampler, Mapping):
+        return None
+    options = sampler.get("options")
+    return sampler.get("seed", options.get("seed") if isinstance(options, Mapping) else None)
+
+
+def _keeps_seed(key: str, old: Any, value: Any) -> Any:
+    """A sampler that replaces another (`sampler: random`, `{name: random}`) keeps the old
+    one's seed unless it gives its own: the seed makes a fresh study reproducible, whichever
+    sampler draws."""
+    seed = _seed_of(old)
+    options = value.get("options") if isinstance(value, Mapping) else None
+    given = isinstance(value, Mapping) and (
+        "seed" in value or (isinstance(options, Mapping) and "seed" in options)
+    )
+    if key != "sampler" or seed is None or given:  # `seed: null` is a choice too
+        return value
+    if isinstance(value, str):
+        return {"name": value, "seed": seed}
+    if isinstance(value, Mapping) and "name" in value:
+        return {**value, "seed": seed}
+    return value
+
+
 def deep_merge(
     base: Mapping[str, Any], update: Mapping[str, Any], *, top: bool = True
 ) -> dict[str, Any]:
@@ -104,7 +129,7 @@ def deep_merge(
         elif isinstance(old, Mapping) and _merges(old, value):
             merged[key] = deep_merge(old, value, top=False)
         else:
-            merged[key] = copy.deepcopy(value)
+            merged[key] = copy.deepcopy(_keeps_seed(key, old, value))
     return merged
 
 
@@ -154,7 +179,7 @@ def apply_overrides(data: Mapping[str, Any], assignments: Iterable[str]) -> dict
             if seed is not None:
                 node["seed"] = seed
         else:
-            node[path[-1]] = value
+            node[path[-1]] = _keeps_seed(path[-1], node.get(path[-1]), value)
     return result
 
 

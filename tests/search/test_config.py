@@ -220,6 +220,24 @@ def test_sampler_shorthand_and_options() -> None:
     assert config.search.pruner.options == {}
 
 
+def test_another_sampler_keeps_the_seed_however_it_is_named(tmp_path: Path) -> None:
+    """docs/study-files.md: "A sampler keeps its seed". `sampler: random` in a file or
+    `--set search.sampler=random` dropped it, and two launches sampled differently."""
+    (tmp_path / "s.yaml").write_text("search:\n  sampler: random\n")
+    assert load_config(tmp_path / "s.yaml").search.sampler.options == {"seed": 0}
+    for item in ("random", "{name: random}"):
+        config = load_config(overrides=["search.sampler.seed=7", f"search.sampler={item}"])
+        assert (config.search.sampler.name, config.search.sampler.options) == (
+            "random",
+            {"seed": 7},
+        )
+    assert load_config(
+        overrides=["search.sampler={name: qmc, seed: 3}"]
+    ).search.sampler.options == {"seed": 3}
+    unseeded = load_config(overrides=["search.sampler={name: random, seed: null}"])
+    assert unseeded.search.sampler.options == {"seed": None}
+
+
 @pytest.mark.parametrize("item", ["noequals", "=3", "train..epochs=3", ".epochs=1", "train.=1"])
 def test_set_bad_syntax(item: str) -> None:
     message = _error(overrides=[item])
