@@ -252,6 +252,7 @@ def _main(*args: str) -> int:
             "search.pruner (hyperband): fails on its first trials: ZeroDivisionError",
         ),
         (["--set", "search.pruner={name: wilcoxon, p_threshold: 2}"], None, "p_threshold must"),
+        (["--set", "search.sampler=grid"], None, "space.weight_decay: the grid sampler needs a"),
         (["--tracking-uri", "sqlite:///bad.yaml"], "not: a database\n", "not an SQLite database"),
         (
             ["--tracking-uri", "postgresql://bob:hunter2@127.0.0.1:1/x"],
