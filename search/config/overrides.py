@@ -6,6 +6,7 @@ plain mappings out: validation is `search.config.schema.parse_config`'s.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,6 +49,15 @@ class _NoAliases(yaml.SafeLoader):
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _BOOL:
                 key_node.tag = _STR
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-4` and `3E5`, exponents without a dot, as strings: 1.2 and every
+# user read them as numbers (`weight_decay: 1e-4`, `choices: [1e-3, 3e-3]`).
+_NoAliases.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _depth(value: Any, limit: int) -> int:

@@ -220,6 +220,16 @@ def test_sampler_shorthand_and_options() -> None:
     assert config.search.pruner.options == {}
 
 
+def test_exponents_without_a_dot_are_numbers_in_files_and_in_set(tmp_path: Path) -> None:
+    """YAML 1.1 read `1e-4` as the string '1e-4': a fixed weight decay was refused as "outside
+    the allowed range", categorical choices stayed strings."""
+    (tmp_path / "s.yaml").write_text("space:\n  weight_decay: 1e-4\ntrain: {lr: 3E-3}\n")
+    config = load_config(tmp_path / "s.yaml")
+    assert config.space["weight_decay"] == 1e-4 and config.train.lr == 3e-3
+    config = load_config(overrides=["space.lr={type: categorical, choices: [1e-3, 3e-3]}"])
+    assert config.space["lr"]["choices"] == [1e-3, 3e-3]
+
+
 def test_another_sampler_keeps_the_seed_however_it_is_named(tmp_path: Path) -> None:
     """docs/study-files.md: "A sampler keeps its seed". `sampler: random` in a file or
     `--set search.sampler=random` dropped it, and two launches sampled differently."""
