@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from search.config.schema import (
+    _UNION_TAG,
     ModelConfig,
     Regularization,
     StudyConfig,
@@ -111,7 +112,7 @@ class IntDist(_Dist):
 
 class CategoricalDist(_Dist):
     type: Literal["categorical"]
-    choices: list[Scalar]
+    choices: list[Scalar | None]  # null: a key's own `auto` (`model.width`)
 
     @model_validator(mode="after")
     def _check(self) -> CategoricalDist:
@@ -122,7 +123,7 @@ class CategoricalDist(_Dist):
     def contains(self, value: Any) -> bool:
         return value in self.choices
 
-    def values(self) -> list[Scalar]:
+    def values(self) -> list[Scalar | None]:
         return list(self.choices)
 
     def bounds(self) -> list[Any]:
@@ -171,8 +172,12 @@ def _parse_value(key: str, raw: Any) -> Scalar | Distribution:
             return _DISTS[kind].model_validate(raw)
         except ValidationError as exc:
             err = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in err["loc"])
+            # Union members in the location (`choices.0.bool`) are no keys.
+            loc = [str(p) for p in err["loc"]]
+            where = ".".join(p for p in loc if not _UNION_TAG.fullmatch(p))
             msg = err["msg"].removeprefix("Value error, ")
+            if len(where) < len(".".join(loc)):  # no member took it: say what would do
+                msg = f"expected a number, a string, true/false or null, got {err['input']!r}"
             if err["type"] == "extra_forbidden":
                 msg = f"unknown key for a {kind} distribution"
             raise UserError(f"space.{key}{'.' + where if where else ''}: {msg}") from None

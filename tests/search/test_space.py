@@ -127,6 +127,10 @@ def _trial(seed: int = 0) -> optuna.Trial:
             {"model.name": {"type": "categorical", "choices": ["small-cnn", "nope"]}},
             "space.model.name: 'nope' is not a valid model.name",
         ),
+        (  # not "space.width.choices.0.bool: Input should be a valid boolean"
+            {"width": {"type": "categorical", "choices": [[1], 32]}},
+            "space.width.choices.0: expected a number, a string, true/false or null, got [1]",
+        ),
     ],
 )
 def test_bad_entries_name_the_entry(space: dict[str, Any], expected: str) -> None:
@@ -288,6 +292,12 @@ def test_resolve_from_stored_params() -> None:
     assert cfg.regularization == Regularization(
         weight_decay=0.1, dropout=0.1, aug_strength=0.1, mixup_alpha=0.1, label_smoothing=0.1
     )
+
+
+def test_a_null_choice_is_the_key_s_own_auto() -> None:
+    space = _space({"width": {"type": "categorical", "choices": [None, 32]}})
+    assert {space.resolve({"width": w}).model.width for w in (None, 32)} == {None, 32}
+    assert space.sample(_trial()).model.width in (None, 32)
 
 
 def test_regularization_values_are_floats() -> None:
