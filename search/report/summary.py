@@ -534,7 +534,8 @@ def trials_table(
     metric = study.user_attrs.get(OBJECTIVE_METRIC_ATTR, "value")
     table = Table(title=title, header_style="bold")
     fixed, names = table_params(study)
-    for column in ("#", "state", "phase", metric, *names, "epochs", "stop reason"):
+    trained = "epochs trained" if "epochs" in names else "epochs"  # beside a searched `epochs`
+    for column in ("#", "state", "phase", metric, *names, trained, "stop reason"):
         table.add_column(
             column, justify="left" if column in ("state", "phase", "stop reason") else "right"
         )

@@ -135,4 +135,5 @@ class RunProgress:
         elif phase == "refit":  # its params are the source's: an ablated one's override is not
             off = f" with {attrs[ABLATE_ATTR]} off" if attrs.get(ABLATE_ATTR) else ""
             params = f"[refit of #{source}{off} on train + validation, seed {seed}]"
-        return f"{head} epochs={epochs} ({reason}) {params}"
+        trained = "" if epochs is None else f" epochs={epochs}"  # none: it failed first
+        return f"{head}{trained} ({reason}) {params}"

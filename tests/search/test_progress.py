@@ -60,6 +60,7 @@ def test_a_retrain_says_what_it_retrains_and_a_pruned_trial_its_best_epoch() -> 
             progress(study, trial)
     out = captured.get()
     assert "[confirm: retrain of #0, seed 1000]" in out
+    assert "epochs=None" not in out, "the refit above recorded no epochs"
     assert "[refit of #0 with dropout off on train + validation, seed 1000]" in out
     assert "0.317" not in out
     assert "trial   2 PRUNED   val_accuracy=0.3300 (best, epoch 1)" in out
