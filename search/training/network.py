@@ -278,8 +278,10 @@ def check_network(choice: AutoChoice, data: Dataset, *, export: bool = True) -> 
     kwargs = model_kwargs(cfg, data)
     model = _create(kwargs)
     name = kwargs["name"]
+    # Every network, built in ones too (airbench's three poolings leave nothing of a 6 px
+    # image): two images, before any trial; lazy layers get their shapes here.
+    _forward_check(model, data, name)
     if is_external(name):
-        _forward_check(model, data, name)  # lazy layers get their shapes here
         params = sum(p.numel() for p in model.parameters())
         notes.append(f"model {name}: {params / 1e6:.2f}M parameters")
     if config.model.weights is not None:

@@ -255,6 +255,20 @@ def test_a_network_that_cannot_serve_stops_the_launch_before_anything_is_created
     assert not (tmp_path / "studies").exists() and not (tmp_path / "mlruns").exists()
 
 
+def test_a_built_in_network_too_small_for_the_images_stops_the_launch() -> None:
+    """airbench pools three times: a 6 px image is gone before its head. Only outside
+    networks were run before the trials, so every trial failed with torch's message."""
+    from search.core.errors import UserError
+    from search.run.runner import prepare
+    from search.study.studyfile import load_config
+
+    config = load_config(
+        overrides=["dataset.name=synthetic", "dataset.image_size=6", "model.name=airbench"]
+    )
+    with pytest.raises(UserError, match=r"model.name: airbench fails on this data's \(1, 6, 6\)"):
+        prepare(config, export=False)
+
+
 def _run_factory(tmp_path: Path, source: str, factory: str, *args: str) -> Any:
     """`regsearch run --set model.name=FACTORY ARGS…` with the module `source` written into
     `tmp_path` (FACTORY is `module:callable`; the module is named after it)."""
