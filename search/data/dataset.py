@@ -232,7 +232,9 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
                 f"{cfg.test_fraction:g} of them: add images or raise those fractions"
             )
         raise UserError(f"dataset {cfg.name!r}: cannot split {len(pool)} images ({why})") from None
+    full_train = 0
     if cfg.train_fraction < 1.0:
+        full_train = len(train)
         train = train_subset(y, train, cfg.train_fraction, cfg.split_seed)
     true_y, y = y, noisy_labels(y, train, cfg.label_noise, len(classes), cfg.split_seed)
 
@@ -253,6 +255,7 @@ def load_dataset(cfg: DatasetConfig) -> Dataset:
         train_true_y=torch.from_numpy(true_y[train]) if cfg.label_noise > 0.0 else None,
         label_noise=cfg.label_noise,
         noise_seed=cfg.split_seed,
+        full_train=full_train,
     )
 
 

@@ -63,6 +63,9 @@ class Dataset:
     train_true_y: torch.Tensor | None = None
     label_noise: float = 0.0
     noise_seed: int = 0
+    # The training split's size before `dataset.train_fraction` (0: no fraction taken): what
+    # `model.name: auto` chooses by, so that every study of a size sweep trains one network.
+    full_train: int = 0
 
     @property
     def num_classes(self) -> int:

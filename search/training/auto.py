@@ -66,7 +66,11 @@ def resolve(config: StudyConfig, data: Dataset) -> AutoChoice:
     update_train: dict[str, Any] = {}
     update_data: dict[str, Any] = {}
     if config.model.name == AUTO:
-        name, width, why = model_for(data.shape, n_train)
+        # By the whole training split: the studies of a size sweep (`train_fraction`) compare
+        # one network on more and more of the data, not small-cnn on a quarter, airbench on all.
+        name, width, why = model_for(data.shape, data.full_train or n_train)
+        if data.full_train:
+            why += f" in the whole training split ({n_train:,} at this fraction)"
         update_model["name"] = name
         if config.model.width is None and width is not None:
             update_model["width"] = width

@@ -131,6 +131,25 @@ def test_resolve_stores_concrete_choices_and_says_why(tmp_path: Path) -> None:
     assert resolve(explicit, load_dataset(explicit.dataset)).config.model.name == "resnet18"
 
 
+def test_auto_chooses_by_the_whole_training_split_in_a_size_sweep() -> None:
+    """A sweep's fractions of a CIFAR-sized set trained small-cnn at 0.25 and airbench at
+    0.5 and 1: the sweep compared two networks, not one network on more data."""
+    from dataclasses import replace
+
+    config = load_config(
+        overrides=["dataset.name=synthetic", "dataset.channels=3", "dataset.image_size=24"]
+    )
+    quarter = config.dataset.model_copy(update={"train_fraction": 0.25})
+    data = load_dataset(quarter)
+    whole = load_dataset(config.dataset)
+    assert data.full_train == len(whole.train) > len(data.train) and whole.full_train == 0
+    as_if_large = replace(data, full_train=40_000)  # what a CIFAR-sized split holds
+    choice = resolve(config, as_if_large)
+    assert choice.config.model.name == "airbench"
+    assert choice.config.train.batch_size == batch_size_for(len(data.train))  # this fraction's
+    assert any(f"({len(data.train):,} at this fraction)" in n for n in choice.notes)
+
+
 @pytest.mark.slow
 def test_grayscale_folder_study_gives_a_one_channel_champion(tmp_path: Path) -> None:
     """End to end as a user: a folder of grayscale PNGs, the default study (short), then the
