@@ -56,7 +56,10 @@ def trained_params(trial: FrozenTrial) -> dict[str, Any]:
     """A trial's params as it trained: a retrain's seed and an ablation's regularizer off (its
     `overrides`) over the params of the configuration it retrains."""
     overrides = trial.user_attrs.get(OVERRIDES_ATTR) or {}
-    trained = {k: v for k, v in overrides.items() if k in trial.params or k == "seed"}
+    # The ablated regularizer too where its off value lies outside the searched range (0 of a
+    # log range): it is then no param of the trial (`SearchSpace.sample`).
+    shown = ("seed", trial.user_attrs.get(ABLATE_ATTR))
+    trained = {k: v for k, v in overrides.items() if k in trial.params or k in shown}
     return {**trial.params, **trained}
 
 

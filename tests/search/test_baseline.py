@@ -134,6 +134,28 @@ def test_a_recipe_value_outside_the_searched_choices_trains_as_an_override(
     )
 
 
+def test_an_ablation_of_a_log_range_regularizer_shows_what_it_trained_with() -> None:
+    """Off (0) lies outside weight decay's log range: the ablation trial has no such param,
+    and what `status` and the report show of it is the 0 it trained with."""
+    import optuna
+
+    from search.report.summary import trained_params
+
+    config = load_config()
+    space = SearchSpace.from_config(config)
+    study = optuna.create_study(direction="maximize")
+    champion = {"weight_decay": 1e-3, "dropout": 0.2, "aug_strength": 0.3, "mixup_alpha": 0.1,
+                "label_smoothing": 0.05}  # fmt: skip
+    overrides = {"weight_decay": 0.0, "seed": 1000}
+    study.enqueue_trial(champion, user_attrs={"ablate": "weight_decay", "overrides": overrides})
+    trial = study.ask()
+    cfg = space.sample(trial, {"weight_decay": 0.0})
+    assert cfg.regularization.weight_decay == 0.0 and cfg.regularization.dropout == 0.2
+    study.tell(trial, 0.5)
+    shown = trained_params(study.trials[0])
+    assert shown["weight_decay"] == 0.0 and shown["seed"] == 1000 and shown["dropout"] == 0.2
+
+
 def test_a_grid_study_runs_its_grid_only(tmp_path: Path) -> None:
     from search.study.storage import open_storage
 
