@@ -6,6 +6,7 @@ import click
 
 from search.cli._options import (
     artifacts_option,
+    check_port,
     host_port_options,
     storage_option,
     warn_if_public,
@@ -32,6 +33,7 @@ def dashboard_command(storage: str | None, host: str, port: int, artifacts: str 
     store = open_existing(url)
     folder = make_artifact_dir(url, artifacts)
     warn_if_public(host)
+    check_port(host, port)  # before the line saying it serves
     click.echo(f"optuna-dashboard on http://{host}:{port}; Ctrl+C to stop", err=True)
     # optuna-dashboard's `run_server` is `bottle.run` of this app, without the guard.
     app = wsgi(store, artifact_store=FileSystemArtifactStore(str(folder)))

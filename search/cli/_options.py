@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from search.core.errors import UserError
 from search.run.launch import check_reachable, make_console
 
 __all__ = ["check_reachable", "make_console"]  # where commands find them
@@ -76,3 +77,23 @@ def warn_if_public(host: str) -> None:
             fg="yellow",
             err=True,
         )
+
+
+def check_port(host: str, port: int) -> None:
+    """A one-line UserError when `host:port` cannot be listened on (taken, or no such
+    address), before the server starts: MLflow's server, exec'd in this process, would print
+    uvicorn's log lines about it and exit 0; optuna-dashboard's would print that it listens."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        raise UserError(
+            f"--host/--port: cannot serve on {host}:{port} ({exc.strerror or exc})"
+        ) from None

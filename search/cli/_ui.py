@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from search.cli._options import host_port_options, tracking_option, warn_if_public
+from search.cli._options import check_port, host_port_options, tracking_option, warn_if_public
 from search.core.errors import UserError, first_line
 from search.core.urls import redact_url
 
@@ -56,26 +56,6 @@ def _start_page(uri: str, study_name: str | None) -> str:
     )
 
 
-def _check_port(host: str, port: int) -> None:
-    """A one-line UserError when `host:port` cannot be listened on (taken, or no such
-    address): MLflow's server, exec'd in this process, would print uvicorn's log lines about it
-    and exit 0."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
-            probe.bind(address)
-    except OSError as exc:
-        raise UserError(
-            f"--host/--port: cannot serve on {host}:{port} ({exc.strerror or exc})"
-        ) from None
-
-
 @click.command("ui")
 @click.argument("study_name", metavar="[STUDY]", required=False)
 @tracking_option
@@ -99,7 +79,7 @@ def ui_command(study_name: str | None, tracking_uri: str | None, host: str, port
     cmd += ["--host", host, "--port", str(port), "--workers", "1"]
     if local is not None:  # beside the database, where the runs' artifacts are
         cmd += ["--default-artifact-root", (local.parent / "artifacts").resolve().as_uri()]
-    _check_port(host, port)
+    check_port(host, port)
     # The job runner starts a pool of consumer processes the UI does not need.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     click.echo(

@@ -45,9 +45,11 @@ from search.core.records import (
     EPOCHS_TRAINED_ATTR,
     OBJECTIVE_METRIC_ATTR,
     PHASE_ATTR,
+    REFIT,
     RUN_ID_ATTR,
     SEARCH,
     TRAIN_ACCURACY_ATTR,
+    TRAIN_IMAGES_ATTR,
     VAL_ACCURACY_ATTR,
 )
 
@@ -192,7 +194,14 @@ def best_note_markdown(
 ) -> str:
     metric = study.user_attrs.get(OBJECTIVE_METRIC_ATTR, "validation value")
     attrs = best.user_attrs
-    rows: list[tuple[str, Any]] = [(f"{metric} (validation)", best.value)]
+    # A refit trains on the validation images: no validation score, no best epoch of its own.
+    refit = attrs.get(PHASE_ATTR) == REFIT
+    value = f"{metric} (its configuration's confirm mean)" if refit else f"{metric} (validation)"
+    rows: list[tuple[str, Any]] = [(value, best.value)]
+    if refit:
+        images = attrs.get(TRAIN_IMAGES_ATTR)
+        on = f", {images:,} images" if isinstance(images, int) else ""
+        rows.append(("trained on", f"training + validation{on}"))
     if test_accuracy is not None:
         rows.append(("test accuracy (held-out split)", test_accuracy))
     for key, label in (
@@ -201,7 +210,9 @@ def best_note_markdown(
         (TRAIN_ACCURACY_ATTR, "train accuracy at best epoch"),
         (VAL_ACCURACY_ATTR, "val accuracy at best epoch"),
     ):
-        if attrs.get(key) is not None:
+        if attrs.get(key) is not None and not (
+            refit and key in (BEST_EPOCH_ATTR, VAL_ACCURACY_ATTR)
+        ):
             rows.append((label, attrs[key]))
     rows.append(("MLflow model", model_uri or "(not registered)"))
     if attrs.get(RUN_ID_ATTR):
@@ -210,8 +221,9 @@ def best_note_markdown(
 
     summary = best_summary(study)
     confirmed = summary is not None and summary.get("champion") is not None
+    what = "refit on train + validation" if refit else "best seed"
     heading = (
-        f"## Champion of study `{study.study_name}`: #{best.number} (best seed of trial "
+        f"## Champion of study `{study.study_name}`: #{best.number} ({what} of trial "
         f"{summary['champion']['source']}'s configuration)"
         if confirmed and summary is not None
         else f"## Best trial of study `{study.study_name}`: #{best.number}"
@@ -263,8 +275,6 @@ def write_best_note(
     """Write a Markdown note (optuna-dashboard's trial note) on the study's best trial: params,
     validation value, test accuracy and MLflow model URI. Returns the trial number, or None
     when no trial has completed. `model_uri` defaults to the trial's `model_uri` attribute."""
-    from optuna_dashboard import save_note
-
     from search.study.studies import best_trial
 
     best = best_trial(study)
@@ -274,9 +284,41 @@ def write_best_note(
 
     uri = model_uri or model_uri_of(study, best) or study.user_attrs.get(CHAMPION_URI_ATTR)
     body = best_note_markdown(study, best, test_accuracy=test_accuracy, model_uri=uri)
-    save_note(_live_trial(study, best), body)
-    save_note(study, study_note_markdown(study, best))
+    before = study.user_attrs.get(NOTE_TRIAL_ATTR)
+    trials = study.get_trials(deepcopy=False)
+    if isinstance(before, int) and before != best.number and before < len(trials):
+        # The trial that carried the champion's note: it is the champion no more.
+        former = trials[before]
+        _save_kept(
+            _live_trial(study, former),
+            f"## Former champion of study `{study.study_name}`: #{before}\n\n"
+            f"Superseded by {_trial_link(study, best.number)}, whose note has the verdict.\n",
+        )
+    _save_kept(_live_trial(study, best), body)
+    _save_kept(study, study_note_markdown(study, best))
+    study.set_user_attr(NOTE_TRIAL_ATTR, best.number)
     return best.number
+
+
+NOTE_TRIAL_ATTR = "note_trial"  # study user attr: the trial whose note is the champion's
+# The line under regsearch's part of a note: what a user writes below it is kept.
+_YOURS = "*Notes below this line are yours: regsearch rewrites only what is above it.*"
+
+
+def _save_kept(target: optuna.Study | optuna.Trial, body: str) -> None:
+    """Save regsearch's `body` as the note of `target`, keeping what a user wrote: below the
+    `_YOURS` line, or the whole note when it is no note of regsearch's (no such line, not
+    written by regsearch). Notes are the one thing the dashboard lets users edit."""
+    from optuna_dashboard import get_note, save_note
+
+    current = get_note(target) or ""
+    if _YOURS in current:
+        theirs = current.split(_YOURS, 1)[1].strip("\n")
+    elif "by regsearch" in current or current.startswith("## Former champion"):
+        theirs = ""  # an earlier version's note, all of it regsearch's
+    else:
+        theirs = current.strip("\n")
+    save_note(target, f"{body.rstrip()}\n\n---\n{_YOURS}\n\n{theirs}".rstrip() + "\n")
 
 
 def _trial_link(study: optuna.Study, number: int) -> str:
@@ -320,10 +362,11 @@ def study_note_markdown(study: optuna.Study, best: FrozenTrial) -> str:
             ]
     if _may_prune(study):
         lines += [
-            "**Pruned trials:** their *Value* is the epoch they were pruned at (Optuna keeps a "
-            "pruned trial's last reported value). The column *UserAttribute best_value* has "
-            "every finished trial's value at its best epoch (*best_epoch*), pruned ones "
-            "included, and each trial's learning curve marks that epoch.",
+            "**Pruned trials:** their *Value* is the value reported at the epoch they were "
+            "pruned at (Optuna keeps a pruned trial's last reported value). The column "
+            "*UserAttribute best_value* has every finished trial's value at its best epoch "
+            "(*best_epoch*), pruned ones included, and each trial's learning curve marks that "
+            "epoch.",
             "",
         ]
     lines.append(f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by regsearch.")

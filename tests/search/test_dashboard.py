@@ -169,6 +169,55 @@ def test_best_note_is_written_on_the_best_trial(study: optuna.Study) -> None:
     assert "0.95" in note and "models:/dash@champion" in note and "0.9612" not in note
 
 
+def test_a_superseded_champion_says_so_and_a_user_s_notes_are_kept(study: optuna.Study) -> None:
+    """Two trials both read "Champion of study" once the champion moved, and every launch
+    replaced the notes a user had written in the dashboard (the one thing it lets them edit)."""
+    from optuna_dashboard import get_note, save_note
+
+    study.set_user_attr("objective_metric", "val_accuracy")
+    for value in (0.91, 0.93):
+        trial = study.ask()
+        _sample(trial)
+        study.tell(trial, value)
+    assert write_best_note(study) == 1
+    first = optuna.Trial(study, study.trials[1]._trial_id)
+    save_note(first, get_note(first) + "\nlooks overfit: check the curve\n")
+    save_note(study, "my plan: try cutout next")  # the user's study note, over regsearch's
+    trial = study.ask()
+    _sample(trial)
+    study.tell(trial, 0.97)
+    assert write_best_note(study) == 2
+    old = get_note(first)
+    assert old.startswith("## Former champion of study `dash`: #1")
+    assert "trials?numbers=2" in old and "looks overfit: check the curve" in old
+    assert "## Champion" not in old and "## Best trial" not in old
+    assert get_note(optuna.Trial(study, study.trials[2]._trial_id)).startswith("## Best trial")
+    note = get_note(study)
+    assert note.startswith("## Verdict of study `dash`") and note.rstrip().endswith(
+        "my plan: try cutout next"
+    )
+    write_best_note(study)  # again: the user's text stays once, below regsearch's part
+    assert get_note(study).count("my plan: try cutout next") == 1
+
+
+def test_the_note_of_a_refit_champion_shows_no_validation_score_of_its_own(
+    study: optuna.Study,
+) -> None:
+    from search.report.dashboard import best_note_markdown
+
+    study.set_user_attr("objective_metric", "val_accuracy")
+    trial = study.ask()
+    _sample(trial)
+    attrs = {"phase": "refit", "train_images": 1437, "val_accuracy": 0.9972, "best_epoch": 20}
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, 0.982)
+    note = best_note_markdown(study, study.trials[0])
+    assert "val_accuracy (its configuration's confirm mean) | 0.982" in note
+    assert "training + validation, 1,437 images" in note
+    assert "0.9972" not in note and "best epoch" not in note
+
+
 def test_best_note_on_a_grid_study(tmp_path: Path) -> None:
     """Building the live Trial that `save_note` needs must not run the study's sampler."""
     from optuna_dashboard import get_note

@@ -107,7 +107,7 @@ def test_a_dashboard_port_in_use_is_one_line(
         with pytest.raises(SystemExit) as exited:
             main(["dashboard", "--port", str(port)])
     assert exited.value.code == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]
+    (line,) = capsys.readouterr().err.strip().splitlines()  # not "… on http://…" before it
     assert line.startswith(f"regsearch: error: --host/--port: cannot serve on 127.0.0.1:{port} (")
 
 
