@@ -138,6 +138,13 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
         run_id = best.user_attrs.get(RUN_ID_ATTR)
         if not run_id:
             return None
+        uri = tracker.registry.point_at(best.number, run_id)  # registered before: moved back
+        if uri:
+            _record(tracker, study, best.number, run_id, uri)
+            _log.warning(
+                "@champion pointed at trial %s, not the best trial %d: moved", current, best.number
+            )
+            return uri
         try:
             result = tracker.registry.checkpoint_result(run_id)
         except Exception:  # never a candidate (no checkpoint): nothing to register

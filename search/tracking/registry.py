@@ -146,6 +146,21 @@ class Registry:
             self.move_alias(version, value, tiebreak)
         return f"models:/{self.study_name}/{version}"
 
+    def point_at(self, number: int, run_id: str) -> str | None:
+        """Move `@champion` to the version already registered from trial `number`'s run (the
+        newest, if several): its URI, or None when it has none. `repair` needs no second
+        version of a model that has one, its test tags and description included."""
+        try:
+            versions = self.client.search_model_versions(f"name='{self.study_name}'")
+        except MlflowException:
+            return None
+        mine = [v for v in versions if v.tags.get("trial") == str(number) and v.run_id == run_id]
+        if not mine:
+            return None
+        version = max(mine, key=lambda v: int(v.version)).version
+        self.client.set_registered_model_alias(self.study_name, CHAMPION, version)
+        return f"models:/{self.study_name}/{version}"
+
     def champion_trial(self) -> int | None:
         """The trial number of the version `@champion` points at (None: no alias yet)."""
         return self.champion()[0]

@@ -90,8 +90,13 @@ def test_an_alias_left_on_another_trial_is_moved_by_the_next_launch(tmp_path: Pa
         "digits", source=str(tmp_path), tags={"trial": "99", "value": "1.0"}
     )
     client.set_registered_model_alias("digits", "champion", stray.version)
+    versions = client.search_model_versions("name='digits'")
+    (own,) = [v.version for v in versions if v.tags.get("trial") == str(best.number)]
     _run(tmp_path, 3)  # nothing left to run: the launch only repairs
     assert _alias_trial(tmp_path) == best.number
+    # Back on the version it had (its test tags with it), not a second copy of the trial.
+    assert len(client.search_model_versions("name='digits'")) == len(versions)
+    assert client.get_model_version_by_alias("digits", "champion").version == own
     assert best_trial(optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp_path}/o.db"))
 
 
