@@ -49,5 +49,5 @@ def absolute_sqlite(url: str) -> str:
     path = sqlite_path(url)
     if path is None or path.is_absolute():
         return url
-    query = url.partition("?")[1] + url.partition("?")[2]
-    return f"sqlite:///{path.absolute()}{query}"
+    _, mark, query = url.partition("?")
+    return f"sqlite:///{path.absolute()}{mark}{query}"

@@ -250,9 +250,9 @@ def smoke_test(config: StudyConfig) -> None:
     checks: list[tuple[str, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]] = [
         ("search.pruner", optuna.samplers.RandomSampler(seed=0), make_pruner(config))
     ]
-    sampler = make_sampler(config)
+    configured = make_sampler(config)  # a grid's construction checks its grid
     if config.search.sampler.name != "grid":
-        checks.insert(0, ("search.sampler", sampler, optuna.pruners.NopPruner()))
+        checks.insert(0, ("search.sampler", configured, optuna.pruners.NopPruner()))
     for what, sampler, pruner in checks:
         name = getattr(config.search, what.split(".")[1]).name
         verbosity = optuna.logging.get_verbosity()
