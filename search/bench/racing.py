@@ -40,25 +40,17 @@ def _raced_trials(
     configuration's later seeds and the seeds after the race ended would enter the pooled
     noise, the champion's seeds and the ablation's settling."""
     from search.core.records import PHASE_ATTR
-    from search.study.evidence import (
-        ABLATE_ATTR,
-        ABLATION,
-        CONFIRM,
-        SEED_ATTR,
-        SOURCE_ATTR,
-        plan,
-    )
-
-    def key(attrs: Any) -> tuple[Any, ...]:
-        return tuple(attrs.get(k) for k in (PHASE_ATTR, SOURCE_ATTR, SEED_ATTR, ABLATE_ATTR))
+    from search.study.evidence import ABLATION, CONFIRM, plan, planned_key
 
     retrains = {
-        key(t.user_attrs): t for t in trials if t.user_attrs.get(PHASE_ATTR) in (CONFIRM, ABLATION)
+        planned_key(t.user_attrs): t
+        for t in trials
+        if t.user_attrs.get(PHASE_ATTR) in (CONFIRM, ABLATION)
     }
     kept = [t for t in trials if t.user_attrs.get(PHASE_ATTR) not in (CONFIRM, ABLATION)]
     while True:
         planned = [
-            retrains.get(key(p.user_attrs))
+            retrains.get(planned_key(p.user_attrs))
             for p in plan(kept, raced, direction, val_images=val_images)
             if p.user_attrs.get(PHASE_ATTR) in (CONFIRM, ABLATION)
         ]

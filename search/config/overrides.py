@@ -181,9 +181,7 @@ def apply_overrides(data: Mapping[str, Any], assignments: Iterable[str]) -> dict
         elif _renames(path, node, value):
             # `search.pruner.name=hyperband`: the median's options are not hyperband's. A
             # sampler's seed is every sampler's option, and stays.
-            seed = (
-                {**node.get("options", {}), **node}.get("seed") if path[-2] == "sampler" else None
-            )
+            seed = _seed_of(node) if path[-2] == "sampler" else None
             node.clear()
             node["name"] = value
             if seed is not None:

@@ -45,11 +45,9 @@ from search.core.records import (
     EPOCHS_TRAINED_ATTR,
     OBJECTIVE_METRIC_ATTR,
     PHASE_ATTR,
-    REFIT,
     RUN_ID_ATTR,
     SEARCH,
     TRAIN_ACCURACY_ATTR,
-    TRAIN_IMAGES_ATTR,
     VAL_ACCURACY_ATTR,
 )
 
@@ -192,16 +190,24 @@ def best_note_markdown(
     test_accuracy: float | None = None,
     model_uri: str | None = None,
 ) -> str:
+    from search.report.summary import (
+        REFIT_VALUE,
+        best_summary,
+        refit_trained_on,
+        trained_params,
+        verdict,
+    )
+
     metric = study.user_attrs.get(OBJECTIVE_METRIC_ATTR, "validation value")
     attrs = best.user_attrs
     # A refit trains on the validation images: no validation score, no best epoch of its own.
-    refit = attrs.get(PHASE_ATTR) == REFIT
-    value = f"{metric} (its configuration's confirm mean)" if refit else f"{metric} (validation)"
-    rows: list[tuple[str, Any]] = [(value, best.value)]
+    trained_on = refit_trained_on(best)
+    refit = trained_on is not None
+    rows: list[tuple[str, Any]] = [
+        (f"{metric} ({REFIT_VALUE if refit else 'validation'})", best.value)
+    ]
     if refit:
-        images = attrs.get(TRAIN_IMAGES_ATTR)
-        on = f", {images:,} images" if isinstance(images, int) else ""
-        rows.append(("trained on", f"training + validation{on}"))
+        rows.append(("trained on", trained_on))
     if test_accuracy is not None:
         rows.append(("test accuracy (held-out split)", test_accuracy))
     for key, label in (
@@ -217,8 +223,6 @@ def best_note_markdown(
     rows.append(("MLflow model", model_uri or "(not registered)"))
     if attrs.get(RUN_ID_ATTR):
         rows.append(("MLflow run", attrs[RUN_ID_ATTR]))
-    from search.report.summary import best_summary, trained_params, verdict
-
     summary = best_summary(study)
     confirmed = summary is not None and summary.get("champion") is not None
     what = "refit on train + validation" if refit else "best seed"

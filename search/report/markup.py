@@ -14,12 +14,9 @@ from optuna.trial import FrozenTrial
 from search.core.records import (
     BEST_EPOCH_ATTR,
     MODEL_URI_ATTR,
-    PHASE_ATTR,
-    REFIT,
     RUN_ID_ATTR,
     STOP_REASON_ATTR,
     TRAIN_ACCURACY_ATTR,
-    TRAIN_IMAGES_ATTR,
     VAL_ACCURACY_ATTR,
 )
 from search.report.data import epochs_trained
@@ -101,17 +98,18 @@ def best_table(
 ) -> str:
     if best is None:
         return "<p class='note'>No completed trial yet.</p>"
+    from search.report.summary import REFIT_VALUE, refit_trained_on, trained_params
+
     attrs = best.user_attrs
     # A refit trains on the validation images: it has no validation score of its own.
-    refit = attrs.get(PHASE_ATTR) == REFIT
-    images = attrs.get(TRAIN_IMAGES_ATTR)
+    trained_on = refit_trained_on(best)
+    refit = trained_on is not None
     rows: list[tuple[str, Any]] = [
         ("trial", best.number),
-        (f"{metric} (its configuration's confirm mean)" if refit else metric, best.value),
+        (f"{metric} ({REFIT_VALUE})" if refit else metric, best.value),
     ]
     if refit:
-        on = f", {images:,} images" if isinstance(images, int) else ""
-        rows.append(("trained on", f"training + validation{on}"))
+        rows.append(("trained on", trained_on))
     else:  # a refit keeps its last epoch
         rows.append(("best epoch", attrs.get(BEST_EPOCH_ATTR)))
     rows += [
@@ -122,8 +120,6 @@ def best_table(
         ("model URI", model_uri or attrs.get(MODEL_URI_ATTR) or "(not registered)"),
         ("MLflow run", attrs.get(RUN_ID_ATTR)),
     ]
-    from search.report.summary import trained_params
-
     rows += [(f"param: {k}", v) for k, v in trained_params(best).items()]
     return table(rows)
 

@@ -19,11 +19,13 @@ from search.core.records import (
     OBJECTIVE_METRIC_ATTR,
     OVERRIDES_ATTR,
     PHASE_ATTR,
+    REFIT,
     RUN_ID_ATTR,
     SEARCH,
     SOURCE_ATTR,
     STOP_REASON_ATTR,
     TRAIN_ACCURACY_ATTR,
+    TRAIN_IMAGES_ATTR,
     VAL_ACCURACY_ATTR,
     best_value_of,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "champion_source",
     "format_value",
     "ranked_trials",
+    "refit_trained_on",
     "shown_value",
     "study_rows",
     "trained_params",
@@ -61,6 +64,19 @@ def trained_params(trial: FrozenTrial) -> dict[str, Any]:
     shown = ("seed", trial.user_attrs.get(ABLATE_ATTR))
     trained = {k: v for k, v in overrides.items() if k in trial.params or k in shown}
     return {**trial.params, **trained}
+
+
+REFIT_VALUE = "its configuration's confirm mean"  # what a refit's value is, in its tables
+
+
+def refit_trained_on(trial: FrozenTrial) -> str | None:
+    """What a refit trained on ("training + validation, 1,437 images"), for the champion's
+    tables of the report and the dashboard: it has no validation score and no best epoch of
+    its own. None for any other trial."""
+    if trial.user_attrs.get(PHASE_ATTR) != REFIT:
+        return None
+    images = trial.user_attrs.get(TRAIN_IMAGES_ATTR)
+    return "training + validation" + (f", {images:,} images" if isinstance(images, int) else "")
 
 
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
@@ -134,7 +150,7 @@ def best_summary(study: optuna.Study) -> dict[str, Any] | None:
     (the held-out evaluation: accuracy, ECE and NLL of both models, the gain with its
     interval); `confirm` (`pending` retrains, `complete`); `epochs_saved` by pruning and early
     stopping; `hint`: a line on the training budget (`budget_hint`), or None."""
-    from search.core.records import INPUT_ATTR, REFIT, TRAIN_IMAGES_ATTR, baseline_trial
+    from search.core.records import INPUT_ATTR, baseline_trial
     from search.study.evidence import TEST_ATTR, epochs_saved, study_config, study_evidence
     from search.study.studies import best_trial
 

@@ -66,6 +66,7 @@ __all__ = [
     "enqueue_plan",
     "evidence",
     "plan",
+    "planned_key",
     "study_evidence",
 ]
 
@@ -143,7 +144,7 @@ def _effective(space: SearchSpace, trial: FrozenTrial) -> dict[str, Any]:
     return {k: v for k, v in _trained(space, trial).items() if k in REGULARIZERS}
 
 
-def _planned_key(attrs: Mapping[str, Any]) -> tuple[Any, ...]:
+def planned_key(attrs: Mapping[str, Any]) -> tuple[Any, ...]:
     return (
         attrs.get(PHASE_ATTR),
         attrs.get(SOURCE_ATTR),
@@ -289,7 +290,7 @@ def evidence(
         phase = t.user_attrs.get(PHASE_ATTR)
         if phase not in (CONFIRM, ABLATION):
             continue
-        key = _planned_key(t.user_attrs)
+        key = planned_key(t.user_attrs)
         if t.state in _PENDING:
             pending.add(key)
             continue
@@ -455,7 +456,7 @@ def plan(
     space = space_of(config)
     baseline_values = space.baseline_values() or {}
     exists = {
-        _planned_key(t.user_attrs)
+        planned_key(t.user_attrs)
         for t in trials
         if t.user_attrs.get(PHASE_ATTR) in (CONFIRM, ABLATION)
     }
