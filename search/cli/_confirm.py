@@ -58,6 +58,11 @@ def confirm_command(
     study, config = load_existing(study_name, opened)
     if config is None:
         raise UserError(f"study {study_name!r} has no stored config: it is not a regsearch study")
+    if config.search.sampler.name == "grid":
+        raise UserError(
+            f"study {study_name!r} is a grid study (search.sampler: grid): it runs its grid "
+            "only, with no baseline recipe, so it has no confirm phase"
+        )
     from search.core.records import FINISHED
     from search.study.studies import count_trials
 

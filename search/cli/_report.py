@@ -41,12 +41,15 @@ def report_command(study_name: str, out_dir: Path | None, storage: str | None, q
     if sweep_studies(opened, study_name):  # a size sweep of that name (and maybe a study too)
         from search.report.sweep import write_sweep_report
 
+        # A study of the same name has the folder; the sweep goes below it.
         where = out / "sweep" if study_name in names else out
         sweep = _writing(where, lambda: write_sweep_report(opened, study_name, where))
         assert sweep is not None
         click.echo(str(sweep.index))
         if study_name not in names:
             return
+        for stale in (sweep.figure, sweep.csv, sweep.json):  # written there before the study
+            (out / stale.name).unlink(missing_ok=True)
     study, config = load_existing(study_name, opened)
     console = None if quiet else make_console(stderr=True)
     result = _writing(out, lambda: write_report(study, out, config=config, console=console))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import replace
@@ -81,14 +82,19 @@ def run_command(
     from search.study.studyfile import load_config
     from search.study.sweep import parse_fractions
 
-    flags = {
+    if fractions is not None and not fractions.strip():
+        raise UserError("--fractions: expected fractions such as 0.1,0.25,0.5, got ''")
+    # `--fractions` is `sweep.fractions`: `--set sweep.warm_start=false` goes beside it.
+    given = parse_fractions(fractions) if fractions is not None else None
+    flags: dict[str, Any] = {
         "study": study_name,
         "search.n_trials": n_trials,
         "search.timeout": timeout,
         "train.device": device,
+        "sweep.fractions": given,
     }
-    # Resume by name: without a file, an existing study's stored config is the base, and
-    # flags and --set change only what they state.
+    # Resume by name: without a file, an existing study's (or size sweep's) stored config is
+    # the base, and flags and --set change only what they state.
     named: dict[str, Any] = {}
     if config_file is None:  # `--set study=…` / `--set storage=…` name them as the flags do
         from search.config.overrides import apply_overrides
@@ -96,13 +102,23 @@ def run_command(
         named = apply_overrides({}, overrides)
     looked_in = storage or (str(named["storage"]) if named.get("storage") else None)
     base, opened = (
-        _stored(study_name or (str(named["study"]) if named.get("study") else None), looked_in)
+        _stored(
+            study_name or (str(named["study"]) if named.get("study") else None),
+            looked_in,
+            sweep=fractions is not None or "sweep" in named,
+        )
         if config_file is None
         else (None, None)
     )
+    if base is not None and base.get("sweep") and given is not None:
+        # Extending a sweep resumed by name: the fractions given join those it has, so each
+        # new one is warm-started from the one below it.
+        known = list(base["sweep"].get("fractions") or [])
+        flags["sweep.fractions"] = sorted(set(known) | set(given))
     config = load_config(config_file, overrides=overrides, flags=flags, base=base)
     if base is not None and not quiet:
-        _console().print(f"{config.study}: resuming with the config stored in the study")
+        what = "sweep" if config.sweep is not None else "study"
+        _console().print(f"{config.study}: resuming with the config stored in the {what}")
     gpu_list = parse_gpus(gpus) if gpus is not None else None
     workers = workers if workers is not None else len(gpu_list or [0])
     if workers < 1:
@@ -123,12 +139,8 @@ def run_command(
         quiet=quiet,
         opened=OpenedStorage(opened),  # the stored config's: not opened again
     )
-    if fractions is not None and not fractions.strip():
-        raise UserError("--fractions: expected fractions such as 0.1,0.25,0.5, got ''")
-    sweep = fractions or (config.sweep.fractions if config.sweep is not None else None)
-    if sweep:
-        warm = config.sweep.warm_start if config.sweep is not None else True
-        _run_sweep(config, options, pinned, parse_fractions(sweep), warm_start=warm)
+    if config.sweep is not None:
+        _run_sweep(config, options, pinned)
         return
     if workers == 1 and pinned == [None]:
         run_in_process(config, replace(options, title=f"regsearch run {config.study}"))
@@ -136,23 +148,27 @@ def run_command(
     run_workers(config, options, pinned)
 
 
-def _run_sweep(
-    config: Any,
-    options: RunOptions,
-    pinned: list[str | None],
-    fractions: list[float],
-    *,
-    warm_start: bool = True,
-) -> None:
-    """One study per fraction, smallest first, each warm-started from the one before; then
-    the sweep's table. Rerunning the command resumes it (finished studies end at once). The
-    fractions share `options`, so their storage is opened once."""
-    from search.study.sweep import Member, fraction_configs
+def _run_sweep(config: Any, options: RunOptions, pinned: list[str | None]) -> None:
+    """One study per fraction of `config.sweep`, smallest first, each warm-started from the
+    one before; then the sweep's table. Rerunning the command resumes it (finished studies
+    end at once), as does `run --study SWEEP` (each study keeps the sweep's config as given).
+    The fractions share `options`, so their storage is opened once."""
+    from search.study.storage import open_existing
+    from search.study.sweep import Member, fraction_configs, remember_sweep
 
     console = _console()
     previous: str | None = None
-    for cfg in fraction_configs(config, fractions):
-        member = Member(config.study, cfg.dataset.train_fraction, previous)
+    given = config.portable_dict()
+    # Every study the sweep already has keeps this launch's config as the sweep's own, also
+    # those this launch does not reach (interrupted): `run --study SWEEP` resumes with it.
+    # (No storage yet: no study either, and a launch refused later creates nothing.)
+    if options.opened.storage is None:
+        with contextlib.suppress(UserError):
+            options.opened.storage = open_existing(options.storage_url)
+    if options.opened.storage is not None:
+        remember_sweep(options.opened.storage, config.study, given)
+    for cfg in fraction_configs(config, config.sweep.fractions):
+        member = Member(config.study, cfg.dataset.train_fraction, previous, config=given)
         if not options.quiet:
             seeded = f", seeded with the best configurations of {previous}" if previous else ""
             console.print(
@@ -165,7 +181,7 @@ def _run_sweep(
             run_in_process(cfg, replace(own, title=f"regsearch run {cfg.study}"))
         else:
             run_workers(cfg, own, pinned)
-        previous = cfg.study if warm_start else None
+        previous = cfg.study if config.sweep.warm_start else None
     from search.report.sweep import sweep_table
 
     table, sentences = sweep_table(options.storage(), config.study)
@@ -175,18 +191,34 @@ def _run_sweep(
     console.print(f"{config.study}: `regsearch report {config.study}` draws the sweep")
 
 
-def _stored(study_name: str | None, storage: str | None) -> tuple[dict[str, Any] | None, Any]:
-    """The stored config of the study `run` names (or the default study), if it exists, and
-    the storage it was read from (None when there is no storage yet)."""
+def _stored(
+    study_name: str | None, storage: str | None, *, sweep: bool
+) -> tuple[dict[str, Any] | None, Any]:
+    """The stored config `run` resumes, and the storage it was read from (None when there is
+    no storage yet): the named study's (or the default study's), or, when a size sweep is
+    asked for or no study has the name given, the config of the sweep of that name as given. A new
+    sweep never starts from a study's stored config: that holds its `auto` values resolved
+    for its own data (a batch size for all its images, not a fraction's)."""
     from search.config.schema import DEFAULTS
     from search.study.storage import open_existing
     from search.study.studies import stored_config
+    from search.study.sweep import stored_sweep, sweep_studies
 
     try:
         opened = open_existing(storage)
     except UserError:  # no storage yet: a new study
         return None, None
-    return stored_config(opened, study_name or DEFAULTS["study"]), opened
+    name = study_name or DEFAULTS["study"]
+    stored = None if sweep else stored_config(opened, name)
+    if stored is None and (sweep or study_name is not None):
+        stored = stored_sweep(opened, name)
+        if stored is None and not sweep and sweep_studies(opened, name):
+            raise UserError(
+                f"{name!r} is a size sweep of an earlier regsearch, which did not keep its "
+                f"config: resume it once with `--fractions` and the --set items it was "
+                "launched with"
+            )
+    return stored, opened
 
 
 def _gpu_plan(workers: int, gpus: list[int] | None, device: str) -> list[str | None]:

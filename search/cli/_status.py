@@ -48,27 +48,33 @@ def status_command(
             )
         make_console().print(table)
         return
-    from search.report.sweep import sweep_rows, sweep_table
-    from search.study.studies import load_existing
+    from search.report.sweep import sweep_rows
+    from search.study.studies import load_existing, study_exists
     from search.study.sweep import sweep_studies
 
-    if sweep_studies(store, study_name):  # a size sweep: a row per fraction
+    sweep = bool(sweep_studies(store, study_name))  # a size sweep: a row per fraction
+    if sweep and not study_exists(store, study_name):  # the sweep alone has the name
         if as_json:
             click.echo(json.dumps(sweep_rows(store, study_name), indent=2))
             return
-        table, sentences = sweep_table(store, study_name)
-        console = make_console()
-        console.print(table)
-        for sentence in sentences:
-            console.print(f"  {sentence}", soft_wrap=True)
+        _print_sweep(store, study_name)
         return
     study, _ = load_existing(study_name, store)
     from search.report.summary import champion_source
 
     if as_json:
+        from search.study.studies import best_trial
+        from search.tracking.champion import model_uri_of
+
         source = champion_source(study)
+        model = best_trial(study)
         rows = [
-            {**trial_row(t), "champion": t.number == source}
+            {
+                **trial_row(t),
+                "model_uri": model_uri_of(study, t),
+                "champion": t.number == source,  # the champion's configuration (★)
+                "champion_model": model is not None and t.number == model.number,
+            }
             for t in ranked_trials(study, everything=True)
         ]
         click.echo(json.dumps(rows, indent=2))
@@ -80,6 +86,19 @@ def status_command(
     if answer is not None:
         console.print(f"champion: {answer['champion_name']}", soft_wrap=True)
     console.print(trials_table(study, title=f"study {study_name}", everything=everything))
+    if sweep:  # a study and a size sweep share the name: both answers
+        console.print(f"{study_name} is also the name of a size sweep:")
+        _print_sweep(store, study_name)
+
+
+def _print_sweep(store: Any, sweep: str) -> None:
+    from search.report.sweep import sweep_table
+
+    table, sentences = sweep_table(store, sweep)
+    console = make_console()
+    console.print(table)
+    for sentence in sentences:
+        console.print(f"  {sentence}", soft_wrap=True)
 
 
 @click.command("best")

@@ -8,7 +8,7 @@ mistake becomes a `UserError` whose one line names the key.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from pydantic import (
@@ -50,7 +50,9 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "TrialConfig",
+    "fraction_label",
     "parse_config",
+    "repeated_name",
     "safe_study_name",
 ]
 
@@ -179,6 +181,26 @@ def safe_study_name(name: str) -> str:
     return name
 
 
+def fraction_label(fraction: float) -> str:
+    """How a size sweep names the study of `fraction` (`S-f<label>`)."""
+    return f"{fraction:g}"
+
+
+def repeated_name(fractions: Sequence[float]) -> str | None:
+    """Why two of `fractions` would share one study (the label shows 6 significant digits:
+    0.1 and 0.1000001 are both `S-f0.1`), or None."""
+    seen: dict[str, float] = {}
+    for fraction in sorted(fractions):
+        label = fraction_label(fraction)
+        if label in seen and seen[label] != fraction:
+            return (
+                f"{seen[label]!r} and {fraction!r} would both be the study of fraction {label}; "
+                "give fractions that differ within 6 significant digits"
+            )
+        seen[label] = fraction
+    return None
+
+
 class SweepConfig(Section):
     """A size sweep (`regsearch run --fractions`): one study per fraction of the training
     split, smallest first, each warm-started from the one before (`search.study.sweep`)."""
@@ -195,6 +217,9 @@ class SweepConfig(Section):
             raise ValueError(f"each fraction must be in (0, 1], got {bad[0]:g}")
         if len(set(fractions)) != len(fractions):
             raise ValueError("a fraction is listed twice")
+        clash = repeated_name(fractions)
+        if clash is not None:
+            raise ValueError(clash)
         return sorted(fractions)
 
 

@@ -33,9 +33,10 @@ def table(rows: Sequence[tuple[str, Any]]) -> str:
     return f"<table>{body}</table>"
 
 
-def verdict_section(best: Mapping[str, Any] | None, metric: str) -> str:
+def verdict_section(best: Mapping[str, Any] | None, metric: str, *, grid: bool = False) -> str:
     """The study's answer: the same line as `run`, `best` and the dashboard note, then the
-    configurations the confirm phase compared and the held-out test evaluation."""
+    configurations the confirm phase compared and the held-out test evaluation. `grid`: a
+    grid study, which runs its grid only (no baseline recipe, no confirm phase)."""
     from search.report.summary import verdict
 
     if best is None:
@@ -49,6 +50,12 @@ def verdict_section(best: Mapping[str, Any] | None, metric: str) -> str:
             "until it ends, the best trial is one trial with one seed. "
             "<code>regsearch run STUDY</code> (or <code>regsearch confirm STUDY</code>) "
             "finishes it.</p>"
+        )
+    elif champion is None and grid:
+        parts.append(
+            "<p class='note'>A grid study runs its grid only: no baseline recipe and no "
+            "confirm phase. The best trial is one trial with one seed, scored on the split it "
+            "was chosen on.</p>"
         )
     elif champion is None:
         parts.append(

@@ -162,7 +162,8 @@ def write_report(
     from search.report.summary import best_summary
 
     summary = best_summary(study)
-    sections = [_Section("Verdict", lambda: verdict_section(summary, metric))]
+    grid = config is not None and config.search.sampler.name == "grid"
+    sections = [_Section("Verdict", lambda: verdict_section(summary, metric, grid=grid))]
     if summary is not None and summary.get("contributions"):
         contributions = summary["contributions"]
         sections.append(

@@ -18,10 +18,16 @@ import optuna
 
 from search.config.space import REGULARIZERS, space_of
 from search.core.files import write_atomic
-from search.core.records import TRAIN_ACCURACY_ATTR, TRAIN_IMAGES_ATTR, VAL_ACCURACY_ATTR
+from search.core.records import (
+    PHASE_ATTR,
+    REFIT,
+    TRAIN_ACCURACY_ATTR,
+    TRAIN_IMAGES_ATTR,
+    VAL_ACCURACY_ATTR,
+)
 from search.report.figures import new_figure, png
 from search.report.summary import best_summary, format_value
-from search.study.evidence import TEST_ATTR, study_config
+from search.study.evidence import TEST_ATTR, confirmed_champion, study_config
 from search.study.studies import best_trial
 from search.study.sweep import WARM_START_ATTR, sweep_studies, top_configurations
 
@@ -65,7 +71,8 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes:
         if points:
             acc.plot(*zip(*points, strict=True), style, label=label)
     acc.set_ylabel("test accuracy")
-    acc.legend(loc="lower right", fontsize=8)
+    if acc.get_legend_handles_labels()[0]:  # none before a study has a test evaluation
+        acc.legend(loc="lower right", fontsize=8)
     acc.grid(alpha=0.3)
     names = sorted({k for r in rows for k in r["regularizers"]})
     for name in names:
@@ -76,10 +83,11 @@ def sweep_figure(rows: Sequence[dict[str, Any]], *, dpi: int = 100) -> bytes:
         reg.legend(loc="best", fontsize=7, ncols=2)
     reg.grid(alpha=0.3)
     ablated = sorted({k for r in rows for k in r.get("contributions", {})})
+    scale, unit = _scale(rows)
     for name in ablated:
-        _bars(contrib, xs, [_contribution(r, name) for r in rows], label=name)
+        _bars(contrib, xs, [_contribution(r, name, scale) for r in rows], label=name)
     contrib.axhline(0.0, color="grey", lw=0.8)
-    contrib.set_ylabel("contribution (pt)")
+    contrib.set_ylabel(f"contribution ({unit})")
     contrib.set_title("ablation: champion − champion without it (95% interval)", fontsize=8)
     if ablated:
         contrib.legend(loc="best", fontsize=7, ncols=2)
@@ -113,13 +121,19 @@ def _chosen(row: dict[str, Any], name: str) -> Bar:
     return value, float(low), float(high)
 
 
-def _contribution(row: dict[str, Any], name: str) -> Bar:
+def _scale(rows: Sequence[dict[str, Any]]) -> tuple[float, str]:
+    """(factor, unit) of the contributions: accuracy points, else the metric's own units."""
+    metric = next((r["metric"] for r in rows if r.get("metric")), "val_accuracy")
+    return (100.0, "pt") if str(metric).endswith("accuracy") else (1.0, str(metric))
+
+
+def _contribution(row: dict[str, Any], name: str, scale: float) -> Bar:
     c = (row.get("contributions") or {}).get(name) or {}
     if c.get("mean") is None:
         return None
-    mean = 100 * float(c["mean"])
-    low = 100 * float(c["low"]) if c.get("low") is not None else mean
-    high = 100 * float(c["high"]) if c.get("high") is not None else mean
+    mean = scale * float(c["mean"])
+    low = scale * float(c["low"]) if c.get("low") is not None else mean
+    high = scale * float(c["high"]) if c.get("high") is not None else mean
     return mean, low, high
 
 
@@ -216,7 +230,11 @@ the amount of data. The table is in <a href="sweep.csv">sweep.csv</a> and
     return paths
 
 
-def _gap(trial: FrozenTrial | None) -> float | None:
+def _gap(study: optuna.Study, trial: FrozenTrial | None) -> float | None:
+    """The champion's train − validation accuracy: of its best-seed retrain when the
+    registered model is the refit (which trained on the validation images too)."""
+    if trial is not None and trial.user_attrs.get(PHASE_ATTR) == REFIT:
+        trial = confirmed_champion(study)
     if trial is None:
         return None
     train, val = trial.user_attrs.get(TRAIN_ACCURACY_ATTR), trial.user_attrs.get(VAL_ACCURACY_ATTR)
@@ -252,12 +270,13 @@ def sweep_rows(storage: optuna.storages.BaseStorage, sweep: str) -> list[dict[st
                 "fraction": fraction,
                 "train_images": study.user_attrs.get(TRAIN_IMAGES_ATTR),
                 "trials": len(study.get_trials(deepcopy=False)),
+                "metric": config.objective.metric if config is not None else None,
                 # The confirmed champion's mean over its seeds; before (or without) a confirm
                 # phase, the best trial's value.
                 "champion_val": _champion_value(best),
                 "champion_test": (test.get("champion") or {}).get("accuracy"),
                 "baseline_test": (test.get("baseline") or {}).get("accuracy"),
-                "train_val_gap": _gap(champion),
+                "train_val_gap": _gap(study, champion),
                 "regularizers": values,
                 "spread": spread,
                 # The ablation's answer: the champion's value minus its value with the
@@ -288,12 +307,13 @@ def trends(rows: Sequence[dict[str, Any]]) -> list[str]:
         n = row.get("train_images")
         return f"{n:,} images" if n else f"fraction {row['fraction']:g}"
 
+    scale, unit = _scale(rows)
     out = []
     for key in sorted(set(first["regularizers"]) & set(last["regularizers"])):
         a, b = first["regularizers"][key], last["regularizers"][key]
         a_lo, a_hi = first["spread"].get(key) or (a, a)
         b_lo, b_hi = last["spread"].get(key) or (b, b)
-        if a == b or a_lo <= b <= a_hi or b_lo <= a <= b_hi:
+        if a == b or (a_lo <= b <= a_hi and b_lo <= a <= b_hi):
             out.append(
                 f"{key}: about the same ({_two(a)} at {size(first)}, {_two(b)} at {size(last)}; "
                 "each within the other's spread over the top configurations)"
@@ -301,10 +321,13 @@ def trends(rows: Sequence[dict[str, Any]]) -> list[str]:
         else:
             way = "falls" if b < a else "rises"
             out.append(f"{key}: {way} from {_two(a)} at {size(first)} to {_two(b)} at {size(last)}")
+            if a_lo <= b_hi and b_lo <= a_hi:
+                out[-1] += " (the spreads over the top configurations overlap)"
         ends = [(r.get("contributions") or {}).get(key) or {} for r in (first, last)]
         if all(c.get("mean") is not None for c in ends):
-            ca, cb = (100 * float(c["mean"]) for c in ends)
-            cost = f"{ca:+.1f} pt at {size(first)}, {cb:+.1f} pt at {size(last)}"
+            ca, cb = (scale * float(c["mean"]) for c in ends)
+            digits = ".1f" if unit == "pt" else ".4g"
+            cost = f"{ca:+{digits}} {unit} at {size(first)}, {cb:+{digits}} {unit} at {size(last)}"
             out[-1] += f"; taking it away costs {cost}"
     return out
 

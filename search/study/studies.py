@@ -43,6 +43,7 @@ __all__ = [
     "make_sampler",
     "sampler_seed",
     "stored_config",
+    "study_exists",
 ]
 
 # Keys that may differ between launches of one study: budget and per-machine settings.
@@ -283,7 +284,7 @@ def _normalised(stored: dict[str, Any]) -> dict[str, Any]:
         return stored  # no longer valid: compared as is, so the user sees what differs
 
 
-def _exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
+def study_exists(storage: optuna.storages.BaseStorage, name: str) -> bool:
     try:
         storage.get_study_id_from_name(name)
     except KeyError:
@@ -301,7 +302,7 @@ def create_or_resume(
     per-machine keys; otherwise the user gets an error naming the differing keys."""
     pruner = make_pruner(config)
     portable = config.portable_dict()
-    if _exists(storage, config.study):
+    if study_exists(storage, config.study):
         study_id = storage.get_study_id_from_name(config.study)
         before = len(storage.get_all_trials(study_id, deepcopy=False))
         sampler = make_sampler(config, worker_index=worker_index, trials_before=before)
@@ -374,7 +375,7 @@ def enqueue_baseline(study: optuna.Study, config: StudyConfig) -> bool:
 
 def stored_config(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
     """The config a study was created with, as stored (None: no such study, or not ours)."""
-    if not _exists(storage, name):
+    if not study_exists(storage, name):
         return None
     study_id = storage.get_study_id_from_name(name)
     stored = storage.get_study_user_attrs(study_id).get(CONFIG_ATTR)
@@ -385,11 +386,16 @@ def load_existing(
     name: str, storage: optuna.storages.BaseStorage
 ) -> tuple[optuna.Study, StudyConfig | None]:
     """An existing study and its stored config (None for studies regsearch did not create)."""
-    if not _exists(storage, name):
-        known = [
-            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-        ]
+    if not study_exists(storage, name):
+        from search.study.sweep import SWEEP_ATTR
+
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        known = [s.study_name for s in summaries]
+        sweeps = sorted(
+            {str(s.user_attrs[SWEEP_ATTR]) for s in summaries if SWEEP_ATTR in s.user_attrs}
+        )
         hint = f"; known: {', '.join(known[:10])}" if known else ""
+        hint += f"; size sweeps: {', '.join(sweeps[:10])}" if sweeps else ""
         raise UserError(f"unknown study {name!r}{hint}")
     study = optuna.load_study(study_name=name, storage=storage)
     stored = study.user_attrs.get(CONFIG_ATTR)

@@ -97,6 +97,8 @@ def load_config(
             *parents, last = dotted.split(".")
             node = data
             for part in parents:
-                node = node.setdefault(part, {})
+                if not isinstance(node.get(part), dict):  # absent, or off (`sweep: null`)
+                    node[part] = {}
+                node = node[part]
             node[last] = value
     return validate_config(data)

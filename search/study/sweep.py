@@ -12,26 +12,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from search.config.schema import StudyConfig
+from search.config.schema import StudyConfig, fraction_label, repeated_name
 from search.core.errors import UserError
 from search.core.records import PHASE_ATTR, SEARCH, ranking
 from search.study.storage import study_lock
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = [
     "FRACTION_ATTR",
     "SWEEP_ATTR",
+    "SWEEP_CONFIG_ATTR",
     "WARM_START_ATTR",
     "Member",
     "fraction_configs",
     "parse_fractions",
+    "remember_sweep",
+    "stored_sweep",
     "sweep_studies",
     "top_configurations",
     "warm_start",
@@ -41,6 +41,8 @@ SWEEP_ATTR = "sweep"  # study user attr: the sweep's name
 FRACTION_ATTR = "train_fraction"  # study user attr: its fraction of the training split
 WARM_START_ATTR = "warm_start_from"  # study attr: the study it was seeded from ("" for none);
 # trial attr: the study whose configuration an enqueued warm-start trial retries
+SWEEP_CONFIG_ATTR = "sweep_config"  # study user attr: the sweep's config as the user gave it
+# (`auto` values unresolved, its `sweep.fractions`): what `run --study SWEEP` resumes
 _WARM_STARTS = 3  # configurations carried from one fraction to the next
 
 
@@ -61,11 +63,14 @@ def parse_fractions(values: Sequence[float] | str) -> list[float]:
         raise UserError("--fractions: give at least one fraction, e.g. 0.1,0.25,0.5,1")
     if len(set(fractions)) != len(fractions):
         raise UserError(f"--fractions: {', '.join(f'{f:g}' for f in fractions)} repeats one")
+    clash = repeated_name(fractions)
+    if clash is not None:
+        raise UserError(f"--fractions: {clash}")
     return sorted(fractions)
 
 
 def fraction_study(sweep: str, fraction: float) -> str:
-    return f"{sweep}-f{fraction:g}"
+    return f"{sweep}-f{fraction_label(fraction)}"
 
 
 def fraction_configs(config: StudyConfig, fractions: Sequence[float]) -> list[StudyConfig]:
@@ -113,7 +118,11 @@ def top_configurations(study: optuna.Study, k: int = _WARM_STARTS) -> list[dict[
             # be enqueued as it trained (a fixed value would train switched on again), and
             # not one of the recipe (every study has the recipe as its trial 0).
             replaced = ev.replaced
-            if champion.ablate in champion.params and not (replaced and replaced.baseline):
+            if (
+                champion.ablate in champion.params
+                and not (replaced and replaced.baseline)
+                and _holds_zero(study, champion.ablate)
+            ):
                 add({**champion.params, champion.ablate: 0.0})
         elif champion is not None and not champion.baseline:
             add(dict(champion.params))
@@ -126,13 +135,28 @@ def top_configurations(study: optuna.Study, k: int = _WARM_STARTS) -> list[dict[
     return order[:k]
 
 
+def _holds_zero(study: optuna.Study, name: str) -> bool:
+    """Whether the study's search space takes 0 for the searched `name` (a log-scaled range
+    does not: switched off, the configuration cannot be enqueued as it trained)."""
+    from search.config.space import space_of
+    from search.study.evidence import study_config
+
+    config = study_config(study)
+    if config is None:
+        return False
+    entry = next((e for e in space_of(config).searched if e.name == name), None)
+    return entry is not None and entry.value.contains(0)  # type: ignore[union-attr]
+
+
 @dataclass(frozen=True)
 class Member:
-    """A study's place in a sweep: the sweep's name, its fraction, the previous study."""
+    """A study's place in a sweep: the sweep's name, its fraction, the previous study, and the
+    sweep's config as given (`SWEEP_CONFIG_ATTR`)."""
 
     sweep: str
     fraction: float
     previous: str | None = None
+    config: dict[str, Any] | None = None
 
 
 def warm_start(study: optuna.Study, member: Member) -> int:
@@ -140,6 +164,8 @@ def warm_start(study: optuna.Study, member: Member) -> int:
     first), enqueue the previous fraction's best configurations as its first search trials.
     Returns how many this call enqueued."""
     with study_lock(study, "warm-start"):
+        if member.config is not None and study.user_attrs.get(SWEEP_CONFIG_ATTR) != member.config:
+            study.set_user_attr(SWEEP_CONFIG_ATTR, member.config)
         if WARM_START_ATTR in study.user_attrs:
             return 0
         study.set_user_attr(SWEEP_ATTR, member.sweep)
@@ -164,3 +190,31 @@ def sweep_studies(storage: optuna.storages.BaseStorage, sweep: str) -> list[tupl
         if attrs.get(SWEEP_ATTR) == sweep and FRACTION_ATTR in attrs:
             found.append((float(attrs[FRACTION_ATTR]), summary.study_name))
     return sorted(found)
+
+
+def remember_sweep(
+    storage: optuna.storages.BaseStorage, sweep: str, config: dict[str, Any]
+) -> None:
+    """Keep `config` (the sweep's, as given) in every study the sweep `sweep` has."""
+    for _, name in sweep_studies(storage, sweep):
+        study_id = storage.get_study_id_from_name(name)
+        if storage.get_study_user_attrs(study_id).get(SWEEP_CONFIG_ATTR) != config:
+            storage.set_study_user_attr(study_id, SWEEP_CONFIG_ATTR, config)
+
+
+def stored_sweep(storage: optuna.storages.BaseStorage, sweep: str) -> dict[str, Any] | None:
+    """The config the sweep `sweep` was last launched with (`SWEEP_CONFIG_ATTR` of its
+    largest fraction's study that holds one), its `sweep.fractions` every fraction it has a
+    study for and every fraction it was launched with; None when there is no such sweep."""
+    members = sweep_studies(storage, sweep)
+    stored: dict[str, Any] | None = None
+    fractions = {fraction for fraction, _ in members}
+    for _, name in members:
+        study_id = storage.get_study_id_from_name(name)
+        config = storage.get_study_user_attrs(study_id).get(SWEEP_CONFIG_ATTR)
+        if isinstance(config, dict):
+            stored = config
+            fractions |= set((config.get("sweep") or {}).get("fractions") or [])
+    if stored is None:
+        return None
+    return {**stored, "sweep": {**(stored.get("sweep") or {}), "fractions": sorted(fractions)}}

@@ -15,6 +15,8 @@ import pytest
 
 from search.core.errors import UserError
 from search.report.sweep import trends
+from search.study.evidence import confirmed_champion
+from search.study.studyfile import load_config
 from search.study.sweep import WARM_START_ATTR, parse_fractions
 from tests.helpers import regsearch
 
@@ -64,10 +66,16 @@ def test_each_study_of_a_sweep_says_how_long_it_took_itself(swept: Path) -> None
 @pytest.mark.slow
 def test_a_sweep_runs_one_warm_started_study_per_fraction(swept: Path) -> None:
     status = json.loads(regsearch("status", "dg", "--json", cwd=swept).stdout)
+    storage = f"sqlite:///{swept}/studies/regsearch.db"
     assert [r["study"] for r in status] == NAMES
     sizes = [r["train_images"] for r in status]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1] / 5, sizes
     assert all(r["champion_test"] is not None for r in status)
+    for row in status:  # the gap of the model trained on the training split, not the refit's
+        champion = confirmed_champion(optuna.load_study(study_name=row["study"], storage=storage))
+        assert champion is not None
+        gap = champion.user_attrs["train_accuracy"] - champion.user_attrs["val_accuracy"]
+        assert row["train_val_gap"] == pytest.approx(gap)
     for previous, name in itertools.pairwise(NAMES):
         seeded = [t for t in _trials(swept, name) if WARM_START_ATTR in t.user_attrs]
         assert seeded and all(t.user_attrs[WARM_START_ATTR] == previous for t in seeded)
@@ -105,9 +113,12 @@ def test_report_draws_the_sweep_with_every_fraction(swept: Path) -> None:
 def test_fractions_are_checked_and_sorted() -> None:
     assert parse_fractions("1,0.1,0.5") == [0.1, 0.5, 1.0]
     for bad, said in (("0,0.5", "0 is not in"), ("0.5,x", "'x' is not a number"),
-                      ("0.5,0.5", "repeats"), ("1.5", "1.5 is not in")):  # fmt: skip
+                      ("0.5,0.5", "repeats"), ("1.5", "1.5 is not in"),
+                      ("0.1,0.1000001", "would both be the study of fraction 0.1")):  # fmt: skip
         with pytest.raises(UserError, match=said):
             parse_fractions(bad)
+    with pytest.raises(UserError, match=r"sweep\.fractions: .*would both be the study of"):
+        load_config(overrides=["sweep={fractions: [0.1, 0.1000001]}"])
 
 
 def test_a_bad_fraction_on_the_command_line_is_one_line(tmp_path: Path) -> None:
@@ -131,6 +142,72 @@ def test_trends_say_which_way_each_regularizer_moves_with_data() -> None:
         "dropout: about the same (0.2 at 180 images, 0.2 at 1,078 images; each within the "
         "other's spread over the top configurations)",
     ]
+
+
+def test_a_value_within_one_end_s_spread_only_is_not_about_the_same() -> None:
+    first = _row(268, mixup_alpha=0.2)
+    first["spread"]["mixup_alpha"] = [0.2, 0.964]
+    last = _row(1077, mixup_alpha=0.545)
+    last["spread"]["mixup_alpha"] = [0.545, 0.964]
+    assert trends([first, last]) == [
+        "mixup_alpha: rises from 0.2 at 268 images to 0.55 at 1,077 images (the spreads over "
+        "the top configurations overlap)"
+    ]
+
+
+def test_a_val_loss_sweep_reports_contributions_in_its_own_units() -> None:
+    rows = [_row(109, dropout=0.1), _row(1077, dropout=0.1)]
+    for row, mean in zip(rows, (-0.01647, 0.002), strict=True):
+        row["metric"] = "val_loss"
+        row["contributions"] = {"dropout": {"mean": mean, "low": None, "high": None}}
+    (said,) = trends(rows)
+    assert said.endswith(
+        "taking it away costs -0.01647 val_loss at 109 images, +0.002 val_loss at 1,077 images"
+    )
+
+
+def test_the_warm_start_carries_an_ablated_champion_only_where_its_range_holds_zero() -> None:
+    from search.core.records import CONFIG_ATTR
+    from search.study.sweep import _holds_zero
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(CONFIG_ATTR, load_config().portable_dict())
+    assert not _holds_zero(study, "weight_decay"), "log range from 1e-5: 0 is not in it"
+    assert _holds_zero(study, "dropout") and _holds_zero(study, "mixup_alpha")
+
+
+@pytest.mark.slow
+def test_a_sweep_named_after_a_study_sizes_each_fraction_and_extends_by_name(
+    tmp_path: Path,
+) -> None:
+    """The docs' own order: the default study, then a sweep of the same name. The sweep does
+    not inherit the study's resolved batch size; `status` shows both; `--set
+    sweep.warm_start=false` goes beside `--fractions`; and the sweep extends by its name
+    alone, with the config it was launched with."""
+    tiny = ("--set", "search.n_trials=1", "--set", "train.epochs=1", "--set", "search.confirm=none")
+    assert regsearch("run", *tiny, cwd=tmp_path).returncode == 0
+    proc = regsearch("run", "--study", "digits", "--fractions", "0.1,0.25", *tiny,
+                     "--set", "sweep.warm_start=false", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+
+    def batch(name: str) -> int:
+        study = optuna.load_study(study_name=name, storage=storage)
+        return int(study.user_attrs["regsearch_config"]["train"]["batch_size"])
+
+    assert (batch("digits"), batch("digits-f0.1"), batch("digits-f0.25")) == (128, 16, 32)
+    assert not any(WARM_START_ATTR in t.user_attrs for t in _trials(tmp_path, "digits-f0.25"))
+    shown = regsearch("status", "digits", cwd=tmp_path).stdout
+    assert "study digits" in shown and "digits is also the name of a size sweep" in shown
+    assert "digits-f0.25" in shown
+    proc = regsearch("run", "--study", "digits", "--fractions", "0.5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming with the config stored in the sweep" in proc.stdout + proc.stderr
+    trials = _trials(tmp_path, "digits-f0.5")  # the stored budget: 1 trial of 1 epoch
+    assert [t.user_attrs["epochs_trained"] for t in trials] == [1]
+    for name in ("digits-f0.1", "digits-f0.25", "digits-f0.5"):  # 0.5 joined the others
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert study.user_attrs["sweep_config"]["sweep"]["fractions"] == [0.1, 0.25, 0.5]
 
 
 def test_trials_to_target_count_until_the_best_value_first_reaches_it() -> None:
