@@ -215,8 +215,9 @@ class Objective:
             self.compile_seconds.append(result.compile_seconds)
         if result.best_stats is not None:
             summary[TRAIN_ACCURACY_ATTR] = result.best_stats.train_accuracy
-            summary[VAL_ACCURACY_ATTR] = result.best_stats.val_accuracy
-            summary[TIEBREAK_ATTR] = result.best_stats.val_loss
+            if phase != REFIT:  # a refit trained on its validation images: no score on them
+                summary[VAL_ACCURACY_ATTR] = result.best_stats.val_accuracy
+                summary[TIEBREAK_ATTR] = result.best_stats.val_loss
         if result.stop_reason in (PRUNED, NONFINITE) or result.best_value is None:
             # Optuna stores a pruned trial's value as its last reported epoch's (optuna 5.1:
             # `study/_tell.py`, `_tell_with_warning`) and refuses a value told with PRUNED:
@@ -311,16 +312,17 @@ class Objective:
     ) -> TrainResult:
         metric = cfg.objective.metric
         can_prune = can_prune and self.config.search.pruner.name != "none"
+        refit = trial.user_attrs.get(PHASE_ATTR) == REFIT
 
         def on_epoch(stats: EpochStats) -> str | None:
             stop = report_epoch(trial, getattr(stats, metric), stats.epoch, can_prune=can_prune)
             if self.tracker and run_id is not None:
-                self.tracker.log_epoch(run_id, stats)
+                self.tracker.log_epoch(run_id, stats, seen_val=refit)
             for listener in self.listeners:
                 listener.epoch_done(trial.number, stats)
             return PRUNED if stop else None
 
-        if trial.user_attrs.get(PHASE_ATTR) == REFIT:  # `search.study.refit`
+        if refit:  # `search.study.refit`
             data = self._refit_data()
             trial.set_user_attr(TRAIN_IMAGES_ATTR, len(data.train))
             epochs = int(trial.user_attrs[REFIT_EPOCHS_ATTR])

@@ -15,6 +15,7 @@ once the study is idle.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +106,10 @@ def promote(
             result=candidate.result,
             data=data,
             checkpoint=False,
-            force=bool(tags),
+            # Another study's model holding the alias is no rival: its value is not this
+            # study's to weigh.
+            force=bool(tags) or _foreign_alias(tracker, study),
+            tiebreak=math.inf if tags else None,  # a refit has no validation loss of its own
         )
         if uri:
             if tags:
@@ -113,9 +117,18 @@ def promote(
             # Registered, but the alias stays where it is when it holds a refit whose confirm
             # mean outranks this value (a study extended past its confirm phase): the study
             # records the version `@champion` points at, never one it does not.
-            if tracker.registry.champion_trial() == candidate.number:
+            if tracker.registry.champion_run() == candidate.run_id:
                 _record(tracker, study, candidate.number, candidate.run_id, uri)
         return uri
+
+
+def _foreign_alias(tracker: Tracker, study: optuna.Study) -> bool:
+    """Whether `@champion` holds a model of no trial of this study (one of another study of
+    the same name: the registered model is named after the study)."""
+    held = tracker.registry.champion_run()
+    if held is None:
+        return False
+    return all(t.user_attrs.get(RUN_ID_ATTR) != held for t in study.get_trials(deepcopy=False))
 
 
 def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
@@ -127,15 +140,14 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
         best = best_trial(study)
         if best is None or best.value is None:
             return None
-        current, held = tracker.registry.champion()
-        if current == best.number:
+        current, held, held_run = tracker.registry.champion()
+        run_id = best.user_attrs.get(RUN_ID_ATTR)
+        if current == best.number and held_run == run_id:
             recorded = study.user_attrs.get(CHAMPION_ATTR) or {}
-            run_id = best.user_attrs.get(RUN_ID_ATTR)
             if held and run_id and recorded.get("trial") != best.number:
                 _record(tracker, study, best.number, run_id, held)  # the record lagged
                 return held
             return None
-        run_id = best.user_attrs.get(RUN_ID_ATTR)
         if not run_id:
             return None
         uri = tracker.registry.point_at(best.number, run_id)  # registered before: moved back
@@ -150,6 +162,7 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
         except Exception:  # never a candidate (no checkpoint): nothing to register
             return None
         tracker.flush(run_id)
+        tags = refit_tags(best)
         uri = tracker.registry.register(
             run_id,
             number=best.number,
@@ -158,10 +171,10 @@ def repair(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
             data=data,
             checkpoint=False,
             force=True,
-            tiebreak=best.user_attrs.get(TIEBREAK_ATTR),
+            tiebreak=math.inf if tags else best.user_attrs.get(TIEBREAK_ATTR),
         )
         if uri:
-            if tags := refit_tags(best):
+            if tags:
                 tracker.registry.tag_version(uri, tags)
             _record(tracker, study, best.number, run_id, uri)
             _log.warning(
@@ -261,9 +274,14 @@ def _test_evidence(registry: Registry, study: optuna.Study, data: Dataset) -> di
             "configuration's mean over the confirm phase's seeds)."
         )
     study.set_user_attr(TEST_ATTR, result)
-    registry.describe_champion(
-        result["champion"]["accuracy"], len(data.test), note=note, tags=refit_tags(champion)
-    )
+    if registry.config.tracking.register_model:
+        registry.describe_champion(
+            result["champion"]["accuracy"],
+            len(data.test),
+            run_id=champion.user_attrs[RUN_ID_ATTR],
+            note=note,
+            tags=refit_tags(champion),
+        )
     return result
 
 

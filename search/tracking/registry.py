@@ -161,20 +161,22 @@ class Registry:
         self.client.set_registered_model_alias(self.study_name, CHAMPION, version)
         return f"models:/{self.study_name}/{version}"
 
-    def champion_trial(self) -> int | None:
-        """The trial number of the version `@champion` points at (None: no alias yet)."""
-        return self.champion()[0]
+    def champion_run(self) -> str | None:
+        """The MLflow run of the version `@champion` points at (None: no alias yet)."""
+        return self.champion()[2]
 
-    def champion(self) -> tuple[int | None, str | None]:
-        """(trial number, `models:/<study>/<version>`) of the version `@champion` points at;
-        (None, None) with no alias yet."""
+    def champion(self) -> tuple[int | None, str | None, str | None]:
+        """(trial number, `models:/<study>/<version>`, run id) of the version `@champion`
+        points at; (None, None, None) with no alias yet. A trial number alone does not say
+        whose: another study of the same name (in another Optuna storage, or before
+        `studies/` was deleted) registers into the same model; the run id does."""
         try:
             version = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
         except MlflowException:
-            return None, None
+            return None, None, None
         trial = version.tags.get("trial")
         number = int(trial) if trial is not None and trial.isdigit() else None
-        return number, f"models:/{self.study_name}/{version.version}"
+        return number, f"models:/{self.study_name}/{version.version}", version.run_id
 
     def checkpoint_result(self, run_id: str) -> TrainResult:
         """The weights a trial saved with `save_checkpoint`, as `register` takes them."""
@@ -250,14 +252,23 @@ class Registry:
         accuracy: float,
         images: int,
         *,
+        run_id: str,
         note: str = "",
         tags: Mapping[str, str] | None = None,
     ) -> None:
         """Tag and describe the `@champion` version with its test accuracy (a worker of an
         earlier launch may have tagged it already: a tracking server then refuses the insert);
-        `note`: a sentence more, and `tags` more (a refit says what it was trained on)."""
+        `note`: a sentence more, and `tags` more (a refit says what it was trained on). Only
+        when the alias holds a model of the champion's run `run_id`: never another study's."""
         try:
             mv = self.client.get_model_version_by_alias(self.study_name, CHAMPION)
+            if mv.run_id != run_id:
+                _log.warning(
+                    "@champion (version %s) is not the champion trial's model: not described "
+                    "with its test accuracy",
+                    mv.version,
+                )
+                return
             for key, value in (tags or {}).items():
                 if mv.tags.get(key) != value:
                     self.client.set_model_version_tag(self.study_name, mv.version, key, value)

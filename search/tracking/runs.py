@@ -54,6 +54,8 @@ PARENT_TOKEN_ATTR = "mlflow_parent_token"  # written before the parent run exist
 _TOKEN_TAG = "regsearch.parent_token"
 _PARENT_LOCK = "mlflow-parent"  # `study_lock` name for finding or creating the parent run
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+CURRENT_PREFIX = "current."  # parent-run tag: a param's value changed by a later launch
+SEEN_PREFIX = "seen_"  # a refit's per-epoch `val_*` metrics: on images it trained on
 _ENDED = (
     optuna.trial.TrialState.COMPLETE,
     optuna.trial.TrialState.PRUNED,
@@ -126,6 +128,7 @@ def _find_or_create_parent(
             if run.info.lifecycle_stage != "deleted":
                 if run.info.status != "RUNNING":
                     client.update_run(run_id, status="RUNNING")
+                _log_config(client, run, config)
                 return str(run_id)
         except MlflowException:
             pass  # the tracking store was reset: start a new parent
@@ -151,19 +154,34 @@ def _find_or_create_parent(
             _TOKEN_TAG: token,
         }
         run = client.create_run(experiment_id, run_name=study.study_name, tags=tags)
+    _log_config(client, run, config)
+    study.set_user_attr(PARENT_ATTR, run.info.run_id)
+    return str(run.info.run_id)
+
+
+def _log_config(client: MlflowClient, run: Any, config: StudyConfig) -> None:
+    """The study's config as the parent run's params. A param a resumed launch changed (the
+    budget: `--n-trials`, `confirm --seeds`) cannot be logged again (MLflow never rewrites
+    one): its current value is the tag `current.<key>`, rewritten each launch."""
     params = {
         k: json.dumps(v) if isinstance(v, list | dict) else str(v)
         for k, v in flatten(config.portable_dict()).items()
         if not k.startswith("space.") and k != "space"
     }
     params.update({f"space.{k}": json.dumps(v) for k, v in config.space.items()})
-    logged = run.data.params  # an adopted run may hold them already (MLflow never rewrites one)
-    client.log_batch(
-        run.info.run_id,
-        params=[Param(k, v[:6000]) for k, v in params.items() if k not in logged],
-    )
-    study.set_user_attr(PARENT_ATTR, run.info.run_id)
-    return str(run.info.run_id)
+    logged = run.data.params  # an adopted run may hold them already
+    shown = run.data.tags
+    # Changed since the param was logged, or back to it with a `current.` tag saying otherwise.
+    changed = {
+        k: v[:5000]
+        for k, v in params.items()
+        if k in logged
+        and (logged[k] != v[:6000] or shown.get(CURRENT_PREFIX + k, v[:5000]) != v[:5000])
+    }
+    new = [Param(k, v[:6000]) for k, v in params.items() if k not in logged]
+    tags = [RunTag(f"{CURRENT_PREFIX}{k}", v) for k, v in changed.items()]
+    if new or tags:
+        client.log_batch(run.info.run_id, params=new, tags=tags)
 
 
 class Tracker:
@@ -259,10 +277,21 @@ class Tracker:
         self._flushed_at[run_id] = time.monotonic()
         return run_id
 
-    def log_epoch(self, run_id: str, stats: EpochStats) -> None:
+    def log_epoch(self, run_id: str, stats: EpochStats, *, seen_val: bool = False) -> None:
+        """Buffer the epoch's metrics (written every `flush_seconds`). `seen_val`: a refit's,
+        whose validation images are training images: its `val_*` are logged as
+        `seen_val_*`, so that no run is ranked by a validation score on images it learned."""
         now = int(time.time() * 1000)
         pending = self._pending.setdefault(run_id, [])
-        pending.extend(Metric(k, float(v), now, stats.epoch) for k, v in stats.metrics().items())
+        pending.extend(
+            Metric(
+                SEEN_PREFIX + k if seen_val and k.startswith("val_") else k,
+                float(v),
+                now,
+                stats.epoch,
+            )
+            for k, v in stats.metrics().items()
+        )
         if time.monotonic() - self._flushed_at.get(run_id, 0.0) >= self.flush_seconds:
             self.flush(run_id)
 

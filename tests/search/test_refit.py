@@ -337,6 +337,15 @@ def test_the_registered_champion_is_the_refit_on_train_and_validation(tmp_path: 
     recorded = float(version.tags["test_accuracy"])
     assert recorded == study.user_attrs["test_accuracy"] == out["test_accuracy"]
 
+    # Its validation images were training images: no run of it, no trial attribute and no
+    # version tag scores it on them under the name of a held-out score.
+    assert version.tags["val_loss"] == "inf"
+    assert "val_accuracy" not in best.user_attrs and "val_loss" not in best.user_attrs
+    run = client.get_run(best.user_attrs["mlflow_run_id"])
+    assert "seen_val_accuracy" in run.data.metrics and "val_accuracy" not in run.data.metrics
+    held = client.get_run(before.user_attrs["mlflow_run_id"])
+    assert "val_accuracy" in held.data.metrics and "seen_val_accuracy" not in held.data.metrics
+
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     model = mlflow.pytorch.load_model("models:/r@champion")

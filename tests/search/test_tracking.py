@@ -342,3 +342,78 @@ def test_workers_that_end_together_finish_the_parent_run_once(tmp_path: Path) ->
     after = client.get_run(second.parent_run_id)
     assert after.info.status == "FINISHED" and after.info.end_time == parent.info.end_time
     assert len(client.get_metric_history(parent.info.run_id, "best_value")) == 2
+
+
+def test_a_grid_study_has_no_confirm_phase_to_run_and_its_report_says_so(tracked: Path) -> None:
+    proc = regsearch("confirm", STUDY, cwd=tracked)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"regsearch: error: study {STUDY!r} is a grid study (search.sampler: grid): it runs "
+        "its grid only, with no baseline recipe, so it has no confirm phase"
+    ]
+    out = tracked / "grid-report"
+    assert regsearch("report", STUDY, "--out", str(out), cwd=tracked).returncode == 0
+    page = (out / "index.html").read_text()
+    assert "A grid study runs its grid only" in page and "regsearch confirm STUDY" not in page
+
+
+TINY = (
+    "--set", "search.n_trials=1", "--set", "train.epochs=1",
+    "--set", "search.confirm=none", "--set", "dataset.train_fraction=0.3",
+)  # fmt: skip
+
+
+def test_a_same_named_study_in_another_storage_never_retags_the_first_study_s_model(
+    tmp_path: Path,
+) -> None:
+    """One MLflow store, two Optuna storages, one study name (or `studies/` deleted and the
+    study run again): the registered model is named after the study, so both register into
+    it. The second study's champion takes the alias (the first's version is no rival of its
+    own), and the first's version keeps its own test accuracy."""
+    first = regsearch("run", "--storage", "sqlite:///studies/a.db", *TINY, "--set",
+                      "train.epochs=6", cwd=tmp_path)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    client = _client(tmp_path)
+    v1 = client.get_model_version_by_alias("digits", "champion")
+    tagged = v1.tags["test_accuracy"]
+    second = regsearch("run", "--storage", "sqlite:///studies/b.db", *TINY,
+                       "--set", "baseline=none", "--set", "train.lr=0.00001",
+                       cwd=tmp_path)  # fmt: skip
+    assert second.returncode == 0, second.stderr[-2000:]
+    b = optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp_path}/studies/b.db")
+    held = client.get_model_version_by_alias("digits", "champion")
+    assert held.run_id == b.best_trial.user_attrs["mlflow_run_id"], "the second study's model"
+    assert float(held.tags["test_accuracy"]) == b.user_attrs["test_accuracy"]
+    assert client.get_model_version("digits", v1.version).tags["test_accuracy"] == tagged
+
+
+def test_without_registration_the_verdict_still_has_its_test_evaluation(tmp_path: Path) -> None:
+    proc = regsearch("run", *TINY, "--set", "tracking.register_model=false", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    best = json.loads(regsearch("best", "digits", "--json", cwd=tmp_path).stdout)
+    assert best["test_accuracy"] == best["test"]["champion"]["accuracy"] is not None
+    assert best["model_uri"] is None
+    assert not _client(tmp_path).search_registered_models(), "no model registered"
+    study = optuna.load_study(
+        study_name="digits", storage=f"sqlite:///{tmp_path}/studies/regsearch.db"
+    )
+    assert study.user_attrs["test_accuracy"] == best["test_accuracy"], "the dashboard note's"
+
+
+def test_status_json_names_the_champion_model_and_a_resume_s_budget_is_a_parent_tag(
+    tmp_path: Path,
+) -> None:
+    assert regsearch("run", *TINY, cwd=tmp_path).returncode == 0
+    proc = regsearch("run", *TINY, "--n-trials", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(regsearch("status", "digits", "--json", cwd=tmp_path).stdout)
+    best = json.loads(regsearch("best", "digits", "--json", cwd=tmp_path).stdout)
+    (model,) = [r for r in rows if r["champion_model"]]
+    assert model["number"] == best["trial"] and model["model_uri"] == best["model_uri"]
+    assert model["model_uri"] is not None
+    study = optuna.load_study(
+        study_name="digits", storage=f"sqlite:///{tmp_path}/studies/regsearch.db"
+    )
+    parent = _client(tmp_path).get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.data.params["search.n_trials"] == "1", "MLflow never rewrites a param"
+    assert parent.data.tags["current.search.n_trials"] == "2"
