@@ -196,9 +196,9 @@ def _stored(
 ) -> tuple[dict[str, Any] | None, Any]:
     """The stored config `run` resumes, and the storage it was read from (None when there is
     no storage yet): the named study's (or the default study's), or, when a size sweep is
-    asked for or no study has the name given, the config of the sweep of that name as given. A new
-    sweep never starts from a study's stored config: that holds its `auto` values resolved
-    for its own data (a batch size for all its images, not a fraction's)."""
+    asked for or no study has the name given, the config of the sweep of that name as given.
+    A new sweep never starts from a study's stored config: that holds its `auto` values
+    resolved for its own data (a batch size for all its images, not a fraction's)."""
     from search.config.schema import DEFAULTS
     from search.study.storage import open_existing
     from search.study.studies import stored_config
@@ -215,7 +215,7 @@ def _stored(
         if stored is None and not sweep and sweep_studies(opened, name):
             raise UserError(
                 f"{name!r} is a size sweep of an earlier regsearch, which did not keep its "
-                f"config: resume it once with `--fractions` and the --set items it was "
+                "config: resume it once with `--fractions` and the --set items it was "
                 "launched with"
             )
     return stored, opened
