@@ -15,7 +15,6 @@ from search.core.records import (
     BEST_EPOCH_ATTR,
     CHAMPION_URI_ATTR,
     EPOCHS_TRAINED_ATTR,
-    MODEL_URI_ATTR,
     OBJECTIVE_METRIC_ATTR,
     OVERRIDES_ATTR,
     PHASE_ATTR,
@@ -100,7 +99,6 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "train_accuracy": attrs.get(TRAIN_ACCURACY_ATTR),
         "val_accuracy": attrs.get(VAL_ACCURACY_ATTR),
         "mlflow_run_id": attrs.get(RUN_ID_ATTR),
-        "model_uri": attrs.get(MODEL_URI_ATTR),
     }
 
 

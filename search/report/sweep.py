@@ -27,7 +27,8 @@ from search.core.records import (
 )
 from search.report.figures import new_figure, png
 from search.report.summary import best_summary, format_value
-from search.study.evidence import TEST_ATTR, confirmed_champion, study_config
+from search.study.evidence import TEST_ATTR, study_config
+from search.study.refit import REFIT_OF_ATTR
 from search.study.studies import best_trial
 from search.study.sweep import WARM_START_ATTR, sweep_studies, top_configurations
 
@@ -234,7 +235,7 @@ def _gap(study: optuna.Study, trial: FrozenTrial | None) -> float | None:
     """The champion's train − validation accuracy: of its best-seed retrain when the
     registered model is the refit (which trained on the validation images too)."""
     if trial is not None and trial.user_attrs.get(PHASE_ATTR) == REFIT:
-        trial = confirmed_champion(study)
+        trial = study.trials[int(trial.user_attrs[REFIT_OF_ATTR])]
     if trial is None:
         return None
     train, val = trial.user_attrs.get(TRAIN_ACCURACY_ATTR), trial.user_attrs.get(VAL_ACCURACY_ATTR)

@@ -449,17 +449,13 @@ def close_tracking(
 
 def _settle_and_finish(tracker: Tracker, study: optuna.Study, data: Dataset | None) -> None:
     from search.report.summary import best_summary, verdict, verdict_metrics
-    from search.tracking.champion import evaluate_on_test, settle
+    from search.tracking.champion import settle
 
     tags: dict[str, str] = {}
-    if data is not None and tracker.config.tracking.register_model:
+    if data is not None:
         uri = settle(tracker, study, data)
         if uri is not None:
             tags["champion_uri"] = uri
-    elif data is not None:  # no model registered: the test split's verdict all the same
-        test = evaluate_on_test(tracker.registry, study, data)
-        if test is not None:
-            study.set_user_attr(TEST_ACCURACY_ATTR, test["champion"]["accuracy"])
     metrics: dict[str, float] = {}
     best = best_summary(study)
     if best is not None:

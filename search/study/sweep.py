@@ -182,23 +182,30 @@ def warm_start(study: optuna.Study, member: Member) -> int:
         return len(configs)
 
 
-def sweep_studies(storage: optuna.storages.BaseStorage, sweep: str) -> list[tuple[float, str]]:
-    """(fraction, study name) of the sweep's studies in `storage`, smallest first."""
+def _members(
+    storage: optuna.storages.BaseStorage, sweep: str
+) -> list[tuple[float, str, dict[str, Any]]]:
+    """(fraction, study name, study user attrs) of the sweep's studies, smallest first."""
     found = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         attrs = summary.user_attrs
         if attrs.get(SWEEP_ATTR) == sweep and FRACTION_ATTR in attrs:
-            found.append((float(attrs[FRACTION_ATTR]), summary.study_name))
-    return sorted(found)
+            found.append((float(attrs[FRACTION_ATTR]), summary.study_name, attrs))
+    return sorted(found, key=lambda m: (m[0], m[1]))
+
+
+def sweep_studies(storage: optuna.storages.BaseStorage, sweep: str) -> list[tuple[float, str]]:
+    """(fraction, study name) of the sweep's studies in `storage`, smallest first."""
+    return [(fraction, name) for fraction, name, _ in _members(storage, sweep)]
 
 
 def remember_sweep(
     storage: optuna.storages.BaseStorage, sweep: str, config: dict[str, Any]
 ) -> None:
     """Keep `config` (the sweep's, as given) in every study the sweep `sweep` has."""
-    for _, name in sweep_studies(storage, sweep):
-        study_id = storage.get_study_id_from_name(name)
-        if storage.get_study_user_attrs(study_id).get(SWEEP_CONFIG_ATTR) != config:
+    for _, name, attrs in _members(storage, sweep):
+        if attrs.get(SWEEP_CONFIG_ATTR) != config:
+            study_id = storage.get_study_id_from_name(name)
             storage.set_study_user_attr(study_id, SWEEP_CONFIG_ATTR, config)
 
 
@@ -206,12 +213,11 @@ def stored_sweep(storage: optuna.storages.BaseStorage, sweep: str) -> dict[str, 
     """The config the sweep `sweep` was last launched with (`SWEEP_CONFIG_ATTR` of its
     largest fraction's study that holds one), its `sweep.fractions` every fraction it has a
     study for and every fraction it was launched with; None when there is no such sweep."""
-    members = sweep_studies(storage, sweep)
+    members = _members(storage, sweep)
     stored: dict[str, Any] | None = None
-    fractions = {fraction for fraction, _ in members}
-    for _, name in members:
-        study_id = storage.get_study_id_from_name(name)
-        config = storage.get_study_user_attrs(study_id).get(SWEEP_CONFIG_ATTR)
+    fractions = {fraction for fraction, _, _ in members}
+    for _, _, attrs in members:
+        config = attrs.get(SWEEP_CONFIG_ATTR)
         if isinstance(config, dict):
             stored = config
             fractions |= set((config.get("sweep") or {}).get("fractions") or [])

@@ -192,15 +192,19 @@ def champion_uri(study_name: str) -> str:
 
 def settle(tracker: Tracker, study: optuna.Study, data: Dataset) -> str | None:
     """The end of a finished study: the alias repaired (`repair`), then the champion's and
-    the baseline recipe's one evaluation on the test split (`evaluate_on_test`), kept in the
-    study as `champion_uri` and `test_accuracy`; the champion's URI, or None without one."""
+    the baseline recipe's one evaluation on the test split (`evaluate_on_test`, from their
+    checkpoints: also with `tracking.register_model: false`), kept in the study as
+    `test_accuracy` and, with a registered model, `champion_uri`; the champion's URI, or None
+    without one."""
     repair(tracker, study, data)
     test = evaluate_on_test(tracker.registry, study, data)
     if test is None:
         return None
+    study.set_user_attr(TEST_ACCURACY_ATTR, test["champion"]["accuracy"])
+    if not tracker.config.tracking.register_model:
+        return None
     uri = champion_uri(tracker.study_name)
     study.set_user_attr(CHAMPION_URI_ATTR, uri)
-    study.set_user_attr(TEST_ACCURACY_ATTR, test["champion"]["accuracy"])
     return uri
 
 

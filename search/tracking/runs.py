@@ -170,16 +170,14 @@ def _log_config(client: MlflowClient, run: Any, config: StudyConfig) -> None:
     }
     params.update({f"space.{k}": json.dumps(v) for k, v in config.space.items()})
     logged = run.data.params  # an adopted run may hold them already
-    shown = run.data.tags
-    # Changed since the param was logged, or back to it with a `current.` tag saying otherwise.
-    changed = {
-        k: v[:5000]
-        for k, v in params.items()
-        if k in logged
-        and (logged[k] != v[:6000] or shown.get(CURRENT_PREFIX + k, v[:5000]) != v[:5000])
-    }
+    # What the run shows for a logged key: its `current.` tag, else the param itself.
+    shown = {k: run.data.tags.get(CURRENT_PREFIX + k, v) for k, v in logged.items()}
     new = [Param(k, v[:6000]) for k, v in params.items() if k not in logged]
-    tags = [RunTag(f"{CURRENT_PREFIX}{k}", v) for k, v in changed.items()]
+    tags = [
+        RunTag(CURRENT_PREFIX + k, v[:5000])
+        for k, v in params.items()
+        if k in shown and shown[k] != v[:5000] and shown[k] != v[:6000]
+    ]
     if new or tags:
         client.log_batch(run.info.run_id, params=new, tags=tags)
 
