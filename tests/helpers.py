@@ -28,13 +28,25 @@ def _user_env(env: dict[str, str] | None) -> dict[str, str]:
     return full_env
 
 
-def _without_confirm(args: tuple[str, ...], confirm: bool) -> list[str]:
+# The training budget of a test's tiny study: the default's 45 optimizer steps an epoch would
+# repeat a few dozen images' passes until each epoch trains 45 steps, several times the work of
+# the same test at this budget; what the default budget does is tested where a test asks for it.
+TEST_BUDGET = "train.min_steps_per_epoch=8"
+
+
+def _test_argv(args: tuple[str, ...], confirm: bool, budget: bool) -> list[str]:
     """`regsearch run` without the confirm phase (top configurations retrained with fresh
     seeds, then the champion's ablation) unless a test asks for it: it multiplies a tiny
-    study's trials, and tests/search/test_evidence.py and test_confirm.py cover it."""
-    if confirm or not args or args[0] != "run" or any("search.confirm" in a for a in args):
+    study's trials, and tests/search/test_evidence.py and test_confirm.py cover it. A `run`
+    trains at `TEST_BUDGET` unless `budget` (the default's) or the test sets its own."""
+    if not args or args[0] != "run":
         return list(args)
-    return [args[0], "--set", "search.confirm=none", *args[1:]]
+    argv = list(args)
+    if not budget and not any("min_steps_per_epoch" in a for a in args):
+        argv[1:1] = ["--set", TEST_BUDGET]
+    if not confirm and not any("search.confirm" in a for a in args):
+        argv[1:1] = ["--set", "search.confirm=none"]
+    return argv
 
 
 class _Zygote:
@@ -168,12 +180,14 @@ def regsearch(
     timeout: float = 300,
     confirm: bool = False,
     real: bool = False,
+    budget: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run the console entry point (`python -m search`) in a process of its own, as a user
-    would; a `run` has no confirm phase unless `confirm` (see `_without_confirm`). The process
+    would; a `run` has no confirm phase unless `confirm`, and trains at `TEST_BUDGET` unless
+    `budget` (see `_test_argv`). The process
     is forked from the pre-imported `tests/zygote.py` unless `real` (or
     `REGSEARCH_TEST_FORK=0`): a new interpreter then pays the imports."""
-    argv = _without_confirm(args, confirm)
+    argv = _test_argv(args, confirm, budget)
     if forked(real):
         return _ZYGOTE.run(argv, cwd=cwd, env=_user_env(env), timeout=timeout)
     return subprocess.run(
@@ -186,10 +200,12 @@ def regsearch(
     )
 
 
-def start_regsearch(*args: str, cwd: Path, confirm: bool = False, real: bool = False) -> Launch:
+def start_regsearch(
+    *args: str, cwd: Path, confirm: bool = False, real: bool = False, budget: bool = False
+) -> Launch:
     """`regsearch` started in the background (to be signalled or killed by the test), forked
     from the zygote as `regsearch(...)` is unless `real`."""
-    argv = _without_confirm(args, confirm)
+    argv = _test_argv(args, confirm, budget)
     if forked(real):
         return _ZYGOTE.start(argv, cwd=cwd, env=_user_env(None))
     return subprocess.Popen(

@@ -258,9 +258,11 @@ class TrainConfig(Section):
     # `auto`: from the training split's size (`search.training.auto.batch_size_for`), so a
     # small split still gets several optimizer steps an epoch.
     batch_size: Literal["auto"] | int = "auto"
-    # An epoch (the unit of pruning and early-stopping patience) repeats passes over a tiny
-    # training split until it holds at least this many optimizer steps.
-    min_steps_per_epoch: Int = Field(8, ge=1)
+    # An epoch (the unit of pruning and early-stopping patience) repeats passes over a small
+    # training split until it holds at least this many optimizer steps: 45 gives the digits 5
+    # passes and 1,000 Fashion-MNIST images 4, what regularized training needs to pay on small
+    # data (docs/benchmarks.md, Fashion-MNIST); from about 5,640 images on an epoch is one pass.
+    min_steps_per_epoch: Int = Field(45, ge=1)
     lr: float = Field(3e-3, gt=0.0, le=10.0)  # above 10 every trial diverges
     optimizer: Literal["adamw", "sgd"] = "adamw"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)

@@ -44,6 +44,17 @@ def model_for(shape: tuple[int, int, int], n_train: int) -> tuple[str, int | Non
     return "small-cnn", (32 if wide else None), why
 
 
+def _plan(n_train: int, batch_size: int, config: StudyConfig) -> str:
+    """What an epoch holds at `batch_size`: "9 steps a pass over 1,077 images, 5 passes an
+    epoch" (`train.min_steps_per_epoch`), or "47 steps an epoch on 6,000 images"."""
+    from search.training.train import epoch_plan
+
+    passes, steps = epoch_plan(n_train, batch_size, config.train.min_steps_per_epoch)
+    if passes == 1:
+        return f"{steps} steps an epoch on {n_train:,} images"
+    return f"{steps // passes} steps a pass over {n_train:,} images, {passes} passes an epoch"
+
+
 @dataclass(frozen=True)
 class AutoChoice:
     config: StudyConfig  # with every `auto` replaced by its value
@@ -79,8 +90,7 @@ def resolve(config: StudyConfig, data: Dataset) -> AutoChoice:
     if config.train.batch_size == AUTO:
         size = batch_size_for(n_train)
         update_train["batch_size"] = size
-        steps = -(-n_train // size)
-        notes.append(f"batch size {size} (auto: {steps} steps an epoch on {n_train:,} images)")
+        notes.append(f"batch size {size} (auto: {_plan(n_train, size, config)})")
     if config.dataset.channels == AUTO:
         update_data["channels"] = data.shape[0]
         notes.append(f"channels {data.shape[0]} (auto: {data.channel_note})")

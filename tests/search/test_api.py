@@ -18,9 +18,9 @@ import yaml
 
 from search.api import StudyResult, best, load_champion, run
 from search.core.errors import UserError
-from tests.helpers import regsearch
+from tests.helpers import TEST_BUDGET, regsearch
 
-_TINY = ["train.epochs=2", "search.confirm=off"]
+_TINY = ["train.epochs=2", "search.confirm=off", TEST_BUDGET]
 
 
 @pytest.mark.slow

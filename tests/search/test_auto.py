@@ -18,7 +18,7 @@ from search.data.sample import digits_images, write_imagefolder, write_mnist_idx
 from search.study.studyfile import load_config
 from search.training.auto import batch_size_for, model_for, resolve
 from search.training.train import epoch_plan
-from tests.helpers import regsearch
+from tests.helpers import TEST_BUDGET, regsearch
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,9 @@ def test_auto_batch_size_gives_small_splits_several_steps(n_train: int, batch: i
 
 
 def test_an_epoch_of_a_tiny_split_repeats_passes_until_it_has_enough_steps() -> None:
-    assert epoch_plan(1078, 128, 8) == (1, 9)  # the digits default: one pass
+    assert epoch_plan(1078, 128, 45) == (5, 45)  # the digits default: five passes of 9 steps
+    assert epoch_plan(800, 64, 45) == (4, 52)  # Fashion-MNIST 1,000: four passes of 13
+    assert epoch_plan(1078, 128, 8) == (1, 9)  # a budget under one pass: one pass
     assert epoch_plan(40, 16, 8) == (3, 9)  # 3 steps a pass: three passes an epoch
     assert epoch_plan(10, 16, 1) == (1, 1)
 
@@ -125,6 +127,13 @@ def test_resolve_stores_concrete_choices_and_says_why(tmp_path: Path) -> None:
     assert choice.config.train.batch_size == 16  # 160 training images
     assert choice.config.dataset.channels == 1
     assert any(n.startswith("model small-cnn (auto: 28 px") for n in choice.notes)
+    # The epoch the note describes is the one trained: 10 steps a pass, 45 steps an epoch.
+    assert "batch size 16 (auto: 10 steps a pass over 160 images, 5 passes an epoch)" in (
+        choice.notes
+    )
+    lowered = load_config(overrides=["dataset.name=mnist", f"dataset.root={root}", TEST_BUDGET])
+    one_pass = resolve(lowered, load_dataset(lowered.dataset))
+    assert "batch size 16 (auto: 10 steps an epoch on 160 images)" in one_pass.notes
     explicit = load_config(
         overrides=["dataset.name=mnist", f"dataset.root={root}", "model.name=resnet18"]
     )

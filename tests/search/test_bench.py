@@ -16,7 +16,7 @@ from search.bench.throughput import (
     augment_speedup,
     train_images_per_second,
 )
-from tests.helpers import regsearch
+from tests.helpers import TEST_BUDGET, regsearch
 
 CPU = torch.device("cpu")
 
@@ -175,6 +175,8 @@ def test_time_to_target_is_when_the_best_search_value_first_reaches_it() -> None
         "search.confirm=none",
         "--set",
         "tracking.enabled=false",
+        "--set",
+        TEST_BUDGET,
     )
     reached = time_to_target(target=0.0, args=tiny)  # any value reaches 0: the first trial
     assert reached["trials"] == 2 and reached["trial"] == 0
@@ -196,6 +198,7 @@ def test_real_data_takes_the_recipe_s_figure_from_the_study_that_refit_it(tmp_pa
         "search.n_trials=2",
         "train.epochs=1",
         "search.confirm={top_k: 1, seeds: 2, ablation: false}",
+        TEST_BUDGET,
     ]
     row = _run(tmp_path, "tiny", sets)
     study = optuna.load_study(

@@ -38,6 +38,7 @@ from search.core.records import FINISHED, WORKER_ATTR
 from search.data.dataset import Dataset, load_dataset
 from search.study.studyfile import load_config
 from search.training.train import EpochStats, train
+from tests.helpers import TEST_BUDGET
 
 TINY = [
     "dataset={name: synthetic, num_samples: 240, image_size: 8, channels: 1, num_classes: 3}",
@@ -48,6 +49,7 @@ TINY = [
     "search.pruner={name: median, n_startup_trials: 2, n_warmup_steps: 1}",
     "search.sampler={name: tpe, seed: 1, n_startup_trials: 3}",
     "early_stopping.patience=2",
+    TEST_BUDGET,
 ]
 
 

@@ -18,12 +18,14 @@ from search.run.runner import run_study
 from search.study.storage import open_storage, study_lock
 from search.study.studies import best_trial
 from search.study.studyfile import load_config
+from tests.helpers import TEST_BUDGET
 
 ARGS = [
     "train.epochs=2",
     "search.pruner=none",
     "early_stopping.patience=null",
     "search.confirm=none",
+    TEST_BUDGET,
 ]
 
 

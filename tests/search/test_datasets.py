@@ -41,6 +41,7 @@ from search.run.runner import run_study
 from search.study.studyfile import load_config
 from search.training.auto import resolve
 from search.training.train import MAX_EPOCHS, train
+from tests.helpers import TEST_BUDGET
 
 CIFAR10_NAMES = [f"c10-{i}" for i in range(10)]
 CIFAR100_NAMES = ["apple", "bee", "cloud", "dolphin"]  # a trimmed fine-label list
@@ -794,6 +795,7 @@ def test_a_study_runs_on_each_data_set(tmp_path: Path, name: str) -> None:
             "train.epochs=1",
             "train.batch_size=16",
             "train.device=cpu",
+            TEST_BUDGET,
             "search.n_trials=1",
             "search.pruner=none",
             "search.confirm=none",

@@ -16,6 +16,7 @@ import search.study.storage
 from search.cli import main
 from search.core.errors import UserError
 from search.run.options import OpenedStorage, RunOptions
+from tests.helpers import TEST_BUDGET
 
 # A tiny study: a few seconds per launch on one CPU thread, no MLflow.
 TINY = [
@@ -31,6 +32,8 @@ TINY = [
     "search.confirm=none",
     "--set",
     "tracking.enabled=false",
+    "--set",
+    TEST_BUDGET,
     "--threads",
     "1",
     "--quiet",

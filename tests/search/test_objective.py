@@ -20,6 +20,7 @@ from search.study.storage import open_storage
 from search.study.studies import create_or_resume
 from search.study.studyfile import load_config
 from search.tracking.runs import Tracker
+from tests.helpers import TEST_BUDGET
 
 SYNTHETIC = "dataset={name: synthetic, num_samples: 300, image_size: 8, num_classes: 3}"
 
@@ -33,6 +34,7 @@ def _setup(tmp_path: Path, *overrides: str) -> tuple[optuna.Study, Objective, Ml
             "baseline=none",
             "search.pruner=none",
             "tracking.register_model=false",
+            TEST_BUDGET,
             *overrides,
         ]
     )
