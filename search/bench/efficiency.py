@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 import torch
 
+from search.bench.runs import study_settings
 from search.config.schema import EarlyStoppingConfig, StudyConfig, TrialConfig
 from search.core.records import FINISHED, PHASE_ATTR, TIEBREAK_ATTR
 from search.data.dataset import Dataset, load_dataset
@@ -282,7 +283,7 @@ def _config(items: list[str], seed: int) -> StudyConfig:
     items = [i.replace("SEED", str(seed)) for i in items]
     if not any(i.startswith("search.sampler=") for i in items):
         items.append(f"search.sampler.seed={seed}")
-    return load_config(overrides=[*_STUDY, *items])
+    return load_config(overrides=[*_STUDY, *items, *study_settings()])
 
 
 _KINDS = {"pruning": PRUNERS, "samplers": SAMPLERS}

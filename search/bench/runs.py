@@ -5,6 +5,7 @@ second worker adds). Each runs in a scratch folder with the user's storage varia
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -15,11 +16,32 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_cli", "time_to_target", "worker_rate", "worker_scaling"]
+__all__ = [
+    "SETTINGS_VAR",
+    "run_cli",
+    "study_settings",
+    "time_to_target",
+    "worker_rate",
+    "worker_scaling",
+]
+
+# `regsearch bench --set` items, passed in the environment so that the `regsearch run`
+# processes and the replay pools a benchmark starts apply them as the bench process does.
+SETTINGS_VAR = "REGSEARCH_BENCH_SET"
+
+
+def study_settings() -> list[str]:
+    """The `regsearch bench --set KEY=VALUE` items: applied last to every study a benchmark
+    runs (e.g. `train.min_steps_per_epoch=8`, the former budget, for a before/after)."""
+    raw = os.environ.get(SETTINGS_VAR)
+    return list(json.loads(raw)) if raw else []
 
 
 def run_cli(cwd: str | Path, args: list[str]) -> float:
-    """`regsearch run ARGS` in `cwd`; its wall seconds. A failure raises with its last line."""
+    """`regsearch run ARGS` (then the `bench --set` items) in `cwd`; its wall seconds. A
+    failure raises with its last line."""
+    for item in study_settings():
+        args = [*args, "--set", item]
     env = {
         k: v for k, v in os.environ.items() if k not in ("REGSEARCH_STORAGE", "MLFLOW_TRACKING_URI")
     }

@@ -22,6 +22,7 @@ from typing import Any
 
 import optuna
 
+from search.bench.runs import study_settings
 from search.core.records import ranking
 
 __all__ = ["sweep_warm_start", "to_target"]
@@ -60,6 +61,8 @@ def _sweep(cwd: Path, fractions: Sequence[float], n_trials: int, warm: bool) -> 
     sweep = f"sweep={{fractions: [{listed}], warm_start: {str(warm).lower()}}}"
     cmd = [sys.executable, "-m", "search", "run", "--study", _SWEEP, "--quiet"]
     cmd += ["--n-trials", str(n_trials), "--set", sweep, "--set", "search.confirm=none"]
+    for item in study_settings():
+        cmd += ["--set", item]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=dict(os.environ))
     if proc.returncode != 0:

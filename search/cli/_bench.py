@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -21,13 +22,32 @@ from search.core.errors import UserError
     "default figures are the GPU path's (throughput eager and compiled, augmentation, a "
     "CIFAR-shaped airbench trial).",
 )
-def bench_command(names: tuple[str, ...], as_json: bool, threads: int | None, device: str) -> None:
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A study key every benchmark that runs studies applies last, e.g. "
+    "train.min_steps_per_epoch=8 (the figures of another budget, side by side).",
+)
+def bench_command(
+    names: tuple[str, ...],
+    as_json: bool,
+    threads: int | None,
+    device: str,
+    settings: tuple[str, ...],
+) -> None:
     """Measure trial overhead, training throughput and other figures on this machine."""
+    from search.bench.runs import SETTINGS_VAR
     from search.bench.suite import BENCHMARKS, run_benchmarks
+    from search.study.studyfile import load_config
 
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise UserError(f"--only {unknown[0]}: unknown benchmark; known: {', '.join(BENCHMARKS)}")
+    load_config(overrides=settings)  # a bad key or value stops here, in one line
+    if settings:
+        os.environ[SETTINGS_VAR] = json.dumps(list(settings))
     if threads:
         import torch
 
@@ -41,6 +61,8 @@ def bench_command(names: tuple[str, ...], as_json: bool, threads: int | None, de
     figures = run_benchmarks(
         list(names) or None, device=device, echo=lambda m: click.echo(m, err=True)
     )
+    if settings:
+        figures["machine"]["study_settings"] = list(settings)
     if as_json:
         click.echo(json.dumps(figures, indent=2))
         return

@@ -3,6 +3,7 @@ thresholds: the figures depend on the machine)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,31 @@ def test_worker_rate_sums_each_worker_s_own_span_of_complete_trials() -> None:
         trial("b", 60, 61, state="FAIL"),  # not a finished trial of the budget
     ]
     assert worker_rate(trials) == 2 / 1.0 + 1 / 0.5
+
+
+def test_bench_set_reaches_every_study_a_benchmark_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`regsearch bench --set KEY=VALUE` is applied last to the studies a benchmark starts as
+    `regsearch run` processes and to the ones it replays in process, so the figures of another
+    budget come from the same command; a bad item stops the bench in one line."""
+    from search.bench.efficiency import _config
+    from search.bench.runs import SETTINGS_VAR, run_cli
+
+    monkeypatch.setenv(SETTINGS_VAR, json.dumps(["train.epochs=2", TEST_BUDGET]))
+    tiny = ["--study", "s", "--n-trials", "1", "--set", "train.epochs=1", "--set",
+            "search.confirm=none", "--set", "tracking.enabled=false"]  # fmt: skip
+    run_cli(tmp_path, tiny)
+    storage = f"sqlite:///{tmp_path}/studies/regsearch.db"
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert len(trial.intermediate_values) == 2, "the bench's --set comes after the bench's own"
+    replayed = _config(["train.epochs=1"], 0)
+    assert (replayed.train.epochs, replayed.train.min_steps_per_epoch) == (2, 8)
+    monkeypatch.delenv(SETTINGS_VAR)
+    bad = regsearch("bench", "--only", "time_to_target", "--set", "train.epochs=0", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "regsearch: error: train.epochs: Input should be greater than or equal to 1 (got 0)"
+    ]
 
 
 @pytest.mark.slow
