@@ -58,6 +58,7 @@ from search.training.train import (
     Trainer,
     TrainResult,
     train,
+    with_passes_of,
 )
 
 if TYPE_CHECKING:
@@ -326,8 +327,15 @@ class Objective:
             data = self._refit_data()
             trial.set_user_attr(TRAIN_IMAGES_ATTR, len(data.train))
             epochs = int(trial.user_attrs[REFIT_EPOCHS_ATTR])
+            # The passes an epoch of the training the refit stands for, over more images.
+            budget = with_passes_of(cfg.train, len(self.data.train), len(data.train))
             return train(
-                cfg, data, device=self.device, on_epoch=on_epoch, stop_after=epochs, keep="last"
+                replace(cfg, train=budget),
+                data,
+                device=self.device,
+                on_epoch=on_epoch,
+                stop_after=epochs,
+                keep="last",
             )
         trainer = self.trainer or train
         return trainer(cfg, self._split(trial), device=self.device, on_epoch=on_epoch)
