@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from search.config.schema import StudyConfig
     from search.data.dataset import Dataset
 
-__all__ = ["AutoChoice", "batch_size_for", "model_for", "resolve"]
+__all__ = ["AutoChoice", "batch_size_for", "epoch_plan", "model_for", "resolve", "steps_per_pass"]
 
 AUTO = "auto"
 MIN_BATCH, MAX_BATCH = 16, 128
@@ -44,11 +44,25 @@ def model_for(shape: tuple[int, int, int], n_train: int) -> tuple[str, int | Non
     return "small-cnn", (32 if wide else None), why
 
 
+def steps_per_pass(n: int, batch_size: int) -> int:
+    """The batches `search.training.train` yields in one pass over `n` images: a last batch of
+    one image is dropped (it breaks BatchNorm) unless it is the only one."""
+    full, rest = divmod(n, batch_size)
+    return max(1, full + (rest > 1 or (rest == 1 and full == 0)))
+
+
+def epoch_plan(n_train: int, batch_size: int, min_steps: int) -> tuple[int, int]:
+    """(passes over the training split per epoch, optimizer steps per epoch): enough passes
+    that an epoch holds at least `min_steps` steps. The learning-rate schedule is planned over
+    these steps, so they are the steps taken (`steps_per_pass`)."""
+    per_pass = steps_per_pass(n_train, batch_size)
+    passes = max(1, -(-min_steps // per_pass))
+    return passes, passes * per_pass
+
+
 def _plan(n_train: int, batch_size: int, config: StudyConfig) -> str:
     """What an epoch holds at `batch_size`: "9 steps a pass over 1,077 images, 5 passes an
     epoch" (`train.min_steps_per_epoch`), or "47 steps an epoch on 6,000 images"."""
-    from search.training.train import epoch_plan
-
     passes, steps = epoch_plan(n_train, batch_size, config.train.min_steps_per_epoch)
     if passes == 1:
         return f"{steps} steps an epoch on {n_train:,} images"

@@ -20,7 +20,7 @@ from torch import nn
 from search.config.schema import TrainConfig, TrialConfig
 from search.data.dataset import Dataset, ImageSet
 from search.training.augment import BatchTransform
-from search.training.auto import AUTO, batch_size_for
+from search.training.auto import AUTO, batch_size_for, epoch_plan, steps_per_pass
 from search.training.evaluation import autocast, batch, evaluate, evaluate_full, uses_channels_last
 from search.training.network import build_model
 from search.training.optim import EarlyStopping, make_optimizer, make_scheduler
@@ -129,22 +129,6 @@ def _batches(
             idx = perm[start : start + batch_size]
             if idx.numel() > 1 or n == 1:  # a batch of one breaks BatchNorm
                 yield idx
-
-
-def steps_per_pass(n: int, batch_size: int) -> int:
-    """The batches `_batches` yields in one pass over `n` images: a last batch of one image
-    is dropped (it breaks BatchNorm) unless it is the only one."""
-    full, rest = divmod(n, batch_size)
-    return max(1, full + (rest > 1 or (rest == 1 and full == 0)))
-
-
-def epoch_plan(n_train: int, batch_size: int, min_steps: int) -> tuple[int, int]:
-    """(passes over the training split per epoch, optimizer steps per epoch): enough passes
-    that an epoch holds at least `min_steps` steps. The learning-rate schedule is planned over
-    these steps, so they are the steps taken (`steps_per_pass`)."""
-    per_pass = steps_per_pass(n_train, batch_size)
-    passes = max(1, -(-min_steps // per_pass))
-    return passes, passes * per_pass
 
 
 def batches_of(t: TrainConfig, n_train: int) -> tuple[int, int, int]:

@@ -16,8 +16,7 @@ from search.config.schema import DatasetConfig
 from search.data.dataset import load_dataset
 from search.data.sample import digits_images, write_imagefolder, write_mnist_idx
 from search.study.studyfile import load_config
-from search.training.auto import batch_size_for, model_for, resolve
-from search.training.train import epoch_plan
+from search.training.auto import batch_size_for, epoch_plan, model_for, resolve
 from tests.helpers import TEST_BUDGET, regsearch
 
 
