@@ -6,8 +6,9 @@ configuration, and the baseline recipe's when the champion is not the recipe (so
 comparison stays fair: both trained the same way), are trained once more (phase "refit") on
 the training + validation images; the test split stays held out. A refit trains exactly the
 epochs the confirm phase found for its configuration (the median, rounded, of the epochs its
-retrains trained), on the learning-rate schedule of `train.epochs` as the retrains did, with the
-first confirm seed, and keeps the last epoch's weights: the validation images are training
+retrains trained), on the learning-rate schedule of `train.epochs` as the retrains did, with their
+batch size and passes an epoch (`search.training.train.with_passes_of`), with the first
+confirm seed, and keeps the last epoch's weights: the validation images are training
 images now, so they cannot choose an epoch, stop early or prune. For the same reason a refit
 has no validation score of its own: its Optuna value is the confirm phase's mean validation
 value of its configuration (user attr `value_from: "confirm mean"`).
