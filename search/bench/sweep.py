@@ -11,18 +11,14 @@ The smallest fraction is a control: both of its studies start cold, so their tri
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from search.bench.runs import study_settings
+from search.bench.runs import run_cli
 from search.core.records import ranking
 
 __all__ = ["sweep_warm_start", "to_target"]
@@ -59,15 +55,8 @@ def _search_trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
 def _sweep(cwd: Path, fractions: Sequence[float], n_trials: int, warm: bool) -> float:
     listed = ", ".join(f"{f:g}" for f in fractions)
     sweep = f"sweep={{fractions: [{listed}], warm_start: {str(warm).lower()}}}"
-    cmd = [sys.executable, "-m", "search", "run", "--study", _SWEEP, "--quiet"]
-    cmd += ["--n-trials", str(n_trials), "--set", sweep, "--set", "search.confirm=none"]
-    for item in study_settings():
-        cmd += ["--set", item]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=dict(os.environ))
-    if proc.returncode != 0:
-        raise RuntimeError(f"sweep failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return time.perf_counter() - start
+    args = ["--study", _SWEEP, "--n-trials", str(n_trials), "--set", sweep]
+    return run_cli(cwd, [*args, "--set", "search.confirm=none"])
 
 
 def sweep_warm_start(
